@@ -2,7 +2,7 @@
 
 import typer
 
-from app.cli import client, datasets, reproduce, service
+from app.cli import client, datasets, reproduce, service, stack
 
 cli = typer.Typer(
     name="freshnets",
@@ -12,6 +12,7 @@ cli = typer.Typer(
 )
 cli.add_typer(datasets.app, name="datasets", help="List and fetch data sets.")
 service.register(cli)
+stack.register(cli)
 client.register(cli)
 reproduce.register(cli)
 
