@@ -1,0 +1,687 @@
+// FreshNets dashboard: plain JavaScript over the /v1 REST API, no build step.
+// The API key lives in sessionStorage only (gone when the tab closes).
+"use strict";
+
+const KEY_STORAGE = "freshnets.apiKey";
+const METHODS = ["freshnets", "freshnets-uniform", "lowfreq", "hashednets", "lrd", "equivalent", "dense"];
+const METHOD_COLOURS = {
+  freshnets: "#2f6fde",
+  "freshnets-uniform": "#17a2b8",
+  lowfreq: "#8e44ad",
+  hashednets: "#e67e22",
+  lrd: "#c0392b",
+  equivalent: "#7f8c8d",
+  dense: "#27ae60",
+};
+const FINAL_STATES = new Set(["succeeded", "failed", "cancelled"]);
+// Polling period; `?poll_ms=250` in the page URL shortens it (the browser test uses this).
+const POLL_MS = Number(new URLSearchParams(location.search).get("poll_ms")) || 1000;
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+// ---------------------------------------------------------------- API access
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(typeof detail === "string" ? detail : `HTTP ${status}`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE);
+}
+
+async function api(path, { method = "GET", json, body, raw = false } = {}) {
+  const headers = { Authorization: `Bearer ${apiKey()}` };
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body });
+  } catch (err) {
+    throw new ApiError(0, `Cannot reach the server (${err.message})`);
+  }
+  if (resp.status === 401 && path !== "/v1/datasets") {
+    signOut("Your API key was refused: sign in again.");
+    throw new ApiError(401, "unauthorised");
+  }
+  if (!resp.ok) {
+    let detail = `HTTP ${resp.status}`;
+    try {
+      const data = await resp.json();
+      detail = data.detail ?? detail;
+    } catch (_) { /* not JSON */ }
+    throw new ApiError(resp.status, detail);
+  }
+  if (raw) return resp;
+  if (resp.status === 204) return null;
+  return resp.json();
+}
+
+// A list endpoint answers either a bare list or a page {items, total, ...}.
+const items = (data) => (Array.isArray(data) ? data : data.items ?? []);
+
+// Turn an error's detail into a readable line (FastAPI's 422 is a list of {loc, msg}).
+function describeError(err) {
+  const d = err.detail;
+  if (Array.isArray(d)) return d.map((e) => `${(e.loc || []).slice(1).join(".")}: ${e.msg}`).join("; ");
+  if (d && typeof d === "object") return d.message || JSON.stringify(d);
+  return String(d ?? err.message);
+}
+
+// ---------------------------------------------------------------- formatting
+
+function fmtBytes(n) {
+  if (n == null) return "–";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(2)} MiB`;
+}
+const fmtPct = (x, digits = 1) => (x == null ? "–" : `${(100 * x).toFixed(digits)}%`);
+function fmtCompression(c) {
+  if (c == null) return "–";
+  if (c >= 1) return "1";
+  const inv = 1 / c;
+  return Math.abs(inv - Math.round(inv)) < 0.05 ? `1/${Math.round(inv)}` : c.toPrecision(3);
+}
+function fmtTime(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+const shortId = (id) => (id ? id.slice(0, 8) : "–");
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null) continue;
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c ?? "")));
+  return node;
+}
+
+function progressBar(job, big = false) {
+  const bar = el("div", { class: `progress ${job.state}${big ? " big" : ""}` });
+  bar.append(el("div", { class: "fill" }), el("span", { class: "label" }));
+  setProgress(bar, job);
+  return bar;
+}
+
+function setProgress(bar, job) {
+  const frac = Math.max(0, Math.min(1, job.progress ?? 0));
+  bar.className = `progress ${job.state}${bar.classList.contains("big") ? " big" : ""}`;
+  bar.dataset.progress = frac.toFixed(4);
+  bar.dataset.state = job.state;
+  $(".fill", bar).style.width = `${(100 * frac).toFixed(1)}%`;
+  const epochs = job.total_epochs ? ` · epoch ${job.epoch}/${job.total_epochs}` : "";
+  $(".label", bar).textContent = `${Math.round(100 * frac)}%${epochs}`;
+}
+
+function toast(message, isError = false) {
+  const t = $("#toast");
+  t.textContent = message;
+  t.className = `toast${isError ? " error" : ""}`;
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+}
+
+// Downloads need the Bearer header, so fetch the bytes and hand the browser a blob URL.
+async function download(path, fallbackName) {
+  try {
+    const resp = await api(path, { raw: true });
+    const blob = await resp.blob();
+    const cd = resp.headers.get("Content-Disposition") || "";
+    const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(cd);
+    const a = el("a", { href: URL.createObjectURL(blob), download: m ? decodeURIComponent(m[1]) : fallbackName });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  } catch (err) {
+    toast(`Download failed: ${describeError(err)}`, true);
+  }
+}
+
+// ---------------------------------------------------------------- routing
+
+let stopView = () => {};  // clears the current view's timers and charts
+
+function route() {
+  stopView();
+  stopView = () => {};
+  const signedIn = Boolean(apiKey());
+  $("#nav").hidden = !signedIn;
+  $("#signout").hidden = !signedIn;
+  document.querySelectorAll(".view").forEach((v) => { v.hidden = true; });
+  if (!signedIn) {
+    $("#view-signin").hidden = false;
+    $("#signin-key").focus();
+    return;
+  }
+  const [, name = "jobs", arg] = (location.hash || "#/jobs").split("/");
+  document.querySelectorAll("#nav a").forEach((a) => {
+    a.classList.toggle("active", a.dataset.view === (name === "job" ? "jobs" : name));
+  });
+  const views = { jobs: showJobs, job: showJob, models: showModels, frontier: showFrontier, try: showTry };
+  (views[name] || showJobs)(arg);
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY_STORAGE);
+  location.hash = "";
+  route();
+  if (message) $('[data-error-for="key"]').textContent = message;
+}
+
+// Repeats `fn` every POLL_MS until the view changes; `fn` returning true stops it early.
+function poll(fn) {
+  let timer = null;
+  let live = true;
+  const tick = async () => {
+    let done = false;
+    try {
+      done = await fn();
+    } catch (err) {
+      if (err.status !== 401) console.warn(err);
+    }
+    if (live && !done) timer = setTimeout(tick, POLL_MS);
+  };
+  tick();
+  return () => { live = false; clearTimeout(timer); };
+}
+
+// ---------------------------------------------------------------- sign in
+
+$("#signin-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const key = $("#signin-key").value.trim();
+  const errorBox = $('[data-error-for="key"]');
+  errorBox.textContent = "";
+  if (!key) {
+    errorBox.textContent = "Enter an API key.";
+    return;
+  }
+  sessionStorage.setItem(KEY_STORAGE, key);
+  try {
+    await api("/v1/datasets");
+  } catch (err) {
+    sessionStorage.removeItem(KEY_STORAGE);
+    errorBox.textContent = err.status === 401 ? "This key was refused (unknown or revoked)." : describeError(err);
+    return;
+  }
+  $("#signin-key").value = "";
+  location.hash = "#/jobs";
+  route();
+});
+
+$("#signout").addEventListener("click", () => signOut());
+
+// ---------------------------------------------------------------- jobs
+
+let formLoaded = false;
+
+async function loadLaunchForm() {
+  if (formLoaded) return;
+  const [datasets, presets] = await Promise.all([api("/v1/datasets"), api("/v1/architectures")]);
+  const dsSelect = $("#f-dataset");
+  dsSelect.replaceChildren(...items(datasets).map((d) =>
+    el("option", { value: d.id ?? d.name }, d.title ? `${d.name} — ${d.title}` : d.name)));
+  const archSelect = $("#f-architecture");
+  archSelect.replaceChildren(...items(presets).map((p) =>
+    el("option", { value: p.name }, `${p.name} (${(p.virtual_weights / 1000).toFixed(0)}k weights)`)));
+  $("#f-method").replaceChildren(...METHODS.map((m) => el("option", { value: m }, m)));
+  // Pair a data set with the preset made for its shape.
+  dsSelect.addEventListener("change", () => {
+    const d = items(datasets).find((x) => (x.id ?? x.name) === dsSelect.value);
+    if (!d || !d.input_shape) return;
+    const fit = items(presets).find((p) => p.input_shape[0] === d.input_shape[0] && p.input_shape[1] === d.input_shape[1]);
+    if (fit) archSelect.value = fit.name;
+  });
+  dsSelect.dispatchEvent(new Event("change"));
+  formLoaded = true;
+}
+
+function clearFieldErrors(form) {
+  form.querySelectorAll(".invalid").forEach((n) => n.classList.remove("invalid"));
+  document.querySelectorAll("[data-error-for]").forEach((n) => {
+    if (n.dataset.errorFor !== "key") n.textContent = "";
+  });
+}
+
+// Map an API error to the form: 422 `loc` -> field; a string naming a field goes next to it.
+function showFieldErrors(form, err) {
+  const fields = ["dataset", "architecture", "method", "compression", "epochs"];
+  const put = (field, msg) => {
+    const box = field ? form.querySelector(`[data-error-for="${field}"]`) : null;
+    const target = box || $("#launch-error");
+    target.textContent = target.textContent ? `${target.textContent}; ${msg}` : msg;
+    if (field) form.querySelector(`[name="${field}"]`)?.classList.add("invalid");
+  };
+  const d = err.detail;
+  if (Array.isArray(d)) {
+    for (const e of d) {
+      const loc = (e.loc || []).map(String);
+      const field = [...loc].reverse().find((p) => fields.includes(p)) || null;
+      put(field, field ? e.msg : `${loc.slice(1).join(".")}: ${e.msg}`);
+    }
+    return;
+  }
+  const msg = describeError(err);
+  const lower = msg.toLowerCase();
+  const aliases = { architecture: ["architecture", "preset", "spec"], dataset: ["dataset", "data set"] };
+  const field = fields.find((f) => (aliases[f] || [f]).some((w) => lower.includes(w))) || null;
+  put(field, msg);
+}
+
+function compressionValue(text) {
+  const t = text.trim();
+  return t !== "" && !Number.isNaN(Number(t)) ? Number(t) : t;
+}
+
+$("#launch-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  clearFieldErrors(form);
+  const epochsText = form.epochs.value.trim();
+  const body = {
+    dataset: form.dataset.value,
+    architecture: form.architecture.value,
+    method: form.method.value,
+    compression: compressionValue(form.compression.value),
+    training: { epochs: epochsText === "" ? null : Number(epochsText) },
+  };
+  const button = $("#launch-submit");
+  button.disabled = true;
+  try {
+    const job = await api("/v1/jobs", { method: "POST", json: body });
+    toast(`Job ${shortId(job.id)} queued`);
+    location.hash = `#/job/${job.id}`;
+  } catch (err) {
+    if (err.status !== 401) showFieldErrors(form, err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$("#jobs-state-filter").addEventListener("change", () => route());
+
+function showJobs() {
+  $("#view-jobs").hidden = false;
+  loadLaunchForm().catch((err) => { $("#launch-error").textContent = describeError(err); });
+  const tbody = $("#jobs-table tbody");
+  const state = $("#jobs-state-filter").value;
+  stopView = poll(async () => {
+    const q = new URLSearchParams({ limit: "50" });
+    if (state) q.set("state", state);
+    const jobs = items(await api(`/v1/jobs?${q}`));
+    $("#jobs-empty").hidden = jobs.length > 0;
+    const rows = new Map([...tbody.children].map((tr) => [tr.dataset.jobId, tr]));
+    const ordered = jobs.map((job) => {
+      let tr = rows.get(job.id);
+      if (!tr) {
+        tr = el("tr", { dataset: { jobId: job.id } });
+        for (let i = 0; i < 9; i++) tr.append(el("td"));
+        tr.children[0].append(el("a", { href: `#/job/${job.id}` }, el("code", {}, shortId(job.id))));
+        tr.children[6].append(progressBar(job));
+      }
+      const c = tr.children;
+      c[1].textContent = job.dataset;
+      c[2].textContent = job.architecture_name || "custom";
+      c[3].textContent = job.method;
+      c[4].textContent = fmtCompression(job.compression);
+      c[5].replaceChildren(el("span", { class: `state ${job.state}` }, job.state));
+      setProgress($(".progress", c[6]), job);
+      c[7].textContent = fmtPct(job.latest_metrics?.val_accuracy);
+      c[8].textContent = fmtTime(job.created_at);
+      return tr;
+    });
+    tbody.replaceChildren(...ordered);
+    return false;
+  });
+}
+
+// ---------------------------------------------------------------- one job
+
+function lineChart(canvas, series) {
+  return new Chart(canvas, {
+    type: "line",
+    data: {
+      datasets: series.map(([label, colour, dashed]) => ({
+        label, data: [], borderColor: colour, backgroundColor: colour,
+        borderDash: dashed ? [6, 4] : [], pointRadius: 3, tension: 0.2,
+      })),
+    },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      parsing: false,
+      interaction: { mode: "nearest", intersect: false },
+      scales: {
+        x: { type: "linear", title: { display: true, text: "epoch" }, ticks: { precision: 0 }, min: 1 },
+        y: { beginAtZero: false },
+      },
+      plugins: { legend: { position: "bottom" } },
+    },
+  });
+}
+
+function fact(label, value) {
+  return el("div", {}, el("dt", {}, label), el("dd", {}, value));
+}
+
+function showJob(jobId) {
+  $("#view-job").hidden = false;
+  $("#job-id").textContent = jobId;
+  $("#job-error").textContent = "";
+  $("#job-facts").replaceChildren();
+  const bar = $("#job-progress");
+  setProgress(bar, { state: "queued", progress: 0 });
+  const loss = lineChart($("#chart-loss"), [["train loss", "#2f6fde"], ["validation loss", "#e67e22", true]]);
+  const acc = lineChart($("#chart-acc"), [["train accuracy", "#2f6fde"], ["validation accuracy", "#e67e22", true]]);
+  acc.options.scales.y.max = 1;
+  $("#chart-loss").dataset.points = "0";
+  $("#chart-acc").dataset.points = "0";
+  let after = 0;
+  const cancel = $("#job-cancel");
+  cancel.onclick = async () => {
+    cancel.disabled = true;
+    try {
+      await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" });
+      toast("Cancel requested");
+    } catch (err) {
+      toast(`Cancel failed: ${describeError(err)}`, true);
+      cancel.disabled = false;
+    }
+  };
+
+  const stopPoll = poll(async () => {
+    let job;
+    try {
+      job = await api(`/v1/jobs/${jobId}`);
+    } catch (err) {
+      if (err.status === 404) {
+        $("#job-error").textContent = "No such job (or it belongs to another key).";
+        return true;
+      }
+      throw err;
+    }
+    $("#job-state").className = `state ${job.state}`;
+    $("#job-state").textContent = job.state;
+    setProgress(bar, job);
+    cancel.hidden = FINAL_STATES.has(job.state);
+    if (!cancel.hidden && !job.cancel_requested) cancel.disabled = false;
+    if (job.cancel_requested && !FINAL_STATES.has(job.state)) cancel.disabled = true;
+    const facts = [
+      fact("data set", job.dataset),
+      fact("preset", job.architecture_name || "custom"),
+      fact("method", job.method),
+      fact("compression", fmtCompression(job.compression)),
+      fact("epochs", `${job.epoch} / ${job.total_epochs || job.training?.epochs || "?"}`),
+      fact("val. accuracy", fmtPct(job.latest_metrics?.val_accuracy)),
+      fact("run time", job.run_seconds == null ? "–" : `${job.run_seconds.toFixed(1)} s`),
+      fact("model", job.model_id ? el("a", { href: "#/models", "data-model-id": job.model_id }, shortId(job.model_id)) : "–"),
+    ];
+    $("#job-facts").replaceChildren(...facts);
+    $("#job-error").textContent = job.error ? `Error: ${job.error}` : "";
+
+    const metrics = await api(`/v1/jobs/${jobId}/metrics?after=${after}`);
+    const rows = items(metrics);
+    for (const m of rows) {
+      loss.data.datasets[0].data.push({ x: m.epoch, y: m.train_loss });
+      if (m.val_loss != null) loss.data.datasets[1].data.push({ x: m.epoch, y: m.val_loss });
+      acc.data.datasets[0].data.push({ x: m.epoch, y: m.train_accuracy });
+      if (m.val_accuracy != null) acc.data.datasets[1].data.push({ x: m.epoch, y: m.val_accuracy });
+      after = Math.max(after, m.epoch);
+    }
+    if (rows.length) {
+      const total = job.total_epochs || after;
+      for (const c of [loss, acc]) c.options.scales.x.max = Math.max(total, 2);
+      loss.update();
+      acc.update();
+      $("#chart-loss").dataset.points = String(loss.data.datasets[0].data.length);
+      $("#chart-acc").dataset.points = String(acc.data.datasets[0].data.length);
+    }
+    // Stop once the job is over and every epoch has been read.
+    return FINAL_STATES.has(job.state) && rows.length === 0;
+  });
+  stopView = () => { stopPoll(); loss.destroy(); acc.destroy(); };
+}
+
+// ---------------------------------------------------------------- models
+
+async function allModels() {
+  return items(await api("/v1/models?limit=200"));
+}
+
+function showModels() {
+  $("#view-models").hidden = false;
+  $("#models-error").textContent = "";
+  const tbody = $("#models-table tbody");
+  allModels().then((models) => {
+    $("#models-empty").hidden = models.length > 0;
+    tbody.replaceChildren(...models.map((m) => {
+      const fmt = () => $("#export-format").value;
+      const ext = { onnx: "onnx", torchscript: "pt", "dense-safetensors": "safetensors" };
+      return el("tr", { dataset: { modelId: m.id } },
+        el("td", {}, el("code", { title: m.id }, shortId(m.id))),
+        el("td", {}, m.dataset),
+        el("td", {}, m.architecture_name || "custom"),
+        el("td", {}, el("span", { class: "method-dot", style: `color:${METHOD_COLOURS[m.method] || "#333"}` }, "● "), m.method),
+        el("td", {}, `${fmtCompression(m.compression_requested)} → ${fmtCompression(m.compression_achieved)}`),
+        el("td", { class: "num" }, fmtBytes(m.compact_bytes)),
+        el("td", { class: "num" }, fmtBytes(m.dense_bytes)),
+        el("td", { class: "num" }, fmtPct(m.test_accuracy, 2)),
+        el("td", { class: "links" },
+          el("button", { class: "link", onclick: () => download(`/v1/models/${m.id}/file`, `${m.id}.safetensors`) }, "compact file"),
+          el("button", { class: "link", onclick: () => download(`/v1/models/${m.id}/export?format=${fmt()}`, `${m.id}.${ext[fmt()]}`) }, "export"),
+          el("button", { class: "link", onclick: () => { sessionStorage.setItem("freshnets.tryModel", m.id); location.hash = "#/try"; } }, "try")));
+    }));
+  }).catch((err) => { $("#models-error").textContent = describeError(err); });
+}
+
+// ---------------------------------------------------------------- frontier
+
+function showFrontier() {
+  $("#view-frontier").hidden = false;
+  const select = $("#frontier-dataset");
+  const canvas = $("#chart-frontier");
+  let chart = null;
+  let models = [];
+  const draw = () => {
+    if (chart) chart.destroy();
+    const mine = models.filter((m) => m.dataset === select.value && m.test_accuracy != null);
+    $("#frontier-empty").hidden = mine.length > 0;
+    const methods = [...new Set(mine.map((m) => m.method))].sort((a, b) => METHODS.indexOf(a) - METHODS.indexOf(b));
+    chart = new Chart(canvas, {
+      type: "scatter",
+      data: {
+        datasets: methods.map((method) => ({
+          label: method,
+          data: mine.filter((m) => m.method === method)
+            .map((m) => ({ x: m.compact_bytes, y: m.test_accuracy, id: m.id, c: m.compression_achieved }))
+            .sort((a, b) => a.x - b.x),
+          borderColor: METHOD_COLOURS[method] || "#333",
+          backgroundColor: METHOD_COLOURS[method] || "#333",
+          pointRadius: 6, pointHoverRadius: 8, showLine: true, borderWidth: 1.5,
+        })),
+      },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        parsing: false,
+        scales: {
+          x: { type: "logarithmic", title: { display: true, text: "compact size on disk (bytes, log scale)" },
+            ticks: { callback: (v) => { const e = Math.log10(v); return Math.abs(e - Math.round(e)) < 1e-6 ? fmtBytes(v) : ""; } } },
+          y: { title: { display: true, text: "test accuracy" }, ticks: { callback: (v) => fmtPct(v, 0) } },
+        },
+        plugins: {
+          legend: { position: "bottom" },
+          tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label} ${fmtCompression(ctx.raw.c)}: ${fmtPct(ctx.raw.y, 2)} at ${fmtBytes(ctx.raw.x)}` } },
+        },
+      },
+    });
+    canvas.dataset.points = String(mine.length);
+  };
+  allModels().then((ms) => {
+    models = ms;
+    const datasets = [...new Set(models.map((m) => m.dataset))].sort();
+    const previous = select.value;
+    select.replaceChildren(...datasets.map((d) => el("option", { value: d }, d)));
+    if (datasets.includes(previous)) select.value = previous;
+    select.onchange = draw;
+    draw();
+  }).catch((err) => toast(describeError(err), true));
+  stopView = () => { if (chart) chart.destroy(); };
+}
+
+// ---------------------------------------------------------------- try it
+
+const drawCanvas = $("#draw");
+const dctx = drawCanvas.getContext("2d");
+let drawing = false;
+let drawn = false;
+
+function clearDrawing() {
+  dctx.fillStyle = "#000";
+  dctx.fillRect(0, 0, drawCanvas.width, drawCanvas.height);
+  drawn = false;
+}
+clearDrawing();
+
+function pointer(ev) {
+  const r = drawCanvas.getBoundingClientRect();
+  return [(ev.clientX - r.left) * (drawCanvas.width / r.width), (ev.clientY - r.top) * (drawCanvas.height / r.height)];
+}
+drawCanvas.addEventListener("pointerdown", (ev) => {
+  drawing = true;
+  drawn = true;
+  drawCanvas.setPointerCapture(ev.pointerId);
+  const [x, y] = pointer(ev);
+  dctx.beginPath();
+  dctx.moveTo(x, y);
+  dctx.lineTo(x + 0.1, y + 0.1);
+  dctx.strokeStyle = "#fff";
+  dctx.lineWidth = 20;
+  dctx.lineCap = "round";
+  dctx.lineJoin = "round";
+  dctx.stroke();
+});
+drawCanvas.addEventListener("pointermove", (ev) => {
+  if (!drawing) return;
+  const [x, y] = pointer(ev);
+  dctx.lineTo(x, y);
+  dctx.stroke();
+});
+const endStroke = () => { drawing = false; };
+drawCanvas.addEventListener("pointerup", endStroke);
+drawCanvas.addEventListener("pointercancel", endStroke);
+$("#draw-clear").addEventListener("click", () => {
+  clearDrawing();
+  $("#topk").replaceChildren();
+  $("#preview").getContext("2d").clearRect(0, 0, 28, 28);
+});
+
+// MNIST-style downscale: crop the ink's bounding box, fit it in 20x20, centre it in 28x28.
+function drawingTo28() {
+  const { width, height } = drawCanvas;
+  const pix = dctx.getImageData(0, 0, width, height).data;
+  let x0 = width, y0 = height, x1 = -1, y1 = -1;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      if (pix[4 * (y * width + x)] > 20) {
+        if (x < x0) x0 = x; if (x > x1) x1 = x;
+        if (y < y0) y0 = y; if (y > y1) y1 = y;
+      }
+    }
+  }
+  const out = $("#preview");
+  const octx = out.getContext("2d");
+  octx.fillStyle = "#000";
+  octx.fillRect(0, 0, 28, 28);
+  if (x1 < 0) return out;
+  const w = x1 - x0 + 1, h = y1 - y0 + 1;
+  const scale = 20 / Math.max(w, h);
+  const dw = w * scale, dh = h * scale;
+  octx.imageSmoothingEnabled = true;
+  octx.imageSmoothingQuality = "high";
+  octx.drawImage(drawCanvas, x0, y0, w, h, (28 - dw) / 2, (28 - dh) / 2, dw, dh);
+  return out;
+}
+
+function showTopK(prediction) {
+  // Accept {top_k: [{label, class_name, probability}]} or a full `probabilities` list.
+  let top = prediction.top_k || prediction.top || null;
+  if (!top && Array.isArray(prediction.probabilities)) {
+    const names = prediction.class_names || [];
+    top = prediction.probabilities.map((p, i) => ({ label: i, class_name: names[i], probability: p }))
+      .sort((a, b) => b.probability - a.probability).slice(0, 5);
+  }
+  top = (top || []).map((t) => ({ ...t, probability: t.probability ?? t.p ?? 0 }));
+  $("#topk").replaceChildren(...top.map((t) => el("li", { dataset: { label: String(t.label) } },
+    el("span", { class: "name" }, t.class_name ?? String(t.label)),
+    el("span", { class: "bar" }, el("div", { style: `width:${(100 * t.probability).toFixed(1)}%` })),
+    el("span", { class: "p" }, fmtPct(t.probability, 1)))));
+}
+
+async function predictImage(blob, filename) {
+  const modelId = $("#try-model").value;
+  $("#try-error").textContent = "";
+  if (!modelId) {
+    $("#try-error").textContent = "Train a model first: there is none to try.";
+    return;
+  }
+  const form = new FormData();
+  form.append("images", blob, filename);
+  try {
+    const result = await api(`/v1/models/${modelId}/predict?top_k=5`, { method: "POST", body: form });
+    showTopK(result.predictions[0]);
+  } catch (err) {
+    $("#try-error").textContent = describeError(err);
+  }
+}
+
+$("#draw-predict").addEventListener("click", () => {
+  if (!drawn) {
+    $("#try-error").textContent = "Draw a digit first.";
+    return;
+  }
+  drawingTo28().toBlob((blob) => predictImage(blob, "drawing.png"), "image/png");
+});
+
+$("#upload").addEventListener("change", (ev) => {
+  const file = ev.target.files[0];
+  if (!file) return;
+  const img = new Image();
+  img.onload = () => {
+    const octx = $("#preview").getContext("2d");
+    octx.drawImage(img, 0, 0, 28, 28);
+    URL.revokeObjectURL(img.src);
+  };
+  img.src = URL.createObjectURL(file);
+  predictImage(file, file.name);
+  ev.target.value = "";
+});
+
+function showTry() {
+  $("#view-try").hidden = false;
+  const select = $("#try-model");
+  allModels().then((models) => {
+    const wanted = sessionStorage.getItem("freshnets.tryModel") || select.value;
+    select.replaceChildren(...models.map((m) => el("option", { value: m.id },
+      `${shortId(m.id)} · ${m.dataset} · ${m.method} ${fmtCompression(m.compression_achieved)} · ${fmtPct(m.test_accuracy)}`)));
+    if (models.some((m) => m.id === wanted)) select.value = wanted;
+  }).catch((err) => { $("#try-error").textContent = describeError(err); });
+}
+$("#try-model").addEventListener("change", (ev) => sessionStorage.setItem("freshnets.tryModel", ev.target.value));
+
+window.addEventListener("hashchange", route);
+route();
