@@ -1,7 +1,589 @@
-"""CLI commands: client (being written)."""
+"""CLI commands that train locally (`train`) or drive a FreshNets server over REST (`submit`,
+`jobs`, `models`, `predict`).
 
+Errors end in one readable line on stderr and a non-zero exit, never a traceback: exit 1 for a
+server or network problem (unreachable, wrong key, 5xx), exit 2 for a bad argument (the API's 4xx
+message, or a local validation error).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from app.settings import get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINAL_STATES = {"succeeded", "failed", "cancelled"}
+STATE_STYLES = {
+    "queued": "dim",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+UrlOpt = Annotated[
+    str,
+    typer.Option("--url", envvar="FRESHNETS_URL", help="The FreshNets server.", show_default=True),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="FRESHNETS_API_KEY",
+        help="API key (default: $FRESHNETS_API_KEY, else the key file `freshnets up` wrote).",
+        show_default=False,
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------------------------- REST
+
+
+def _error_message(resp: httpx.Response) -> str:
+    """The API's `detail` in one line; a 422 list becomes `field: message; ...`."""
+    try:
+        detail = resp.json().get("detail", resp.text)
+    except ValueError:
+        detail = resp.text.strip() or resp.reason_phrase
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            loc = [str(p) for p in item.get("loc", []) if p not in ("body", "query", "path")]
+            parts.append(f"{'.'.join(loc) or 'request'}: {item.get('msg', item)}")
+        return "; ".join(parts)
+    if isinstance(detail, dict):
+        return str(detail.get("message") or detail)
+    return str(detail)
+
+
+class Api:
+    """A small httpx wrapper that turns every failure into `fail(...)`."""
+
+    def __init__(self, url: str, api_key: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.key = api_key or self._key_from_file()
+        self.client = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=httpx.Timeout(60.0, connect=5.0),
+        )
+
+    @staticmethod
+    def _key_from_file() -> str:
+        path = get_settings().key_file
+        try:
+            key = path.read_text().strip()
+        except OSError:
+            fail(
+                f"no API key: pass --api-key, set FRESHNETS_API_KEY, or start the stack with "
+                f"`freshnets up` (which writes {path})"
+            )
+        if not key:
+            fail(f"the key file {path} is empty")
+        return key
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self.client.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            fail(f"cannot reach the FreshNets server at {self.url} (is it running? `freshnets up`)")
+        except httpx.TimeoutException:
+            fail(f"the server at {self.url} did not answer in time")
+        except httpx.HTTPError as exc:
+            fail(f"request to {self.url}{path} failed: {exc}")
+        if resp.status_code == 401:
+            fail(f"the server refused the API key ({_error_message(resp)})")
+        if resp.status_code == 404:
+            fail(_error_message(resp), 2)
+        if 400 <= resp.status_code < 500:
+            fail(f"{_error_message(resp)} (HTTP {resp.status_code})", 2)
+        if resp.status_code >= 500:
+            fail(f"the server failed (HTTP {resp.status_code}): {_error_message(resp)}")
+        return resp
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs).json()
+
+
+def _items(data: Any) -> list[dict[str, Any]]:
+    return data["items"] if isinstance(data, dict) and "items" in data else data
+
+
+# ---------------------------------------------------------------------------------- formats
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def fmt_compression(c: float | None) -> str:
+    if c is None:
+        return "-"
+    if c >= 1:
+        return "1"
+    inv = 1 / c
+    return f"1/{round(inv)}" if abs(inv - round(inv)) < 0.05 else f"{c:.4g}"
+
+
+def _compression_arg(text: str) -> float | str:
+    """A number stays a number; "1/64" goes as a string (the API parses both)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _metrics_text(m: dict[str, Any] | None) -> str:
+    if not m:
+        return ""
+    parts = [f"loss {m['train_loss']:.4f}", f"acc {fmt_pct(m['train_accuracy'], 1)}"]
+    if m.get("val_accuracy") is not None:
+        parts.append(f"val acc {fmt_pct(m['val_accuracy'], 1)}")
+    return " · ".join(parts)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[metrics]}"),
+        console=console,
+    )
+
+
+# ------------------------------------------------------------------------------- local train
+
+
+def _pick_preset(shapes: dict[str, Any], input_shape: Any) -> str:
+    """The preset made for this input shape, else one with the same channel count."""
+    wanted = tuple(input_shape)
+    for name, shape in shapes.items():
+        if tuple(shape) == wanted:
+            return name
+    for name, shape in shapes.items():
+        if shape[0] == wanted[0]:
+            return name
+    return next(iter(shapes))
+
+
+def _size_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Size report", title_justify="left")
+    table.add_column("layer")
+    for col in ("virtual weights", "stored params", "compact", "dense", "ratio"):
+        table.add_column(col, justify="right")
+
+    def row(name: str, r: dict[str, Any], style: str | None = None) -> None:
+        table.add_row(
+            name,
+            f"{r['virtual_weights']:,}",
+            f"{r['stored_parameters']:,}",
+            fmt_bytes(r["compact_bytes"]),
+            fmt_bytes(r["dense_bytes"]),
+            f"{r['ratio']:.4g}" if r.get("ratio") is not None else "-",
+            style=style,
+        )
+
+    for i, layer in enumerate(report.get("layers", [])):
+        row(str(layer.get("name", layer.get("index", i))), layer)
+    total = report.get("total", report)
+    row("total", total, style="bold")
+    return table
+
+
+def train(
+    dataset: Annotated[str, typer.Option(help="A built-in data set (`freshnets datasets list`).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the compact model file."),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Architecture preset (default: the one made for the data set's shape)."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="Compression method.")] = "freshnets",
+    compression: Annotated[
+        str, typer.Option(help='Stored / virtual weights, e.g. "1/64" or 0.125.')
+    ] = "1/64",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default per optimizer).")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    max_train_samples: Annotated[int | None, typer.Option(min=1)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    half: Annotated[bool, typer.Option(help="Store the weights as float16.")] = False,
+) -> None:
+    """Train a compressed model locally (no server), then write it and print its size report."""
+    import freshcore
+    from freshcore import data as fdata
+
+    if method not in freshcore.METHODS:
+        fail(f"--method: unknown method {method!r} (one of {', '.join(freshcore.METHODS)})", 2)
+    try:
+        ratio = freshcore.parse_compression(compression)
+    except ValueError as exc:
+        fail(f"--compression: {exc}", 2)
+    training: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+        "max_train_samples": max_train_samples,
+    }
+    try:
+        config = freshcore.TrainConfig.from_dict(training)
+    except ValueError as exc:
+        fail(f"--{getattr(exc, 'field', 'training').replace('_', '-')}: {exc}", 2)
+
+    settings = get_settings()
+    try:
+        with console.status(f"Loading data set {dataset}..."):
+            ds = fdata.load(dataset, cache_dir=settings.cache_dir)
+    except fdata.DatasetNotFound:
+        names = ", ".join(i.name for i in fdata.list_datasets(settings.cache_dir))
+        fail(f"--dataset: unknown data set {dataset!r} (built-in: {names})", 2)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot load data set {dataset!r}: {exc}")
+
+    input_shape = tuple(ds.info.input_shape)
+    if preset is None:
+        shapes = {n: p.spec.input_shape for n, p in freshcore.PRESETS.items()}
+        preset = _pick_preset(shapes, input_shape)
+    try:
+        model = freshcore.build_model(
+            preset,
+            method=method,
+            compression=ratio,
+            seed=seed,
+            input_shape=input_shape,
+            num_classes=ds.info.num_classes,
+        )
+    except (KeyError, ValueError) as exc:
+        fail(f"cannot build {preset!r} with {method} at {compression}: {exc}", 2)
+    model.class_names = list(ds.info.class_names) if ds.info.class_names else None
+
+    console.print(
+        f"Training [bold]{preset}[/] on [bold]{dataset}[/] {input_shape} with "
+        f"[bold]{method}[/] at {fmt_compression(ratio)} for {epochs} epochs",
+        highlight=False,
+    )
+    with _progress() as progress:
+        task = progress.add_task("train", total=epochs, metrics="")
+
+        def on_batch(done: int, total: int) -> None:
+            progress.update(task, description=f"train {done}/{total} batches")
+
+        def on_epoch(m: Any, _checkpoint: Any) -> None:
+            progress.update(
+                task, completed=m.epoch, description="train", metrics=_metrics_text(m.to_dict())
+            )
+
+        try:
+            result = freshcore.train(model, ds, config, on_epoch, on_batch=on_batch)
+        except KeyboardInterrupt:
+            fail("interrupted: nothing written", 130)
+        except (RuntimeError, ValueError) as exc:
+            fail(f"training failed: {exc}")
+
+    model.meta.update(
+        {
+            "dataset": dataset,
+            "training": config.to_dict(),
+            "test_accuracy": result.test_accuracy,
+            "best_epoch": result.best_epoch,
+        }
+    )
+    out = output or Path(f"{dataset}-{preset}-{method}-{fmt_compression(ratio).replace('/', 'o')}")
+    if out.suffix != ".safetensors":
+        out = out.with_name(out.name + ".safetensors")
+    try:
+        freshcore.save(model, out, half=half)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc}")
+
+    report = freshcore.size_report(model).to_dict()
+    console.print(_size_table(report))
+    console.print(
+        f"Test accuracy [bold]{fmt_pct(result.test_accuracy)}[/] (best epoch {result.best_epoch}, "
+        f"{result.seconds:.1f} s). Wrote [bold]{out}[/] ({fmt_bytes(out.stat().st_size)}).",
+        highlight=False,
+    )
+
+
+# ------------------------------------------------------------------------------ REST commands
+
+
+@contextmanager
+def _api(url: str, api_key: str | None) -> Iterator[Api]:
+    client = Api(url, api_key)
+    try:
+        yield client
+    finally:
+        client.client.close()
+
+
+def _follow(client: Api, job_id: str, poll_s: float) -> dict[str, Any]:
+    """Show a job's progress until it ends; Ctrl-C stops watching (the job keeps running)."""
+    job = client.get(f"/v1/jobs/{job_id}")
+    with _progress() as progress:
+        task = progress.add_task(job["state"], total=job.get("total_epochs") or None, metrics="")
+        try:
+            while True:
+                progress.update(
+                    task,
+                    description=job["state"],
+                    total=job.get("total_epochs") or None,
+                    completed=job.get("epoch", 0),
+                    metrics=_metrics_text(job.get("latest_metrics")),
+                )
+                if job["state"] in FINAL_STATES:
+                    break
+                time.sleep(poll_s)
+                job = client.get(f"/v1/jobs/{job_id}")
+        except KeyboardInterrupt:
+            console.print(f"Stopped watching; the job goes on (`freshnets jobs`, id {job_id}).")
+            raise typer.Exit(130) from None
+    return job
+
+
+def submit(
+    dataset: Annotated[str, typer.Option(help="A built-in data set name or an upload's id.")],
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Architecture preset (default: the one made for the data set's shape)."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="Compression method.")] = "freshnets",
+    compression: Annotated[str, typer.Option(help='e.g. "1/64" or 0.125.')] = "1/64",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (server default if left out).")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    follow: Annotated[bool, typer.Option(help="Follow the job's progress until it ends.")] = True,
+    poll: Annotated[float, typer.Option(help="Seconds between progress polls.")] = 1.0,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Queue a training job on the server (POST /v1/jobs) and follow it to the end."""
+    training = {
+        k: v
+        for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items()
+        if v is not None
+    }
+    with _api(url, api_key) as client:
+        if preset is None:
+            info = client.get(f"/v1/datasets/{dataset}")
+            shapes = {a["name"]: a["input_shape"] for a in _items(client.get("/v1/architectures"))}
+            preset = _pick_preset(shapes, info["input_shape"]) if info.get("input_shape") else None
+    body = {
+        "dataset": dataset,
+        "architecture": preset or "mnist-cnn",
+        "method": method,
+        "compression": _compression_arg(compression),
+        "training": training,
+        "seed": seed,
+    }
+    with _api(url, api_key) as client:
+        job = client.post("/v1/jobs", json=body)
+        console.print(f"Queued job [bold]{job['id']}[/]", highlight=False)
+        if not follow:
+            return
+        job = _follow(client, job["id"], poll)
+    state = job["state"]
+    style = STATE_STYLES.get(state, "")
+    if state == "succeeded":
+        acc = ""
+        if job.get("model_id"):
+            with _api(url, api_key) as client:
+                model = client.get(f"/v1/models/{job['model_id']}")
+            acc = (
+                f": test accuracy {fmt_pct(model.get('test_accuracy'))}, "
+                f"{fmt_bytes(model.get('compact_bytes'))} compact"
+            )
+        console.print(
+            f"[{style}]succeeded[/] model [bold]{job.get('model_id')}[/]{acc}", highlight=False
+        )
+        return
+    fail(f"job {job['id']} {state}" + (f": {job['error']}" if job.get("error") else ""))
+
+
+def jobs(
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """List your jobs."""
+    params: dict[str, Any] = {"limit": limit}
+    if state:
+        params["state"] = state
+    with _api(url, api_key) as client:
+        page = client.get("/v1/jobs", params=params)
+    rows = _items(page)
+    table = Table(
+        title=f"Jobs ({page.get('total', len(rows)) if isinstance(page, dict) else len(rows)})"
+    )
+    for col in (
+        "id",
+        "data set",
+        "preset",
+        "method",
+        "compression",
+        "state",
+        "epoch",
+        "val acc",
+        "created",
+    ):
+        table.add_column(col, justify="right" if col in ("epoch", "val acc") else "left")
+    for j in rows:
+        latest = j.get("latest_metrics") or {}
+        table.add_row(
+            j["id"],
+            j["dataset"],
+            j.get("architecture_name") or "custom",
+            j["method"],
+            fmt_compression(j.get("compression")),
+            f"[{STATE_STYLES.get(j['state'], '')}]{j['state']}[/]",
+            f"{j.get('epoch', 0)}/{j.get('total_epochs') or '?'}",
+            fmt_pct(latest.get("val_accuracy"), 1),
+            str(j.get("created_at", ""))[:19].replace("T", " "),
+        )
+    console.print(table)
+
+
+def models(
+    dataset: Annotated[str | None, typer.Option(help="Only models of this data set.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """List your trained models with their sizes and accuracy."""
+    with _api(url, api_key) as client:
+        rows = _items(client.get("/v1/models", params={"limit": limit}))
+    if dataset:
+        rows = [m for m in rows if m["dataset"] == dataset]
+    table = Table(title=f"Models ({len(rows)})")
+    for col in (
+        "id",
+        "data set",
+        "preset",
+        "method",
+        "asked",
+        "achieved",
+        "compact",
+        "dense",
+        "test acc",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("id", "data set", "preset", "method") else "right"
+        )
+    for m in rows:
+        table.add_row(
+            m["id"],
+            m["dataset"],
+            m.get("architecture_name") or "custom",
+            m["method"],
+            fmt_compression(m.get("compression_requested")),
+            fmt_compression(m.get("compression_achieved")),
+            fmt_bytes(m.get("compact_bytes")),
+            fmt_bytes(m.get("dense_bytes")),
+            fmt_pct(m.get("test_accuracy")),
+        )
+    console.print(table)
+
+
+def predict(
+    model: Annotated[str, typer.Argument(help="The model id (`freshnets models`).")],
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Classify images with a model on the server (multipart upload)."""
+    files = []
+    for path in images:
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        files.append(("images", (path.name, content, mime)))
+    with _api(url, api_key) as client:
+        result = client.post(f"/v1/models/{model}/predict", params={"top_k": top_k}, files=files)
+    table = Table(title=f"Predictions of {model}")
+    table.add_column("image")
+    for rank in range(1, top_k + 1):
+        table.add_column(f"#{rank}")
+    for path, pred in zip(images, result["predictions"], strict=False):
+        table.add_row(os.fspath(path), *[_top_cell(t) for t in _top_k(pred, top_k)])
+    console.print(table)
+
+
+def _top_k(pred: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """The API's top-k list, or the best k of a full `probabilities` list."""
+    top = pred.get("top_k") or pred.get("top")
+    if top is None:
+        probs = pred.get("probabilities") or []
+        names = pred.get("class_names") or []
+        order = sorted(range(len(probs)), key=lambda i: -probs[i])[:k]
+        top = [
+            {
+                "label": i,
+                "class_name": names[i] if i < len(names) else None,
+                "probability": probs[i],
+            }
+            for i in order
+        ]
+    return top[:k]
+
+
+def _top_cell(t: dict[str, Any]) -> str:
+    name = t.get("class_name") if t.get("class_name") is not None else t.get("label")
+    return f"{name} ({fmt_pct(t.get('probability'), 1)})"
 
 
 def register(cli: typer.Typer) -> None:
     """Add this module's commands to the `freshnets` entry point."""
+    cli.command()(train)
+    cli.command()(submit)
+    cli.command()(jobs)
+    cli.command()(models)
+    cli.command()(predict)
