@@ -1,4 +1,4 @@
-"""One settings class for every process (API, worker, CLI, tests): `FRESHNETS_*` variables or `.env`."""
+"""One settings class for every process (API, worker, CLI, tests): `FRESHNETS_*` or `.env`."""
 
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'freshnets.db'}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

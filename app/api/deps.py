@@ -1,0 +1,50 @@
+"""Dependencies shared by the routers: the settings, a database session, the calling owner."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.db.models import Owner
+from app.security import owner_for_key
+from app.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `freshnets keys create NAME`.")
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_current_owner(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Owner:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Authorization: missing 'Bearer <key>' header",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    owner = owner_for_key(session, credentials.credentials)
+    if owner is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Authorization: unknown or revoked API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return owner
+
+
+CurrentOwner = Annotated[Owner, Depends(get_current_owner)]

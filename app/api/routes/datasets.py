@@ -1,0 +1,164 @@
+"""Data sets: the built-in registry (visible to all) and each owner's `.npz` uploads."""
+
+import dataclasses
+import hashlib
+from pathlib import PurePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import freshcore.data as fdata
+from app.api.deps import CurrentOwner, SessionDep, SettingsDep
+from app.db.models import FINAL_STATES, DatasetBlob, Job, Owner, UserDataset
+from app.schemas import DatasetOut
+from app.settings import Settings
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+# Multipart framing around the file: the body limit for uploads is the file limit plus this.
+UPLOAD_OVERHEAD_BYTES = 1024 * 1024
+INFO_FIELDS = ("title", "input_shape", "num_classes", "class_names", "train_size", "test_size")
+INFO_FIELDS += ("source", "licence", "description")
+
+
+def _info_dict(info: Any) -> dict[str, Any]:
+    raw = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
+    return {k: raw.get(k) for k in (*INFO_FIELDS, "available") if k in raw}
+
+
+def builtin_out(info: Any) -> DatasetOut:
+    return DatasetOut(id=info.name, name=info.name, builtin=True, **_info_dict(info))
+
+
+def upload_out(row: UserDataset) -> DatasetOut:
+    info = {k: v for k, v in row.info.items() if k in INFO_FIELDS}
+    return DatasetOut(
+        id=row.id,
+        name=row.name,
+        builtin=False,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        **info,
+    )
+
+
+def find_dataset(session: Session, owner: Owner, dataset_id: str) -> DatasetOut | None:
+    """A built-in data set by name, or one of this owner's uploads by id; None otherwise."""
+    try:
+        return builtin_out(fdata.get_info(dataset_id))
+    except (KeyError, ValueError):  # DatasetNotFound is a KeyError
+        pass
+    row = session.get(UserDataset, dataset_id)
+    if row is None or row.owner_id != owner.id:
+        return None
+    return upload_out(row)
+
+
+def _not_found(dataset_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"dataset: no data set {dataset_id!r}")
+
+
+@router.get("")
+def list_datasets(
+    session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+) -> list[DatasetOut]:
+    """The built-in data sets, then this owner's uploads (newest first)."""
+    builtin = [builtin_out(info) for info in fdata.list_datasets(cache_dir=settings.cache_dir)]
+    rows = session.scalars(
+        select(UserDataset)
+        .where(UserDataset.owner_id == owner.id)
+        .order_by(UserDataset.created_at.desc())
+    ).all()
+    return builtin + [upload_out(row) for row in rows]
+
+
+@router.get("/{dataset_id}", responses={404: {"description": "No such data set."}})
+def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
+    found = find_dataset(session, owner, dataset_id)
+    if found is None:
+        raise _not_found(dataset_id)
+    return found
+
+
+def _upload_limits(settings: Settings) -> "fdata.UploadLimits":
+    return fdata.UploadLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_samples=settings.max_dataset_samples,
+        max_pixels=settings.max_image_pixels,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        413: {"description": "The file is larger than FRESHNETS_MAX_UPLOAD_BYTES."},
+        422: {"description": "The file is not a valid data set (the message names the array)."},
+    },
+)
+def upload_dataset(
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="An .npz with x_train, y_train, x_test, y_test")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> DatasetOut:
+    """Upload an `.npz` data set; it is validated in full before it is kept."""
+    data = file.file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"file: larger than FRESHNETS_MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)",
+        )
+    if not data:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "file: the upload is empty")
+    name = (name or "").strip() or PurePath(file.filename or "upload.npz").stem or "upload"
+    try:
+        dataset = fdata.load_npz(data, name=name, limits=_upload_limits(settings))
+    except ValueError as exc:  # UploadError names the array and the problem
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"file: {exc}") from exc
+    row = UserDataset(
+        owner_id=owner.id,
+        name=name[:200],
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        info=_info_dict(dataset.info),
+    )
+    session.add(row)
+    session.flush()
+    session.add(DatasetBlob(dataset_id=row.id, data=data))
+    session.commit()
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return upload_out(row)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        404: {"description": "No such upload."},
+        409: {"description": "A built-in data set, or one a queued or running job uses."},
+    },
+)
+def delete_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> None:
+    row = session.get(UserDataset, dataset_id)
+    if row is None or row.owner_id != owner.id:
+        if find_dataset(session, owner, dataset_id) is not None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"dataset: {dataset_id!r} is built in and cannot be deleted",
+            )
+        raise _not_found(dataset_id)
+    busy = session.scalar(
+        select(Job.id).where(Job.dataset == row.id, Job.state.not_in(FINAL_STATES)).limit(1)
+    )
+    if busy is not None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"dataset: job {busy} still uses it; cancel it first"
+        )
+    session.delete(row)
+    session.commit()

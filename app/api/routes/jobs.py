@@ -1,0 +1,257 @@
+"""Training jobs: validate a request into a queued row, send the wake-up message, report, cancel."""
+
+import dataclasses
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+import freshcore
+from app import jobs_queue
+from app.api.deps import CurrentOwner, SessionDep, SettingsDep
+from app.api.errors import from_pydantic, invalid
+from app.api.routes.datasets import find_dataset
+from app.db.models import EpochMetric, Job, JobState, Model, Owner
+from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
+from app.settings import Settings
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+NOT_FOUND = {404: {"description": "No such job (or another owner's)."}}
+
+
+def _compression(value: float | str) -> float:
+    try:
+        c = freshcore.parse_compression(value) if isinstance(value, str) else float(value)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise invalid(("body", "compression"), str(exc)) from exc
+    if not (math.isfinite(c) and 0 < c <= 1):
+        raise invalid(("body", "compression"), f"must be in (0, 1], got {value!r}")
+    return c
+
+
+def _spec(
+    body: JobCreate, input_shape: tuple[int, ...], num_classes: int, settings: Settings
+) -> Any:
+    """The resolved, shape-checked spec for this data set; a 422 naming the layer otherwise."""
+    loc = ("body", "architecture")
+    arch = body.architecture
+    if isinstance(arch, str) and arch not in freshcore.PRESETS:
+        known = ", ".join(sorted(freshcore.PRESETS))
+        raise invalid(loc, f"unknown preset {arch!r}; one of: {known}")
+    try:
+        spec = freshcore.resolve_spec(arch, input_shape=input_shape, num_classes=num_classes)
+    except pydantic.ValidationError as exc:
+        raise from_pydantic(exc, loc) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise invalid(loc, str(exc)) from exc
+    if tuple(spec.input_shape) != tuple(input_shape):
+        raise invalid(
+            (*loc, "input_shape"),
+            f"{tuple(spec.input_shape)} does not match the data set's {tuple(input_shape)}",
+        )
+    if spec.num_classes != num_classes:
+        raise invalid(
+            (*loc, "num_classes"),
+            f"{spec.num_classes} does not match the data set's {num_classes} classes",
+        )
+    try:
+        spec.check(max_virtual_weights=settings.max_virtual_weights)
+    except ValueError as exc:  # SpecError names the layer and the reason
+        layer = getattr(exc, "layer", None)
+        raise invalid((*loc, "layers", layer) if layer is not None else loc, str(exc)) from exc
+    return spec
+
+
+def _training(body: JobCreate, settings: Settings) -> dict[str, Any]:
+    try:
+        config = freshcore.TrainConfig.from_dict(body.training)
+    except (ValueError, TypeError) as exc:
+        raise invalid(("body", "training"), str(exc)) from exc
+    if config.epochs > settings.max_epochs:
+        raise invalid(
+            ("body", "training", "epochs"),
+            f"{config.epochs} is over FRESHNETS_MAX_EPOCHS ({settings.max_epochs})",
+        )
+    return dataclasses.asdict(config)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None:
+        return None
+    return ((end or datetime.now(UTC)) - start).total_seconds()
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    latest = session.scalar(
+        select(EpochMetric).where(EpochMetric.job_id == job.id).order_by(EpochMetric.epoch.desc())
+    )
+    model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
+    return JobOut(
+        id=job.id,
+        state=job.state,
+        dataset=job.dataset,
+        architecture_name=job.architecture_name,
+        architecture=job.architecture,
+        method=job.method,
+        compression=job.compression,
+        training=job.training,
+        seed=job.seed,
+        progress=job.progress,
+        epoch=job.epoch,
+        total_epochs=job.total_epochs,
+        latest_metrics=EpochMetricOut.model_validate(latest) if latest else None,
+        error=job.error,
+        cancel_requested=job.cancel_requested,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        queued_seconds=_seconds(job.created_at, job.started_at or job.finished_at),
+        run_seconds=_seconds(job.started_at, job.finished_at),
+        model_id=model_id,
+    )
+
+
+def owned_job(session: Session, owner: Owner, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != owner.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job: no job {job_id!r}")
+    return job
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={422: {"description": "An invalid field; the message names it."}},
+)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    response: Response,
+) -> JobOut:
+    """Queue a training job. The row is kept even if the broker is down (it is re-sent later)."""
+    dataset = find_dataset(session, owner, body.dataset)
+    if dataset is None:
+        raise invalid(("body", "dataset"), f"unknown data set {body.dataset!r}")
+    if not dataset.available:
+        raise invalid(
+            ("body", "dataset"),
+            f"{body.dataset!r} is not on this machine: "
+            f"run `freshnets datasets fetch {body.dataset}`",
+        )
+    if body.method not in freshcore.METHODS:
+        known = ", ".join(freshcore.METHODS)
+        raise invalid(("body", "method"), f"unknown method {body.method!r}; one of: {known}")
+    compression = _compression(body.compression)
+    assert dataset.input_shape is not None and dataset.num_classes is not None
+    spec = _spec(body, dataset.input_shape, dataset.num_classes, settings)
+    training = _training(body, settings)
+    job = Job(
+        owner_id=owner.id,
+        dataset=dataset.id,
+        architecture_name=body.architecture if isinstance(body.architecture, str) else spec.name,
+        architecture=spec.model_dump(mode="json"),
+        method=body.method,
+        compression=compression,
+        training=training,
+        seed=body.seed,
+        state=JobState.queued,
+        total_epochs=training["epochs"],
+    )
+    session.add(job)
+    session.commit()
+    jobs_queue.enqueue(settings, job.id)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_out(session, job)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    owner: CurrentOwner,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> Page[JobOut]:
+    """This owner's jobs, newest first."""
+    where = [Job.owner_id == owner.id]
+    if state is not None:
+        where.append(Job.state == state)
+    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    jobs = session.scalars(
+        select(Job)
+        .where(*where)
+        .order_by(Job.created_at.desc(), Job.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return Page[JobOut](
+        items=[job_out(session, j) for j in jobs], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{job_id}", responses=NOT_FOUND)
+def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
+    return job_out(session, owned_job(session, owner, job_id))
+
+
+@router.get("/{job_id}/metrics", responses=NOT_FOUND)
+def job_metrics(
+    job_id: str,
+    session: SessionDep,
+    owner: CurrentOwner,
+    after: Annotated[
+        int | None, Query(ge=-1, le=2**31 - 1, description="Only epochs after this one (polling).")
+    ] = None,
+) -> JobMetricsOut:
+    """The per-epoch series; pass the last epoch you have as `after` to get only what is new."""
+    job = owned_job(session, owner, job_id)
+    query = select(EpochMetric).where(EpochMetric.job_id == job.id)
+    if after is not None:
+        query = query.where(EpochMetric.epoch > after)
+    rows = session.scalars(query.order_by(EpochMetric.epoch)).all()
+    return JobMetricsOut(
+        job_id=job.id,
+        state=job.state,
+        epoch=job.epoch,
+        total_epochs=job.total_epochs,
+        items=[EpochMetricOut.model_validate(r) for r in rows],
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    responses={**NOT_FOUND, 409: {"description": "The job has already finished."}},
+)
+def cancel_job(
+    job_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+) -> JobOut:
+    """A queued job is cancelled now; a running one stops at its next batch."""
+    job = owned_job(session, owner, job_id)
+    now = datetime.now(UTC)
+    # Conditional updates: a worker may claim the job between our read and our write.
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == JobState.queued)
+        .values(state=JobState.cancelled, cancel_requested=True, finished_at=now)
+    ).rowcount
+    if not cancelled:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == JobState.running)
+            .values(cancel_requested=True)
+        )
+    session.commit()
+    session.refresh(job)
+    if cancelled:
+        jobs_queue.revoke(settings, job.id)
+    elif job.state != JobState.running:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"state: job is already {job.state.value}")
+    return job_out(session, job)

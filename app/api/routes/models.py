@@ -1,0 +1,104 @@
+"""Trained models: their numbers, the compact file, deletion (prediction lives in predict.py)."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.api.deps import CurrentOwner, SessionDep
+from app.db.models import Job, Model, ModelBlob, Owner
+from app.schemas import ModelOut, Page
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+NOT_FOUND = {404: {"description": "No such model (or another owner's)."}}
+
+
+def model_out(model: Model, architecture: dict | None) -> ModelOut:
+    return ModelOut(
+        id=model.id,
+        job_id=model.job_id,
+        dataset=model.dataset,
+        architecture_name=model.architecture_name,
+        architecture=architecture,
+        method=model.method,
+        compression_requested=model.compression_requested,
+        compression_achieved=model.compression_achieved,
+        stored_parameters=model.stored_parameters,
+        virtual_parameters=model.virtual_parameters,
+        compact_bytes=model.compact_bytes,
+        dense_bytes=model.dense_bytes,
+        test_accuracy=model.test_accuracy,
+        size_report=model.size_report,
+        created_at=model.created_at,
+    )
+
+
+def owned_model(session: Session, owner: Owner, model_id: str) -> Model:
+    model = session.get(Model, model_id)
+    if model is None or model.owner_id != owner.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model: no model {model_id!r}")
+    return model
+
+
+def _with_architecture():  # type: ignore[no-untyped-def]
+    # The spec lives on the job that trained the model.
+    return select(Model, Job.architecture).outerjoin(Job, Job.id == Model.job_id)
+
+
+@router.get("")
+def list_models(
+    session: SessionDep,
+    owner: CurrentOwner,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> Page[ModelOut]:
+    """This owner's models, newest first."""
+    total = session.scalar(
+        select(func.count()).select_from(Model).where(Model.owner_id == owner.id)
+    )
+    rows = session.execute(
+        _with_architecture()
+        .where(Model.owner_id == owner.id)
+        .order_by(Model.created_at.desc(), Model.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return Page[ModelOut](
+        items=[model_out(m, a) for m, a in rows], total=total or 0, limit=limit, offset=offset
+    )
+
+
+@router.get("/{model_id}", responses=NOT_FOUND)
+def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
+    model = owned_model(session, owner, model_id)
+    architecture = session.scalar(select(Job.architecture).where(Job.id == model.job_id))
+    return model_out(model, architecture)
+
+
+@router.get(
+    "/{model_id}/file",
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"application/octet-stream": {}}, "description": "The compact file."},
+    },
+)
+def get_model_file(model_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+    """The compact file: safetensors with JSON metadata, readable with `freshcore.load`."""
+    model = owned_model(session, owner, model_id)
+    data = session.scalar(select(ModelBlob.data).where(ModelBlob.model_id == model.id))
+    if data is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model: {model_id!r} has no file")
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="freshnets-{model.id}.safetensors"'},
+    )
+
+
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+def delete_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> None:
+    session.delete(owned_model(session, owner, model_id))
+    session.commit()

@@ -1,0 +1,128 @@
+"""Request and response bodies of the HTTP API (apart from the ORM models)."""
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.db.models import JobState
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class DatasetOut(BaseModel):
+    id: str = Field(description="A built-in data set's name, or an uploaded data set's id.")
+    name: str
+    builtin: bool
+    title: str | None = None
+    input_shape: tuple[int, int, int] | None = Field(None, description="(C, H, W)")
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    source: str | None = None
+    licence: str | None = None
+    description: str | None = None
+    available: bool = True
+    size_bytes: int | None = None
+    sha256: str | None = None
+    created_at: datetime | None = None
+
+
+class ArchitectureOut(BaseModel):
+    name: str
+    description: str | None = None
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    virtual_weights: int
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(
+        min_length=1, max_length=200, description="A built-in name or an upload's id."
+    )
+    architecture: str | dict[str, Any] = Field(
+        description="A preset name (GET /v1/architectures) or an inline architecture spec."
+    )
+    method: str = Field("freshnets", description="One of freshcore.METHODS.")
+    compression: float | str = Field(
+        1 / 64, description='Stored / virtual parameters in (0, 1], a number or a string "1/64".'
+    )
+    training: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TrainConfig fields (epochs, batch_size, optimizer, lr...); omitted: defaults.",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class EpochMetricOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    learning_rate: float
+    seconds: float
+    created_at: datetime
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    dataset: str
+    architecture_name: str | None
+    architecture: dict[str, Any]
+    method: str
+    compression: float
+    training: dict[str, Any]
+    seed: int
+    progress: float = Field(description="Fraction of the planned epochs done, in [0, 1].")
+    epoch: int
+    total_epochs: int
+    latest_metrics: EpochMetricOut | None
+    error: str | None
+    cancel_requested: bool
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queued_seconds: float | None = Field(description="From creation to start (or to now).")
+    run_seconds: float | None = Field(description="From start to finish (or to now).")
+    model_id: str | None
+
+
+class JobMetricsOut(BaseModel):
+    job_id: str
+    state: JobState
+    epoch: int
+    total_epochs: int
+    items: list[EpochMetricOut]
+
+
+class ModelOut(BaseModel):
+    id: str
+    job_id: str | None
+    dataset: str
+    architecture_name: str | None
+    architecture: dict[str, Any] | None
+    method: str
+    compression_requested: float
+    compression_achieved: float
+    stored_parameters: int
+    virtual_parameters: int
+    compact_bytes: int
+    dense_bytes: int
+    test_accuracy: float | None
+    size_report: dict[str, Any]
+    created_at: datetime
