@@ -1,0 +1,470 @@
+"""The training task: claim a job in the database, train it with freshcore, register its model.
+
+Idempotent by job id. The claim is a conditional UPDATE, so of any number of deliveries of one
+job exactly one worker trains it at a time; a job already final, or held by a worker whose heart
+still beats, is skipped. Each epoch writes its metrics, the checkpoint, the progress and the
+heartbeat in one transaction, so a redelivered job resumes after its last finished epoch. The
+model and the `succeeded` state are written in one transaction too, and `models.job_id` is unique:
+one job, one model, however often it is delivered.
+"""
+
+import hashlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from celery.exceptions import Reject
+from celery.worker import state as worker_state
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+import freshcore
+from app.db.engine import get_sessionmaker
+from app.db.models import (
+    Checkpoint,
+    DatasetBlob,
+    EpochMetric,
+    Job,
+    JobState,
+    Model,
+    ModelBlob,
+    UserDataset,
+    utcnow,
+)
+from app.settings import get_settings
+from freshcore import data as fdata
+from worker.celery_app import TRAIN_TASK, celery_app
+
+log = logging.getLogger(__name__)
+
+# should_stop() reads the cancel flag at most this often (seconds): it runs between batches.
+CANCEL_POLL_S = 1.0
+
+
+class JobFailed(Exception):
+    """The job cannot succeed; the message is stored as the job's error for its owner to read."""
+
+
+class LostClaim(Exception):
+    """Another worker took this job over (ours looked dead) or it was finalised elsewhere."""
+
+
+def worker_id() -> str:
+    """Who holds a claim: host and process, so a pool child is told apart from its siblings."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _session() -> Session:
+    return get_sessionmaker()()
+
+
+def claim(job_id: str, me: str) -> bool:
+    """queued, or running with a stale heartbeat -> running by `me`; False if not ours to run."""
+    now = utcnow()
+    stale = now - timedelta(seconds=get_settings().heartbeat_timeout_s)
+    claimable = or_(
+        Job.state == JobState.queued,
+        and_(
+            Job.state == JobState.running,
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+        ),
+    )
+    with _session() as session:
+        # A cancel that arrived while the job waited: finish it without training.
+        cancelled = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.cancel_requested.is_(True), claimable)
+            .values(state=JobState.cancelled, finished_at=now, worker=None)
+        )
+        if cancelled.rowcount:
+            session.execute(Checkpoint.__table__.delete().where(Checkpoint.job_id == job_id))
+            session.commit()
+            return False
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, claimable)
+            .values(
+                state=JobState.running,
+                worker=me,
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+                started_at=now,
+                error=None,
+            )
+        )
+        session.commit()
+        return claimed.rowcount == 1
+
+
+def _still_mine(job_id: str, me: str) -> Any:
+    return and_(Job.id == job_id, Job.worker == me, Job.state == JobState.running)
+
+
+class Heartbeat(threading.Thread):
+    """Beats the job's heartbeat while it trains, so a long epoch never looks like a dead worker."""
+
+    def __init__(self, job_id: str, me: str) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.job_id, self.me = job_id, me
+        self.interval = max(0.5, min(get_settings().heartbeat_timeout_s / 4, 15.0))
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with _session() as session:
+                    result = session.execute(
+                        update(Job)
+                        .where(_still_mine(self.job_id, self.me))
+                        .values(heartbeat_at=utcnow())
+                    )
+                    session.commit()
+                if result.rowcount == 0:
+                    self.lost.set()
+                    return
+            except DBAPIError:
+                log.warning("heartbeat for job %s failed; retrying", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=5)
+
+
+@dataclass
+class StopFlags:
+    """Why training was asked to stop between batches."""
+
+    cancel: bool = False
+    lost: bool = False
+    shutdown: bool = False
+
+    def any(self) -> bool:
+        return self.cancel or self.lost or self.shutdown
+
+
+def make_should_stop(job_id: str, me: str, beat: Heartbeat, flags: StopFlags) -> Callable[[], bool]:
+    """Cheap between batches: reads the job row at most once per `CANCEL_POLL_S`."""
+    last = 0.0
+
+    def should_stop() -> bool:
+        nonlocal last
+        if worker_state.should_stop or worker_state.should_terminate:
+            flags.shutdown = True
+        if beat.lost.is_set():
+            flags.lost = True
+        now = time.monotonic()
+        if not flags.any() and now - last >= CANCEL_POLL_S:
+            last = now
+            with _session() as session:
+                row = session.execute(
+                    select(Job.state, Job.worker, Job.cancel_requested).where(Job.id == job_id)
+                ).one_or_none()
+            if row is None or row.state != JobState.running or row.worker != me:
+                flags.lost = True
+            elif row.cancel_requested:
+                flags.cancel = True
+        return flags.any()
+
+    return should_stop
+
+
+def load_dataset(dataset: str) -> fdata.Dataset:
+    """A built-in data set by name, or an upload (by id) cached on disk under its sha256."""
+    settings = get_settings()
+    with _session() as session:
+        upload = session.get(UserDataset, dataset)
+        if upload is None:
+            try:
+                return fdata.load(dataset, cache_dir=settings.cache_dir)
+            except fdata.DatasetNotFound as exc:
+                raise JobFailed(f"data set {dataset!r} not found") from exc
+        path = settings.cache_dir / "uploads" / f"{upload.sha256}.npz"
+        if not path.exists():
+            blob = session.get(DatasetBlob, upload.id)
+            if blob is None:
+                raise JobFailed(f"the uploaded data set {upload.name!r} has no data (deleted?)")
+            _write_verified(path, blob.data, upload.sha256)
+        name = upload.name
+    try:
+        return fdata.load_npz(path, name=name)
+    except fdata.UploadError as exc:
+        raise JobFailed(f"the uploaded data set {name!r} is invalid: {exc}") from exc
+
+
+def _write_verified(path: Path, data: bytes, sha256: str) -> None:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise JobFailed("the uploaded data set's bytes do not match their sha256")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic: another worker never reads half a file
+
+
+def train_config(job: Job) -> freshcore.TrainConfig:
+    """The job's training settings; the device is this worker's choice, not the submitter's."""
+    settings = get_settings()
+    fields = {"seed": job.seed, **job.training, "device": settings.device}
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise JobFailed("FRESHNETS_DEVICE=cuda but this worker has no CUDA device")
+    try:
+        return freshcore.TrainConfig.from_dict(fields)
+    except (ValueError, TypeError) as exc:
+        raise JobFailed(f"bad training settings: {exc}") from exc
+
+
+def write_epoch(job_id: str, me: str, metrics: Any, checkpoint: bytes, total_epochs: int) -> None:
+    """Metrics, checkpoint, progress and heartbeat of one finished epoch, in one transaction."""
+    now = utcnow()
+    values = {
+        "train_loss": metrics.train_loss,
+        "train_accuracy": metrics.train_accuracy,
+        "val_loss": metrics.val_loss,
+        "val_accuracy": metrics.val_accuracy,
+        "learning_rate": metrics.learning_rate,
+        "seconds": metrics.seconds,
+        "created_at": now,
+    }
+    with _session() as session:
+        moved = session.execute(
+            update(Job)
+            .where(_still_mine(job_id, me))
+            .values(
+                epoch=metrics.epoch,
+                total_epochs=total_epochs,
+                progress=min(1.0, metrics.epoch / max(1, total_epochs)),
+                heartbeat_at=now,
+            )
+        )
+        if moved.rowcount == 0:
+            session.rollback()
+            raise LostClaim(job_id)
+        row = session.scalar(
+            select(EpochMetric).where(
+                EpochMetric.job_id == job_id, EpochMetric.epoch == metrics.epoch
+            )
+        )
+        if row is None:
+            session.add(EpochMetric(job_id=job_id, epoch=metrics.epoch, **values))
+        else:
+            for key, value in values.items():
+                setattr(row, key, value)
+        ckpt = session.get(Checkpoint, job_id)
+        if ckpt is None:
+            session.add(Checkpoint(job_id=job_id, epoch=metrics.epoch, data=checkpoint))
+        else:
+            ckpt.epoch, ckpt.data, ckpt.updated_at = metrics.epoch, checkpoint, now
+        session.commit()
+
+
+def finish(job_id: str, me: str, state: JobState, error: str | None = None) -> bool:
+    """Final state (not succeeded: see `register_model`), only if we still hold the claim."""
+    with _session() as session:
+        done = session.execute(
+            update(Job)
+            .where(_still_mine(job_id, me))
+            .values(state=state, error=error, finished_at=utcnow(), heartbeat_at=None)
+        )
+        if done.rowcount:
+            session.execute(Checkpoint.__table__.delete().where(Checkpoint.job_id == job_id))
+        session.commit()
+        return bool(done.rowcount)
+
+
+def release(job_id: str, me: str) -> None:
+    """Hand the job back (this worker is shutting down): queued again, checkpoint kept."""
+    with _session() as session:
+        session.execute(
+            update(Job)
+            .where(_still_mine(job_id, me))
+            .values(state=JobState.queued, worker=None, heartbeat_at=None)
+        )
+        session.commit()
+
+
+def register_model(job: Job, me: str, model: freshcore.FreshModel, result: Any) -> str:
+    """Model + blob + `succeeded`, one transaction; a second model for one job cannot exist."""
+    settings = get_settings()
+    blob = freshcore.to_bytes(model)
+    if len(blob) > settings.max_model_bytes:
+        raise JobFailed(
+            f"the trained model is {len(blob)} bytes, over FRESHNETS_MAX_MODEL_BYTES="
+            f"{settings.max_model_bytes}; ask for a stronger compression"
+        )
+    report = freshcore.size_report(model).to_dict()
+    total = report.get("total", report)
+    virtual = int(total["virtual_weights"])
+    stored = int(total["stored_parameters"])
+    now = utcnow()
+    with _session() as session:
+        done = session.execute(
+            update(Job)
+            .where(_still_mine(job.id, me))
+            .values(
+                state=JobState.succeeded,
+                progress=1.0,
+                finished_at=now,
+                heartbeat_at=None,
+                error=None,
+            )
+        )
+        if done.rowcount == 0:
+            session.rollback()
+            raise LostClaim(job.id)
+        row = Model(
+            owner_id=job.owner_id,
+            job_id=job.id,
+            dataset=job.dataset,
+            architecture_name=job.architecture_name,
+            method=job.method,
+            compression_requested=job.compression,
+            compression_achieved=stored / max(1, virtual),
+            stored_parameters=stored,
+            virtual_parameters=virtual,
+            compact_bytes=len(blob),
+            dense_bytes=int(total["dense_bytes"]),
+            test_accuracy=result.test_accuracy,
+            size_report=report,
+            created_at=now,
+        )
+        session.add(row)
+        session.flush()
+        session.add(ModelBlob(model_id=row.id, data=blob))
+        session.execute(Checkpoint.__table__.delete().where(Checkpoint.job_id == job.id))
+        try:
+            session.commit()
+        except IntegrityError as exc:  # models.job_id is unique: someone registered it first
+            session.rollback()
+            raise LostClaim(job.id) from exc
+        return row.id
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _check_finite(metrics: Any) -> None:
+    for name in ("train_loss", "val_loss"):
+        value = getattr(metrics, name, None)
+        if value is not None and not math.isfinite(value):
+            raise JobFailed(
+                f"training diverged: {name} is {value} at epoch {metrics.epoch}; "
+                "try a lower learning rate"
+            )
+
+
+def train_claimed(job_id: str, me: str) -> str:
+    """Train a job this worker has claimed; returns the outcome (for the log)."""
+    with _session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None  # we hold its claim
+        ckpt = session.get(Checkpoint, job_id)
+        resume = ckpt.data if ckpt is not None else None
+        session.expunge_all()
+
+    settings = get_settings()
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+
+    dataset = load_dataset(job.dataset)
+    info = dataset.info
+    try:
+        model = freshcore.build_model(
+            job.architecture,
+            method=job.method,
+            compression=job.compression,
+            seed=job.seed,
+            input_shape=tuple(info.input_shape),
+            num_classes=info.num_classes,
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise JobFailed(f"bad architecture for data set {info.name!r}: {exc}") from exc
+    model.class_names = list(info.class_names) if info.class_names else None
+    model.meta.update({"dataset": job.dataset, "job_id": job.id, "training": job.training})
+    config = train_config(job)
+
+    beat = Heartbeat(job_id, me)
+    flags = StopFlags()
+
+    def on_epoch(metrics: Any, checkpoint: Callable[[], bytes]) -> bool:
+        _check_finite(metrics)
+        write_epoch(job_id, me, metrics, checkpoint(), config.epochs)
+        return False
+
+    beat.start()
+    try:
+        result = freshcore.train(
+            model,
+            dataset,
+            config,
+            on_epoch,
+            should_stop=make_should_stop(job_id, me, beat, flags),
+            resume=resume,
+        )
+    finally:
+        beat.stop()
+
+    if flags.lost:
+        raise LostClaim(job_id)
+    if flags.cancel:
+        finish(job_id, me, JobState.cancelled)
+        return "cancelled"
+    if flags.shutdown:
+        release(job_id, me)
+        raise Reject("worker shutting down: job handed back", requeue=True)
+    if result.test_loss is not None and not math.isfinite(result.test_loss):
+        raise JobFailed("training diverged: the test loss is not a number")
+    model.meta["test_accuracy"] = result.test_accuracy
+    model_id = register_model(job, me, model, result)
+    return f"succeeded: model {model_id}"
+
+
+def run_job(job_id: str) -> str:
+    """Claim, train, record. A failure that is the job's fault ends it `failed` with a reason."""
+    me = worker_id()
+    if not claim(job_id, me):
+        log.info("job %s: not claimable (final, cancelled or held by a live worker)", job_id)
+        return "skipped"
+    log.info("job %s: claimed by %s", job_id, me)
+    try:
+        outcome = train_claimed(job_id, me)
+    except LostClaim:
+        log.warning("job %s: another worker took it over; this run's work is dropped", job_id)
+        return "lost"
+    except JobFailed as exc:
+        finish(job_id, me, JobState.failed, str(exc))
+        return f"failed: {exc}"
+    except (Reject, DBAPIError):
+        # Database away: leave the claim; its heartbeat goes stale and the reconciler retries.
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            message = (
+                f"out of memory while training ({type(exc).__name__}); "
+                "try a smaller batch size, a smaller model or a stronger compression"
+            )
+        else:
+            log.exception("job %s: unexpected error", job_id)
+            message = f"training error: {type(exc).__name__}: {exc}"
+        finish(job_id, me, JobState.failed, message)
+        return f"failed: {message}"
+    log.info("job %s: %s", job_id, outcome)
+    return outcome
+
+
+@celery_app.task(name=TRAIN_TASK)
+def train_job(job_id: str) -> str:
+    """The message carries only the job id: the row says what to train."""
+    return run_job(job_id)
