@@ -1,0 +1,255 @@
+"""Reproduce the paper's table: every data set x method x factor x seed, resumable, plus ablations.
+
+    from freshcore.reproduce import Options, reproduce
+    summary = reproduce(Options(datasets=["mnist"], out="runs/table"))
+
+Procedure (stated in every report): for each (data set, method, factor) the grid of the protocol
+(learning rates by default) is trained on the tuning seed; the candidate with the lowest
+validation error is kept and the remaining seeds are trained with it. The tuning seed's run with
+the chosen setting is that seed's result. Test error is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from freshcore.reproduce.ablations import (
+    Ablation,
+    ablation_spec,
+    default_ablations,
+    quick_ablations,
+)
+from freshcore.reproduce.plan import (
+    ALL_METHODS,
+    COMPRESSED_METHODS,
+    DEFAULT_FACTORS,
+    TABLE_DATASETS,
+    Protocol,
+    RunSpec,
+    arch_for,
+    default_protocol,
+    quick_protocol,
+    table_groups,
+)
+from freshcore.reproduce.report import (
+    ablation_rows,
+    collect_cells,
+    markdown_table,
+    plot_errors,
+    selection_table,
+)
+from freshcore.reproduce.runner import (
+    DataCache,
+    Reporter,
+    RunStore,
+    machine_info,
+    run_groups,
+    run_one,
+)
+
+__all__ = [
+    "ALL_METHODS",
+    "COMPRESSED_METHODS",
+    "DEFAULT_FACTORS",
+    "TABLE_DATASETS",
+    "Ablation",
+    "DataCache",
+    "Options",
+    "Protocol",
+    "Reporter",
+    "RunSpec",
+    "RunStore",
+    "default_datasets",
+    "default_protocol",
+    "quick_options",
+    "reproduce",
+    "write_report",
+]
+
+
+@dataclass
+class Options:
+    """What one `freshnets reproduce` invocation runs and where it writes."""
+
+    datasets: list[str] = field(default_factory=lambda: list(TABLE_DATASETS))
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    factors: list[str] = field(default_factory=lambda: list(DEFAULT_FACTORS))
+    seeds: int = 3
+    out: Path | str = Path("runs/reproduce")
+    protocol: Protocol = field(default_factory=default_protocol)
+    table: bool = True
+    ablations: bool = False
+    ablation_datasets: list[str] | None = None  # default: the first data set
+    ablation_factors: list[str] | None = None  # default: the table's factors
+    ablation_seeds: int = 1
+    ablation_variants: list[Ablation] = field(default_factory=default_ablations)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        data["ablation_variants"] = [a.name for a in self.ablation_variants]
+        return data
+
+
+def default_datasets() -> list[str]:
+    """The seven 28x28 data sets, plus any available colour data set (CIFAR-10 when present)."""
+    from freshcore.data import list_datasets
+
+    extra = [
+        info.name
+        for info in list_datasets()
+        if info.available and info.input_shape[0] == 3 and info.name not in TABLE_DATASETS
+    ]
+    return [*TABLE_DATASETS, *extra]
+
+
+def quick_options(out: Path | str, device: str = "cpu") -> Options:
+    """The CI proof: digits, one epoch on a few hundred samples, dense + freshnets, one seed."""
+    return Options(
+        datasets=["digits"],
+        methods=["dense", "freshnets"],
+        factors=["1/16"],
+        seeds=1,
+        out=out,
+        protocol=quick_protocol(device),
+        ablations=True,
+        ablation_variants=quick_ablations(),
+    )
+
+
+def _archs(datasets: list[str]) -> dict[str, str]:
+    from freshcore.data import get_info
+
+    return {name: arch_for(tuple(get_info(name).input_shape)) for name in datasets}
+
+
+def ablation_plan(options: Options, store: RunStore) -> list[tuple[str, str, str, RunSpec]]:
+    """(variant, knob, metric, spec) for every ablation run, in the order they are run."""
+    datasets = options.ablation_datasets or options.datasets[:1]
+    factors = options.ablation_factors or options.factors
+    archs = _archs(datasets)
+    fallback = {**options.protocol.base, **options.protocol.grid[0]}
+    plan = []
+    for dataset in datasets:
+        for factor in factors:
+            for seed in range(options.ablation_seeds):
+                for ablation in options.ablation_variants:
+                    spec = ablation_spec(
+                        ablation, dataset, factor, seed, store, fallback, archs[dataset]
+                    )
+                    plan.append((ablation.name, ablation.knob, ablation.metric, spec))
+    return plan
+
+
+def reproduce(
+    options: Options,
+    reporter: Reporter | None = None,
+    command: str = "",
+    data: DataCache | None = None,
+) -> dict[str, Any]:
+    """Run what is not done yet, then write the report. Returns the report's summary."""
+    started = time.perf_counter()
+    store = RunStore(options.out)
+    data = data or DataCache()
+    reporter = reporter or Reporter()
+    failures: list[tuple[RunSpec, BaseException]] = []
+    seeds = list(range(options.seeds))
+    if options.table:
+        groups = table_groups(
+            options.datasets, options.methods, options.factors, _archs(options.datasets)
+        )
+        failures += run_groups(groups, options.protocol, seeds, store, data, reporter)
+    if options.ablations:
+        plan = ablation_plan(options, store)
+        unique = list({spec.key(): spec for *_, spec in plan}.values())
+        reporter.begin(len(unique))
+        for spec in unique:
+            try:
+                run_one(spec, store, data, reporter, options.protocol.device)
+            except Exception as exc:  # one broken variant must not stop the others
+                failures.append((spec, exc))
+                reporter.failed(spec, exc)
+    return write_report(options, command, time.perf_counter() - started, failures)
+
+
+def write_report(
+    options: Options,
+    command: str,
+    wall_s: float,
+    failures: list[tuple[RunSpec, BaseException]] | None = None,
+) -> dict[str, Any]:
+    """results.json, results.md and errors.png in the output directory, from what is on disk."""
+    store = RunStore(options.out)
+    out = Path(options.out)
+    cells = collect_cells(store, list(range(options.seeds)))
+    records = store.records()
+    machine = machine_info(options.protocol.device)
+    summary: dict[str, Any] = {
+        "command": command,
+        "machine": machine,
+        "wall_s": wall_s,
+        "run_seconds_total": sum(r["result"]["seconds"] for r in records),
+        "runs_finished": len(records),
+        "options": options.to_dict(),
+        "procedure": __doc__.split("Procedure", 1)[1].split("\n\n")[0].strip(),
+        "cells": cells,
+        "failures": [{"key": s.key(), "spec": s.to_dict(), "error": repr(e)} for s, e in failures],
+    }
+    md = [
+        "# FreshNets reproduction",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine['cpu']} ({machine['cpu_count']} cores, {machine['threads']} torch "
+        f"threads), GPU: {machine['gpu'] or 'none'}, torch {machine['torch']}.",
+        "",
+        f"Wall time of this invocation: {wall_s:.0f} s; training time of all {len(records)} "
+        f"finished runs: {summary['run_seconds_total']:.0f} s.",
+        "",
+        "Protocol: "
+        + ", ".join(f"{k}={v}" for k, v in options.protocol.base.items())
+        + "; grid: "
+        + "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in options.protocol.grid)
+        + f"; tuning seed {options.protocol.tune_seed}; seeds 0..{options.seeds - 1}.",
+        "",
+        "Hyper-parameters are chosen on the validation split only: " + summary["procedure"],
+        "",
+    ]
+    if options.table:
+        md += [
+            "## Test error (%), mean ± std over seeds (bold: best compressed method of the row)",
+            "",
+            markdown_table(
+                cells, options.datasets, options.methods, options.factors, options.seeds
+            ),
+            "",
+            "## Chosen hyper-parameters",
+            "",
+            selection_table(store),
+            "",
+        ]
+        png = plot_errors(cells, options.datasets, options.methods, out / "errors.png")
+        summary["plot"] = str(png) if png else None
+        if png:
+            md += ["![test error against compression factor](errors.png)", ""]
+    if options.ablations:
+        plan = ablation_plan(options, store)
+        abl_summary, abl_md = ablation_rows(store, plan, options.ablation_seeds)
+        summary["ablations"] = abl_summary
+        md += [
+            "## Ablations: freshnets test error (%), one knob changed at a time",
+            "",
+            abl_md,
+            "",
+        ]
+    if failures:
+        md += ["## Failed runs (retried on the next invocation)", ""]
+        md += [f"- `{s.key()}`: {e!r}" for s, e in failures]
+        md.append("")
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "results.md").write_text("\n".join(md))
+    return summary

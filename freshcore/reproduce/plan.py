@@ -1,0 +1,181 @@
+"""What to run: one `RunSpec` per trained network, keyed by its whole configuration.
+
+A run's key is a hash of everything that decides its result (data set, method, factor, seed,
+architecture, training and model options, teacher). The harness writes one JSON file per finished
+run under that key, so a rerun of the same command skips what is done, and two commands that ask
+for the same network share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from typing import Any
+
+COMPRESSED_METHODS = (
+    "equivalent",
+    "lrd",
+    "hashednets",
+    "lowfreq",
+    "freshnets-uniform",
+    "freshnets",
+)
+ALL_METHODS = ("dense", *COMPRESSED_METHODS)
+TABLE_DATASETS = (
+    "mnist",
+    "mnist-rot",
+    "mnist-bg-rand",
+    "mnist-bg-img",
+    "mnist-bg-img-rot",
+    "rectangles",
+    "convex",
+)
+DEFAULT_FACTORS = ("1/16", "1/64")
+DENSE_FACTOR = "1"
+
+
+def factor_value(factor: str) -> float:
+    """'1/64' -> 0.015625; refuses anything outside (0, 1] with a message naming the value."""
+    try:
+        value = Fraction(factor)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise ValueError(f"compression factor {factor!r} is not a number like 1/16") from exc
+    if not 0 < value <= 1:
+        raise ValueError(f"compression factor {factor!r} must lie in (0, 1]")
+    return float(value)
+
+
+def factor_slug(factor: str) -> str:
+    return factor.replace("/", "of")
+
+
+@dataclass
+class RunSpec:
+    """One network to train and test. Everything here is part of the run's key."""
+
+    dataset: str
+    method: str
+    factor: str  # "1/16"; "1" for dense
+    seed: int
+    arch: str = "mnist-cnn"
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    model: dict[str, Any] = field(default_factory=dict)  # build_model keywords (allocation...)
+    init: str = "scratch"  # "scratch" | "project" (compress_dense of the teacher)
+    teacher: dict[str, Any] | None = None  # the dense RunSpec (as a dict) used by init/distill
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(**data)
+
+    def key(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return f"{self.dataset}_{self.method}_{factor_slug(self.factor)}_s{self.seed}_{digest}"
+
+    def with_train(self, **overrides: Any) -> RunSpec:
+        return replace(self, train={**self.train, **overrides})
+
+    def teacher_spec(self) -> RunSpec | None:
+        return RunSpec.from_dict(self.teacher) if self.teacher is not None else None
+
+
+@dataclass
+class Protocol:
+    """How every run of a table is trained and how its hyper-parameters are chosen.
+
+    `base` holds the TrainConfig fields every run shares; `grid` the alternatives tried on
+    `tune_seed` for each (data set, method, factor). The candidate with the best validation
+    accuracy (ties: the earlier one) is kept and reused for the other seeds; the test split
+    never takes part in the choice.
+    """
+
+    base: dict[str, Any]
+    grid: list[dict[str, Any]]
+    tune_seed: int = 0
+    device: str = "auto"  # where to train; not part of a run's key (results do not depend on it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_protocol(
+    epochs: int = 6,
+    lrs: tuple[float, ...] = (0.05, 0.02),
+    max_train_samples: int | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> Protocol:
+    """SGD with momentum and a cosine schedule; the learning rate is the tuned knob."""
+    base: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",
+        "patience": None,
+        "augment": False,
+        "max_train_samples": max_train_samples,
+    }
+    return Protocol(base=base, grid=[{"lr": lr} for lr in lrs], device=device)
+
+
+def quick_protocol(device: str = "cpu") -> Protocol:
+    """Tiny: one epoch on a few hundred samples, one learning rate. Proves the plumbing only."""
+    return default_protocol(
+        epochs=1, lrs=(0.05,), max_train_samples=256, device=device, batch_size=32
+    )
+
+
+def arch_for(input_shape: tuple[int, ...]) -> str:
+    """The preset sized for a data set: colour 32x32 gets cifar-cnn, everything else mnist-cnn."""
+    return "cifar-cnn" if input_shape[0] == 3 else "mnist-cnn"
+
+
+@dataclass
+class Group:
+    """The runs of one table cell: a data set, a method and a factor over several seeds."""
+
+    dataset: str
+    method: str
+    factor: str
+    arch: str
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.method}/{self.factor}"
+
+    def spec(self, seed: int, train: dict[str, Any]) -> RunSpec:
+        return RunSpec(
+            dataset=self.dataset,
+            method=self.method,
+            factor=self.factor,
+            seed=seed,
+            arch=self.arch,
+            train=dict(train),
+            model=dict(self.model),
+        )
+
+
+def table_groups(
+    datasets: list[str], methods: list[str], factors: list[str], archs: dict[str, str]
+) -> list[Group]:
+    """Dense once per data set (its factor is 1), every other method at every factor."""
+    for method in methods:
+        if method not in ALL_METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    for factor in factors:
+        factor_value(factor)
+    groups: list[Group] = []
+    for dataset in datasets:
+        for method in methods:
+            for factor in [DENSE_FACTOR] if method == "dense" else factors:
+                groups.append(Group(dataset, method, factor, archs[dataset]))
+    return groups

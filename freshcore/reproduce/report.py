@@ -1,0 +1,197 @@
+"""Turn finished runs into the results: JSON summary, Markdown tables, a plot of error vs factor.
+
+Everything is read back from the output directory, so a report of a table still running (or
+resumed on another machine) is always one command away.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from freshcore.reproduce.plan import (
+    ALL_METHODS,
+    COMPRESSED_METHODS,
+    DENSE_FACTOR,
+    RunSpec,
+)
+from freshcore.reproduce.runner import RunStore, final_specs
+
+
+def stored_parameters(record: dict[str, Any]) -> int | None:
+    """The stored-parameter total of a run's size report, whatever its nesting."""
+    size = record.get("size") or {}
+    for where in (size.get("total"), size.get("totals"), size):
+        if isinstance(where, dict) and "stored_parameters" in where:
+            return int(where["stored_parameters"])
+    return None
+
+
+def summarise(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "mean": None, "std": None}
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def collect_cells(store: RunStore, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """Per chosen table cell: test errors over the finished seeds, fp16 errors, sizes, choice."""
+    selection = store.selection()
+    cells: dict[str, dict[str, Any]] = {}
+    for name, specs in final_specs(store, seeds).items():
+        records = [r for r in (store.get(s) for s in specs) if r is not None]
+        entry = selection[name]
+        cells[name] = {
+            "dataset": entry["dataset"],
+            "method": entry["method"],
+            "factor": entry["factor"],
+            "chosen": entry["chosen"],
+            "seeds": [r["spec"]["seed"] for r in records],
+            "test_error": summarise([r["result"]["test_error"] for r in records]),
+            "test_error_fp16": summarise([r["result"]["test_error_fp16"] for r in records]),
+            "val_error": summarise([r["result"]["val_error"] for r in records]),
+            "stored_parameters": stored_parameters(records[0]) if records else None,
+            "seconds": summarise([r["result"]["seconds"] for r in records]),
+            "epochs": entry["base"].get("epochs"),
+        }
+    return cells
+
+
+def _fmt(summary: dict[str, Any], seeds: int) -> str:
+    if not summary["n"]:
+        return "–"
+    text = f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
+    if summary["n"] < seeds:
+        text += f" (n={summary['n']})"
+    return text
+
+
+def markdown_table(
+    cells: dict[str, dict[str, Any]],
+    datasets: list[str],
+    methods: list[str],
+    factors: list[str],
+    seeds: int,
+) -> str:
+    """Rows: data set x factor; columns: methods. Test error in %, mean ± std over seeds.
+
+    The best compressed method of each row (lowest mean) is in bold; dense is the reference.
+    """
+    methods = [m for m in ALL_METHODS if m in methods]
+    lines = [
+        "| data set | factor | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for dataset in datasets:
+        for factor in factors:
+            row: dict[str, dict[str, Any] | None] = {}
+            for method in methods:
+                f = DENSE_FACTOR if method == "dense" else factor
+                cell = cells.get(f"{dataset}/{method}/{f}")
+                row[method] = cell["test_error"] if cell else None
+            compressed = {
+                m: s for m, s in row.items() if m in COMPRESSED_METHODS and s and s["n"] > 0
+            }
+            best = min(compressed, key=lambda m: compressed[m]["mean"]) if compressed else None
+            texts = []
+            for method in methods:
+                summary = row[method]
+                text = _fmt(summary, seeds) if summary else "–"
+                texts.append(f"**{text}**" if method == best else text)
+            lines.append(f"| {dataset} | {factor} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def selection_table(store: RunStore) -> str:
+    """The grid value each cell chose, with every candidate's validation error."""
+    lines = ["| cell | chosen | candidates (validation error %) |", "|---|---|---|"]
+    for name, entry in sorted(store.selection().items()):
+        chosen = ", ".join(f"{k}={v}" for k, v in entry["chosen"].items())
+        cands = "; ".join(
+            ", ".join(f"{k}={v}" for k, v in c["overrides"].items())
+            + (f": {100 * c['val_error']:.2f}" if c["val_error"] is not None else "")
+            for c in entry["candidates"]
+        )
+        lines.append(f"| {name} | {chosen} | {cands} |")
+    return "\n".join(lines)
+
+
+def plot_errors(
+    cells: dict[str, dict[str, Any]], datasets: list[str], methods: list[str], path: Path
+) -> Path | None:
+    """One panel per data set: test error (%) against compression factor, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in datasets if any(c["dataset"] == d for c in cells.values())]
+    if not datasets:
+        return None
+    cols = min(4, len(datasets))
+    rows = math.ceil(len(datasets) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        for method in [m for m in ALL_METHODS if m in methods]:
+            points = sorted(
+                (float(Fraction(c["factor"])), c["test_error"])
+                for c in cells.values()
+                if c["dataset"] == dataset and c["method"] == method and c["test_error"]["n"]
+            )
+            if not points:
+                continue
+            if method == "dense":
+                ax.axhline(100 * points[0][1]["mean"], color="black", ls="--", lw=1, label="dense")
+                continue
+            xs = [p[0] for p in points]
+            ys = [100 * p[1]["mean"] for p in points]
+            es = [100 * p[1]["std"] for p in points]
+            style = {"lw": 2.2} if method == "freshnets" else {"lw": 1.2}
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_title(dataset)
+        ax.set_xlabel("compression factor")
+        ax.set_ylabel("test error (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(datasets) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def ablation_rows(
+    store: RunStore, specs: list[tuple[str, str, str, RunSpec]], seeds: int
+) -> tuple[dict[str, Any], str]:
+    """Summary and Markdown of ablation runs given as (name, knob, metric, spec) per seed."""
+    grouped: dict[tuple[str, str, str, str, str], list[float]] = {}
+    for name, knob, metric, spec in specs:
+        record = store.get(spec)
+        key = (knob, name, spec.dataset, spec.factor, metric)
+        grouped.setdefault(key, [])
+        if record is not None:
+            grouped[key].append(record["result"][metric])
+    columns = list(dict.fromkeys((k[2], k[3]) for k in grouped))
+    names = list(dict.fromkeys((k[0], k[1], k[4]) for k in grouped))
+    summary: dict[str, Any] = {}
+    lines = [
+        "| knob | variant | " + " | ".join(f"{d} {f}" for d, f in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for knob, name, metric in names:
+        texts = []
+        for dataset, factor in columns:
+            s = summarise(grouped.get((knob, name, dataset, factor, metric), []))
+            summary[f"{name}|{dataset}|{factor}"] = {"knob": knob, "metric": metric, **s}
+            texts.append(_fmt(s, seeds))
+        lines.append(f"| {knob} | {name} | " + " | ".join(texts) + " |")
+    return summary, "\n".join(lines)

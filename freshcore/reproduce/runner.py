@@ -1,0 +1,332 @@
+"""Train and test the runs of a plan, one JSON file per finished run, skipping what is done.
+
+Layout of an output directory:
+    runs/<key>.json         one finished run: its spec, test error, history, sizes, machine
+    models/<key>.safetensors  the trained network (dense ones teach and initialise ablations)
+    checkpoints/<key>.ckpt  the last finished epoch of an interrupted run (resumed, then removed)
+    selection.json          the hyper-parameters chosen on the validation split, per table cell
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from freshcore.reproduce.plan import (
+    DENSE_FACTOR,
+    Group,
+    Protocol,
+    RunSpec,
+    factor_value,
+)
+
+
+class Reporter:
+    """Hooks for progress display; the default does nothing."""
+
+    def begin(self, total: int) -> None: ...
+
+    def start_run(self, spec: RunSpec, epochs: int) -> None: ...
+
+    def epoch(self, spec: RunSpec, metrics: Any) -> None: ...
+
+    def end_run(self, spec: RunSpec, record: dict[str, Any] | None, skipped: bool) -> None: ...
+
+    def failed(self, spec: RunSpec, error: BaseException) -> None: ...
+
+
+def machine_info(device: str = "auto") -> dict[str, Any]:
+    """CPU and GPU names, torch version, threads: what a reader needs to weigh a timing."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    if device != "cpu" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """The output directory: finished runs, trained models, checkpoints, the selection."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        for sub in ("runs", "models", "checkpoints"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def run_path(self, spec: RunSpec) -> Path:
+        return self.root / "runs" / f"{spec.key()}.json"
+
+    def model_path(self, spec: RunSpec) -> Path:
+        return self.root / "models" / f"{spec.key()}.safetensors"
+
+    def checkpoint_path(self, spec: RunSpec) -> Path:
+        return self.root / "checkpoints" / f"{spec.key()}.ckpt"
+
+    def get(self, spec: RunSpec) -> dict[str, Any] | None:
+        path = self.run_path(spec)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        _write_atomic(self.run_path(spec), json.dumps(record, indent=1).encode())
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted((self.root / "runs").glob("*.json"))]
+
+    def selection(self) -> dict[str, Any]:
+        path = self.root / "selection.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def put_selection(self, name: str, entry: dict[str, Any]) -> None:
+        selection = self.selection()
+        selection[name] = entry
+        _write_atomic(self.root / "selection.json", json.dumps(selection, indent=1).encode())
+
+
+class DataCache:
+    """Loads each data set once per process (the MNIST files take seconds to parse)."""
+
+    def __init__(self, loader: Callable[[str], Any] | None = None) -> None:
+        if loader is None:
+            from freshcore.data import load
+
+            loader = load
+        self._loader = loader
+        self._cache: dict[str, Any] = {}
+
+    def __call__(self, name: str) -> Any:
+        if name not in self._cache:
+            self._cache[name] = self._loader(name)
+        return self._cache[name]
+
+
+def _build(spec: RunSpec, dataset: Any, teacher: torch.nn.Module | None) -> torch.nn.Module:
+    import freshcore
+
+    compression = factor_value(spec.factor)
+    if spec.init == "project":
+        if teacher is None:
+            raise ValueError(f"run {spec.key()}: init 'project' needs a teacher")
+        return freshcore.compress_dense(teacher, spec.method, compression, spec.seed, **spec.model)
+    if spec.init != "scratch":
+        raise ValueError(f"run {spec.key()}: unknown init {spec.init!r}")
+    return freshcore.build_model(
+        spec.arch,
+        method=spec.method,
+        compression=compression,
+        seed=spec.seed,
+        input_shape=tuple(dataset.info.input_shape),
+        num_classes=dataset.info.num_classes,
+        **spec.model,
+    )
+
+
+def run_one(
+    spec: RunSpec,
+    store: RunStore,
+    data: DataCache,
+    reporter: Reporter | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train and test one network, or return its record if it already finished."""
+    import freshcore
+
+    reporter = reporter or Reporter()
+    done = store.get(spec)
+    if done is not None:
+        reporter.end_run(spec, done, skipped=True)
+        return done
+    teacher = None
+    teacher_spec = spec.teacher_spec()
+    if teacher_spec is not None:
+        run_one(teacher_spec, store, data, reporter, device)
+        teacher = freshcore.load(store.model_path(teacher_spec))
+    dataset = data(spec.dataset)
+    config = freshcore.TrainConfig.from_dict({**spec.train, "seed": spec.seed, "device": device})
+    device = str(freshcore.train.resolve_device(device))
+    model = _build(spec, dataset, teacher)
+    model.meta.update({"dataset": spec.dataset, "run_key": spec.key()})
+
+    ckpt_path = store.checkpoint_path(spec)
+    resume = ckpt_path.read_bytes() if ckpt_path.exists() else None
+
+    def on_epoch(metrics: Any, checkpoint: Callable[[], bytes]) -> None:
+        _write_atomic(ckpt_path, checkpoint())
+        reporter.epoch(spec, metrics)
+
+    reporter.start_run(spec, config.epochs)
+    started = time.perf_counter()
+    use_teacher = teacher if (config.distill_alpha or 0) > 0 else None
+    result = freshcore.train(model, dataset, config, on_epoch, teacher=use_teacher, resume=resume)
+    seconds = time.perf_counter() - started
+
+    half = freshcore.from_bytes(freshcore.to_bytes(model, half=True))
+    history = [_metrics_dict(m) for m in result.history]
+    best = max(history, key=lambda m: m["val_accuracy"]) if history else None
+    record = {
+        "key": spec.key(),
+        "spec": spec.to_dict(),
+        "result": {
+            "test_error": 1.0 - result.test_accuracy,
+            "test_error_fp16": 1.0 - _accuracy(half, dataset, device),
+            "val_error": 1.0 - best["val_accuracy"] if best else None,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(history),
+            "stopped": result.stopped,
+            "seconds": seconds,
+            "train_seconds": result.seconds,
+            "bytes_fp32": len(freshcore.to_bytes(model)),
+            "bytes_fp16": len(freshcore.to_bytes(model, half=True)),
+        },
+        "size": freshcore.size_report(model).to_dict(),
+        "history": history,
+        "machine": machine_info(device),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    freshcore.save(model, store.model_path(spec))
+    store.put(spec, record)
+    ckpt_path.unlink(missing_ok=True)
+    reporter.end_run(spec, record, skipped=False)
+    return record
+
+
+def _accuracy(model: torch.nn.Module, dataset: Any, device: str) -> float:
+    """Test accuracy of a model outside `train` (the float16 round trip), on the run's device."""
+    from freshcore.train import evaluate
+
+    model.to(device)
+    return evaluate(model, dataset.x_test, dataset.y_test)[1]
+
+
+def _metrics_dict(metrics: Any) -> dict[str, Any]:
+    if hasattr(metrics, "to_dict"):
+        return metrics.to_dict()
+    from dataclasses import asdict
+
+    return asdict(metrics)
+
+
+def choose(candidates: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The grid point with the lowest validation error (ties: the earlier); never the test."""
+    best_overrides, best_val = candidates[0][0], float("inf")
+    for overrides, record in candidates:
+        val = record["result"]["val_error"]
+        if val is not None and val < best_val:
+            best_overrides, best_val = overrides, val
+    return best_overrides
+
+
+def run_groups(
+    groups: Iterable[Group],
+    protocol: Protocol,
+    seeds: list[int],
+    store: RunStore,
+    data: DataCache,
+    reporter: Reporter | None = None,
+) -> list[tuple[RunSpec, BaseException]]:
+    """Tune each group on the tuning seed, then run the other seeds with the chosen setting.
+
+    Data set by data set: first every group's grid on the tuning seed (a one-seed table appears
+    early), then the remaining seeds. A failed run is reported and skipped, not fatal: it is
+    retried the next time the command runs. Returns the failures.
+    """
+    reporter = reporter or Reporter()
+    groups = list(groups)
+    extra_seeds = [s for s in seeds if s != protocol.tune_seed]
+    reporter.begin(len(groups) * (len(protocol.grid) + len(extra_seeds)))
+    failures: list[tuple[RunSpec, BaseException]] = []
+
+    def attempt(spec: RunSpec) -> dict[str, Any] | None:
+        try:
+            return run_one(spec, store, data, reporter, protocol.device)
+        except Exception as exc:  # one broken method must not stop the table
+            failures.append((spec, exc))
+            reporter.failed(spec, exc)
+            return None
+
+    for dataset in dict.fromkeys(g.dataset for g in groups):
+        chosen: dict[str, dict[str, Any]] = {}
+        for group in (g for g in groups if g.dataset == dataset):
+            candidates = []
+            for overrides in protocol.grid:
+                spec = group.spec(protocol.tune_seed, {**protocol.base, **overrides})
+                record = attempt(spec)
+                if record is not None:
+                    candidates.append((overrides, record))
+            if len(candidates) < len(protocol.grid):
+                continue  # not chosen until its whole grid has run
+            chosen[group.name] = choose(candidates)
+            store.put_selection(
+                group.name,
+                {
+                    "dataset": group.dataset,
+                    "method": group.method,
+                    "factor": group.factor,
+                    "arch": group.arch,
+                    "model": group.model,
+                    "base": protocol.base,
+                    "tune_seed": protocol.tune_seed,
+                    "chosen": chosen[group.name],
+                    "candidates": [
+                        {
+                            "overrides": o,
+                            "key": r["key"],
+                            "val_error": r["result"]["val_error"],
+                        }
+                        for o, r in candidates
+                    ],
+                },
+            )
+        for group in (g for g in groups if g.dataset == dataset):
+            if group.name not in chosen:
+                continue
+            for seed in extra_seeds:
+                attempt(group.spec(seed, {**protocol.base, **chosen[group.name]}))
+    return failures
+
+
+def final_specs(store: RunStore, seeds: list[int]) -> dict[str, list[RunSpec]]:
+    """For each chosen table cell, the specs of its seeds with the chosen hyper-parameters."""
+    out: dict[str, list[RunSpec]] = {}
+    for name, entry in store.selection().items():
+        group = Group(entry["dataset"], entry["method"], entry["factor"], entry["arch"])
+        group.model = entry.get("model", {})
+        train = {**entry["base"], **entry["chosen"]}
+        out[name] = [group.spec(seed, train) for seed in seeds]
+    return out
+
+
+def dense_teacher(store: RunStore, dataset: str, seed: int) -> RunSpec | None:
+    """The table's dense run for a data set and seed (chosen hyper-parameters), if tuned."""
+    entry = store.selection().get(f"{dataset}/dense/{DENSE_FACTOR}")
+    if entry is None:
+        return None
+    group = Group(dataset, "dense", DENSE_FACTOR, entry["arch"])
+    return group.spec(seed, {**entry["base"], **entry["chosen"]})

@@ -1,0 +1,128 @@
+"""The harness's bookkeeping: run keys, groups, the validation-only choice, the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from freshcore.reproduce.plan import RunSpec, default_protocol, factor_value, table_groups
+from freshcore.reproduce.report import collect_cells, markdown_table
+from freshcore.reproduce.runner import RunStore, choose
+
+
+def _spec(**kw: object) -> RunSpec:
+    base = {"dataset": "mnist", "method": "freshnets", "factor": "1/16", "seed": 0}
+    return RunSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_key_depends_on_every_field_and_nothing_else() -> None:
+    a = _spec(train={"lr": 0.05, "epochs": 3})
+    assert a.key() == _spec(train={"epochs": 3, "lr": 0.05}).key()  # order does not matter
+    others = [
+        _spec(train={"lr": 0.02, "epochs": 3}),
+        _spec(train={"lr": 0.05, "epochs": 3}, seed=1),
+        _spec(train={"lr": 0.05, "epochs": 3}, factor="1/64"),
+        _spec(train={"lr": 0.05, "epochs": 3}, model={"allocation": {"shape": "uniform"}}),
+        _spec(train={"lr": 0.05, "epochs": 3}, init="project"),
+        _spec(train={"lr": 0.05, "epochs": 3}, teacher=_spec(method="dense").to_dict()),
+    ]
+    assert len({a.key(), *(o.key() for o in others)}) == 1 + len(others)
+    assert RunSpec.from_dict(a.to_dict()).key() == a.key()
+    assert a.key().startswith("mnist_freshnets_1of16_s0_")
+
+
+def test_device_is_not_part_of_the_key() -> None:
+    cpu, gpu = default_protocol(device="cpu"), default_protocol(device="cuda")
+    assert cpu.base == gpu.base
+
+
+@pytest.mark.parametrize("bad", ["0", "2", "abc", "1/0", "-1/16"])
+def test_bad_factor_is_named(bad: str) -> None:
+    with pytest.raises(ValueError, match="factor"):
+        factor_value(bad)
+
+
+def test_dense_runs_once_per_dataset() -> None:
+    groups = table_groups(
+        ["mnist", "convex"],
+        ["dense", "freshnets"],
+        ["1/16", "1/64"],
+        {"mnist": "mnist-cnn", "convex": "mnist-cnn"},
+    )
+    names = [g.name for g in groups]
+    assert names == [
+        "mnist/dense/1",
+        "mnist/freshnets/1/16",
+        "mnist/freshnets/1/64",
+        "convex/dense/1",
+        "convex/freshnets/1/16",
+        "convex/freshnets/1/64",
+    ]
+    with pytest.raises(ValueError, match="unknown method 'pruning'"):
+        table_groups(["mnist"], ["pruning"], ["1/16"], {"mnist": "mnist-cnn"})
+
+
+def _record(val: float, test: float) -> dict:
+    return {"result": {"val_error": val, "test_error": test}}
+
+
+def test_choice_uses_validation_never_test() -> None:
+    candidates = [
+        ({"lr": 0.1}, _record(val=0.02, test=0.001)),  # best on test, worse on validation
+        ({"lr": 0.05}, _record(val=0.01, test=0.009)),
+        ({"lr": 0.02}, _record(val=0.01, test=0.002)),  # tie on validation: the earlier wins
+    ]
+    assert choose(candidates) == {"lr": 0.05}
+
+
+def _fake_run(store: RunStore, spec: RunSpec, test: float) -> None:
+    store.put(
+        spec,
+        {
+            "key": spec.key(),
+            "spec": spec.to_dict(),
+            "result": {
+                "test_error": test,
+                "test_error_fp16": test,
+                "val_error": test,
+                "seconds": 1.0,
+            },
+            "size": {"total": {"stored_parameters": 123}},
+        },
+    )
+
+
+def test_table_from_disk_bolds_best_compressed_and_counts_seeds(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    errors = {"dense": [0.005, 0.007], "hashednets": [0.02, 0.03], "freshnets": [0.01, 0.012]}
+    for method, values in errors.items():
+        factor = "1" if method == "dense" else "1/16"
+        name = f"mnist/{method}/{factor}"
+        base = {"epochs": 1}
+        store.put_selection(
+            name,
+            {
+                "dataset": "mnist",
+                "method": method,
+                "factor": factor,
+                "arch": "mnist-cnn",
+                "model": {},
+                "base": base,
+                "tune_seed": 0,
+                "chosen": {"lr": 0.05},
+                "candidates": [],
+            },
+        )
+        for seed, value in enumerate(values):
+            spec = RunSpec("mnist", method, factor, seed, "mnist-cnn", {**base, "lr": 0.05})
+            _fake_run(store, spec, value)
+    cells = collect_cells(store, seeds=[0, 1, 2])
+    assert cells["mnist/freshnets/1/16"]["test_error"]["n"] == 2
+    assert cells["mnist/freshnets/1/16"]["test_error"]["mean"] == pytest.approx(0.011)
+    assert cells["mnist/freshnets/1/16"]["stored_parameters"] == 123
+    table = markdown_table(cells, ["mnist"], ["dense", "hashednets", "freshnets"], ["1/16"], 3)
+    row = table.splitlines()[2]
+    assert "**1.10 ± 0.14 (n=2)**" in row  # freshnets, best compressed, two of three seeds
+    assert "**0.60" not in row  # dense is a reference, never bold
+    assert "2.50 ± 0.71 (n=2)" in row
