@@ -1,5 +1,261 @@
-"""Prediction and export routes (being written by the serving work)."""
+"""Predictions and exports of a trained model, served by app.serving (cache + micro-batcher)."""
 
-from fastapi import APIRouter
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
 
-router = APIRouter(tags=["models"])
+import anyio.to_thread
+import pydantic
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from app.api import errors
+from app.api.deps import CurrentOwner
+from app.serving import get_serving
+from app.serving.batcher import QueueFull
+from app.serving.cache import CacheEntry
+from app.serving.export import MEDIA_TYPES, ExportFormat, export
+from app.serving.inputs import InputError, from_base64, from_images, from_lists
+from app.serving.service import ModelLoadError, ModelNotFound, top_k
+
+
+@asynccontextmanager
+async def _serving_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start loading FRESHNETS_WARMUP_MODELS in the background; /readyz waits for it."""
+    serving = get_serving(app)
+    serving.start_warm_up()
+    yield
+    await serving.stop()
+
+
+router = APIRouter(tags=["models"], lifespan=_serving_lifespan)
+
+DEFAULT_K = 5
+# Bodies above this are parsed in a worker thread rather than on the event loop.
+_PARSE_IN_THREAD_BYTES = 256 * 1024
+
+
+class PredictRequest(BaseModel):
+    """Samples as nested lists (`inputs`) or as base64 of raw little-endian bytes
+    (`inputs_b64` + `dtype` + `shape`). Images go as multipart/form-data files instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] | None = Field(
+        None,
+        description="One sample (C, H, W) or (H, W) for one-channel models, or a batch "
+        "(N, C, H, W) / (N, H, W), as nested lists of numbers.",
+    )
+    inputs_b64: str | None = Field(
+        None, description="Base64 of raw little-endian float32 or uint8 values, C order."
+    )
+    dtype: Literal["float32", "uint8"] | None = Field(
+        None, description="The element type of `inputs_b64`."
+    )
+    shape: list[int] | None = Field(
+        None, max_length=4, description="The shape of `inputs_b64`, one of the shapes above."
+    )
+    scale: Literal["unit", "byte"] | None = Field(
+        None,
+        description='"unit": values in [0, 1] (the default, and for float32 base64); '
+        '"byte": 0..255 pixel values (the default for uint8 base64). The model normalises '
+        "inside, so nothing else is needed.",
+    )
+    k: int | None = Field(
+        None, ge=1, le=1000, description="How many best classes to list (default 5)."
+    )
+
+
+class TopK(BaseModel):
+    label: int
+    class_name: str | None
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="The most probable class index.")
+    class_name: str | None = Field(description="Its name, when the data set names classes.")
+    probabilities: list[float] = Field(description="Softmax probabilities of every class.")
+    top_k: list[TopK]
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    predictions: list[Prediction]
+
+
+_PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": PredictRequest.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "images": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "PNG, JPEG, WebP, BMP or GIF files, one sample each; "
+                        "converted to the model's channels and size.",
+                    },
+                    "k": {"type": "integer", "minimum": 1},
+                },
+                "required": ["images"],
+            }
+        },
+    },
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "An undecodable body or image."},
+    404: {"description": "No such model (or another owner's)."},
+    413: {"description": "A batch over FRESHNETS_MAX_BATCH or an image over the pixel limit."},
+    503: {"description": "The model's queue is full: retry after `Retry-After` seconds."},
+}
+
+
+def _input_error(exc: InputError) -> Exception:
+    if exc.status == 422:
+        return errors.invalid(("body", exc.field), exc.message)
+    return HTTPException(exc.status, str(exc))
+
+
+async def _entry(request: Request, model_id: str, owner_id: str) -> CacheEntry:
+    try:
+        return await get_serving(request.app).model_for(model_id, owner_id)
+    except ModelNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model: no model {model_id!r}") from None
+    except ModelLoadError as exc:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from None
+
+
+def _parse_json(body: bytes, entry: CacheEntry, max_batch: int) -> tuple[Any, int | None]:
+    """The request's batch (N, C, H, W) in [0, 1] and its `k`, or an exception to raise."""
+    try:
+        req = PredictRequest.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        return errors.from_pydantic(exc, ("body",)), None
+    scale = req.scale or "unit"
+    try:
+        if req.inputs is not None and req.inputs_b64 is None:
+            x = from_lists(req.inputs, scale, entry.input_shape, max_batch)
+        elif req.inputs_b64 is not None and req.inputs is None:
+            if req.dtype is None or req.shape is None:
+                return errors.invalid(("body",), "inputs_b64 needs `dtype` and `shape`"), None
+            x = from_base64(
+                req.inputs_b64, req.dtype, req.shape, req.scale, entry.input_shape, max_batch
+            )
+        else:
+            return errors.invalid(("body",), "give exactly one of `inputs` or `inputs_b64`"), None
+    except InputError as exc:
+        return _input_error(exc), None
+    return x, req.k
+
+
+async def _parse_multipart(
+    request: Request, entry: CacheEntry, max_batch: int, max_pixels: int
+) -> tuple[Any, int | None]:
+    try:
+        form = await request.form(max_files=max_batch + 1, max_fields=16)
+    except Exception as exc:  # malformed multipart: the parser's own message
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"body: {exc}") from None
+    files: list[tuple[str, bytes]] = []
+    k: int | None = None
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            files.append((f"images[{len(files)}] ({value.filename})", await value.read()))
+        elif key == "k":
+            try:
+                k = int(value)
+            except ValueError:
+                raise errors.invalid(("body", "k"), "k must be an integer") from None
+            if not 1 <= k <= 1000:
+                raise errors.invalid(("body", "k"), "k must be between 1 and 1000")
+    await form.close()
+    try:
+        x = await anyio.to_thread.run_sync(
+            from_images, files, entry.input_shape, max_pixels, max_batch
+        )
+    except InputError as exc:
+        raise _input_error(exc) from None
+    return x, k
+
+
+@router.post(
+    "/v1/models/{model_id}/predict",
+    response_model=PredictResponse,
+    openapi_extra={"requestBody": _PREDICT_BODY},
+    responses=_ERRORS,
+)
+async def predict(
+    model_id: str,
+    request: Request,
+    owner: CurrentOwner,
+    k: Annotated[int | None, Query(ge=1, le=1000, description="Best classes to list.")] = None,
+    top_k_: Annotated[
+        int | None, Query(alias="top_k", ge=1, le=1000, description="Same as `k`.")
+    ] = None,
+) -> Response:
+    """Class probabilities and the k best classes for one sample or a batch.
+
+    The first call loads the model (database read, rebuild of its filters, kept in the cache);
+    concurrent calls are answered together by one forward pass (micro-batching)."""
+    serving = get_serving(request.app)
+    settings = serving.settings
+    entry = await _entry(request, model_id, owner.id)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        x, body_k = await _parse_multipart(
+            request, entry, settings.max_batch, settings.max_image_pixels
+        )
+    else:
+        body = await request.body()
+        if len(body) > _PARSE_IN_THREAD_BYTES:
+            x, body_k = await anyio.to_thread.run_sync(_parse_json, body, entry, settings.max_batch)
+        else:
+            x, body_k = _parse_json(body, entry, settings.max_batch)
+        if isinstance(x, Exception):
+            raise x
+    try:
+        probabilities = await entry.batcher.submit(x)
+    except QueueFull as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"model {model_id}: {exc}; retry later",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
+    predictions = top_k(probabilities, entry.class_names, k or top_k_ or body_k or DEFAULT_K)
+    return Response(
+        json.dumps({"model_id": model_id, "predictions": predictions}),
+        media_type="application/json",
+    )
+
+
+@router.get(
+    "/v1/models/{model_id}/export",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "content": {"application/onnx": {}, "application/octet-stream": {}},
+            "description": "The dense network: float32 (N, C, H, W) in [0, 1] in, logits out.",
+        },
+    },
+)
+async def export_model(
+    model_id: str,
+    request: Request,
+    owner: CurrentOwner,
+    fmt: Annotated[ExportFormat, Query(alias="format")] = "onnx",
+) -> Response:
+    """The rebuilt dense network as ONNX, TorchScript or a safetensors state dict."""
+    entry = await _entry(request, model_id, owner.id)
+    data = await anyio.to_thread.run_sync(export, entry.model, fmt)
+    media_type, suffix = MEDIA_TYPES[fmt]
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="freshnets-{model_id}.{suffix}"'},
+    )
