@@ -270,6 +270,9 @@ function showFieldErrors(form, err) {
   if (Array.isArray(d)) {
     for (const e of d) {
       const loc = (e.loc || []).map(String);
+      // A training error names its field in the message ("TrainConfig.epochs: ...").
+      const named = /TrainConfig\.(\w+)/.exec(e.msg || "");
+      if (named) loc.push(named[1]);
       const field = [...loc].reverse().find((p) => fields.includes(p)) || null;
       put(field, field ? e.msg : `${loc.slice(1).join(".")}: ${e.msg}`);
     }

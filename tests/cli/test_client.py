@@ -1,0 +1,126 @@
+"""`freshnets train` (local), and the REST client commands against a live stack, as a user runs
+them: real processes, real exit codes, and clean messages instead of tracebacks."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.cli.stack import free_port
+
+
+def clean_failure(result, code: int, *needles: str) -> None:
+    """A failure with exit `code`, its message on stderr, and no traceback anywhere."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+@pytest.mark.slow
+def test_train_writes_a_loadable_compact_file(cli, tmp_path: Path) -> None:
+    import freshcore
+    from freshcore import data as fdata
+
+    out = tmp_path / "digits-model"
+    env = {"FRESHNETS_DATA_DIR": str(tmp_path / "data"), "FRESHNETS_TORCH_THREADS": "1"}
+    result = cli(
+        "train", "--dataset", "digits", "--method", "freshnets", "--compression", "1/8",
+        "--epochs", "2", "--device", "cpu", "--output", str(out), env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Size report" in result.stdout and "total" in result.stdout
+    assert "Test accuracy" in result.stdout
+    path = out.with_name(out.name + ".safetensors")
+    assert path.is_file() and str(path.name) in result.stdout.replace("\n", "")
+
+    model = freshcore.load(path)
+    assert model.method == "freshnets"
+    assert model.compression == pytest.approx(1 / 8)
+    report = freshcore.size_report(model).to_dict()
+    total = report.get("total", report)
+    assert total["compact_bytes"] < total["dense_bytes"]
+    ds = fdata.load("digits", cache_dir=tmp_path / "data" / "cache")
+    model.eval()
+    with torch.no_grad():
+        logits = model(ds.x_test[:64])
+    assert logits.shape == (64, ds.info.num_classes)
+    assert torch.isfinite(logits).all()
+
+
+def test_train_bad_arguments_are_named(cli, tmp_path: Path) -> None:
+    env = {"FRESHNETS_DATA_DIR": str(tmp_path)}
+    clean_failure(
+        cli("train", "--dataset", "digits", "--compression", "0", env=env), 2, "--compression"
+    )
+    clean_failure(cli("train", "--dataset", "digits", "--method", "nope", env=env), 2, "nope")
+    clean_failure(cli("train", "--dataset", "no-such-set", env=env), 2, "no-such-set")
+
+
+def test_unreachable_server(cli) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for command in (["jobs"], ["models"], ["submit", "--dataset", "digits", "--preset", "x"]):
+        clean_failure(cli(*command, "--url", url, "--api-key", "fn_x"), 1, "cannot reach", url)
+
+
+def test_missing_key_file(cli, tmp_path: Path) -> None:
+    env = {"FRESHNETS_DATA_DIR": str(tmp_path)}
+    clean_failure(cli("jobs", env=env), 1, "no API key", str(tmp_path / "api-key"))
+
+
+def test_wrong_key_is_refused(cli, stack) -> None:
+    result = cli("jobs", "--url", stack.url, "--api-key", "fn_wrong")
+    clean_failure(result, 1, "refused the API key")
+
+
+def test_key_from_environment_and_key_file(cli, stack, tmp_path: Path) -> None:
+    result = cli("jobs", env={"FRESHNETS_URL": stack.url, "FRESHNETS_API_KEY": stack.key})
+    assert result.returncode == 0, result.stderr
+    assert "Jobs" in result.stdout
+    (tmp_path / "api-key").write_text(stack.key + "\n")
+    result = cli("models", env={"FRESHNETS_URL": stack.url, "FRESHNETS_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "Models" in result.stdout
+
+
+def test_bad_arguments_show_the_api_message(cli, stack) -> None:
+    auth = ["--url", stack.url, "--api-key", stack.key]
+    result = cli("submit", "--dataset", "digits", "--compression", "2", *auth)
+    clean_failure(result, 2, "compression", "(0, 1]")
+    result = cli("submit", "--dataset", "digits", "--method", "magic", *auth)
+    clean_failure(result, 2, "method", "magic")
+    result = cli("predict", "0" * 32, __file__, *auth)
+    clean_failure(result, 2, "no model")
+    clean_failure(cli("predict", "0" * 32, "/no/such.png", *auth), 2, "/no/such.png")
+
+
+@pytest.mark.slow
+def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Path) -> None:
+    auth = ["--url", stack.url, "--api-key", stack.key]
+    result = cli(
+        "submit", "--dataset", "digits", "--method", "freshnets", "--compression", "1/8",
+        "--epochs", "3", "--poll", "0.3", *auth,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Queued job" in result.stdout and "succeeded" in result.stdout
+    job_id = re.search(r"Queued job (\w+)", result.stdout).group(1)
+    model_id = re.search(r"succeeded model (\w+)", result.stdout).group(1)
+
+    jobs = cli("jobs", "--state", "succeeded", *auth)
+    assert jobs.returncode == 0 and job_id in jobs.stdout and "succeeded" in jobs.stdout
+    models = cli("models", *auth)
+    assert models.returncode == 0 and model_id in models.stdout and "freshnets" in models.stdout
+    assert "1/8" in models.stdout and "%" in models.stdout
+
+    images = []
+    for i, value in enumerate((0, 255)):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(np.full((28, 28), value, dtype=np.uint8)).save(path)
+        images.append(str(path))
+    pred = cli("predict", model_id, *images, "--top-k", "2", *auth)
+    assert pred.returncode == 0, pred.stderr
+    assert "digit0.png" in pred.stdout and "digit1.png" in pred.stdout
+    assert pred.stdout.count("%") == 4  # two images, two classes each

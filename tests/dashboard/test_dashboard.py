@@ -1,0 +1,173 @@
+"""The dashboard in headless Chromium against a real stack: sign in, a bad field named by the API,
+launch a small job, watch its progress and curves move, find the model in the table and on the
+frontier, download it, draw a digit and get a prediction, cancel a job. Screenshots go to
+tests/_artifacts/."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+EPOCHS = 12
+
+# Samples the job page every 40 ms (the dashboard polls every 250 ms here), so every rendered
+# progress value and point count is seen.
+WATCH_JOB = """() => {
+  window.__seen = {progress: [], points: []};
+  window.__watch = setInterval(() => {
+    const bar = document.querySelector('#job-progress');
+    const chart = document.querySelector('#chart-loss');
+    const p = Number(bar.dataset.progress), n = Number(chart.dataset.points || 0);
+    const s = window.__seen;
+    if (s.progress[s.progress.length - 1] !== p) s.progress.push(p);
+    if (s.points[s.points.length - 1] !== n) s.points.push(n);
+  }, 40);
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(stack, artifacts) -> Iterator["playwright_api.Page"]:
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (apt-get install -y chromium chromium-driver)")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.set_default_timeout(15_000)
+        yield page
+        context.close()
+        browser.close()
+        assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def shot(page, artifacts: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts / f"dashboard-{name}.png"), full_page=True)
+
+
+def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
+    expect = playwright_api.expect
+    page.goto(f"{stack.url}/?poll_ms=250")
+
+    # Sign in: a wrong key is refused with a message, the right one opens the jobs view.
+    expect(page.locator("#view-signin")).to_be_visible()
+    page.fill("#signin-key", "fn_not-a-real-key")
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator('[data-error-for="key"]')).to_contain_text("refused")
+    shot(page, artifacts, "01-signin-refused")
+    page.fill("#signin-key", stack.key)
+    page.click("#signin-form button[type=submit]")
+    expect(page.locator("#view-jobs")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('freshnets.apiKey')") == stack.key
+    assert page.evaluate("localStorage.length") == 0
+
+    # The launch form shows the API's 422 next to the field it names.
+    page.wait_for_selector("#f-dataset option[value=digits]", state="attached")
+    page.select_option("#f-dataset", "digits")
+    page.select_option("#f-method", "freshnets")
+    page.fill("#f-compression", "2")
+    page.fill("#f-epochs", str(EPOCHS))
+    page.click("#launch-submit")
+    compression_error = page.locator('[data-error-for="compression"]')
+    expect(compression_error).to_contain_text("(0, 1]")
+    expect(page.locator("#f-compression")).to_have_class(re.compile("invalid"))
+    shot(page, artifacts, "02-launch-validation")
+
+    # Launch a small job and watch it on its page.
+    page.fill("#f-compression", "1/8")
+    page.click("#launch-submit")
+    page.wait_for_url(re.compile(r"#/job/[0-9a-f]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.evaluate(WATCH_JOB)
+    page.wait_for_function(
+        "Number(document.querySelector('#chart-loss').dataset.points) >= 2", timeout=60_000
+    )
+    shot(page, artifacts, "03-job-training")
+    page.wait_for_function(
+        "document.querySelector('#job-progress').dataset.state === 'succeeded'"
+        f" && Number(document.querySelector('#chart-acc').dataset.points) === {EPOCHS}",
+        timeout=90_000,
+    )
+    seen = page.evaluate("clearInterval(window.__watch), window.__seen")
+    shot(page, artifacts, "04-job-succeeded")
+    progress, points = seen["progress"], seen["points"]
+    # The bar moved through intermediate values and the curve gained points as it trained.
+    assert progress == sorted(progress) and progress[-1] == 1.0, progress
+    assert len([p for p in progress if 0 < p < 1]) >= 2, progress
+    assert points == sorted(points) and points[-1] == EPOCHS, points
+    assert len([n for n in points if 0 < n < EPOCHS]) >= 2, points
+    expect(page.locator("#job-cancel")).to_be_hidden()
+    assert page.locator("#chart-acc").bounding_box()["height"] > 150
+
+    # The jobs table shows it finished.
+    page.click("#nav a[data-view=jobs]")
+    row = page.locator(f'#jobs-table tr[data-job-id="{job_id}"]')
+    expect(row.locator(".state")).to_have_text("succeeded")
+    expect(row.locator(".progress")).to_have_attribute("data-progress", "1.0000")
+    shot(page, artifacts, "05-jobs")
+
+    # The model is in the table with its sizes and accuracy; its compact file downloads.
+    page.click("#nav a[data-view=models]")
+    model_row = page.locator("#models-table tbody tr").first
+    expect(model_row).to_contain_text("freshnets")
+    expect(model_row).to_contain_text("digits")
+    expect(model_row.locator("td").nth(7)).to_contain_text("%")
+    with page.expect_download() as download_info:
+        model_row.get_by_text("compact file").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".safetensors")
+    assert Path(download.path()).stat().st_size > 100
+    shot(page, artifacts, "06-models")
+
+    # The frontier chart plots it.
+    page.click("#nav a[data-view=frontier]")
+    expect(page.locator("#frontier-dataset")).to_have_value("digits")
+    expect(page.locator("#chart-frontier")).to_have_attribute("data-points", "1")
+    shot(page, artifacts, "07-frontier")
+
+    # Try it: draw a digit and get the top-k with probabilities.
+    page.click("#nav a[data-view=try]")
+    page.wait_for_selector("#try-model option", state="attached")
+    box = page.locator("#draw").bounding_box()
+    x, y = box["x"], box["y"]
+    page.mouse.move(x + 100, y + 60)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(x + 100 + 3 * i, y + 60 + 8 * i)  # a slanted stroke: a "1"
+    page.mouse.up()
+    page.click("#draw-predict")
+    expect(page.locator("#topk li").first).to_be_visible()
+    probs = [float(t.rstrip("%")) / 100 for t in page.locator("#topk li .p").all_inner_texts()]
+    assert 1 <= len(probs) <= 5 and probs == sorted(probs, reverse=True), probs
+    assert 0 < sum(probs) <= 1.001
+    expect(page.locator("#try-error")).to_be_empty()
+    shot(page, artifacts, "08-try-it")
+
+    # Cancel: a long job is stopped from its page.
+    page.click("#nav a[data-view=jobs]")
+    page.fill("#f-compression", "1/8")
+    page.fill("#f-epochs", "200")
+    page.click("#launch-submit")
+    page.wait_for_url(re.compile(r"#/job/[0-9a-f]+$"))
+    cancel = page.locator("#job-cancel")
+    expect(cancel).to_be_visible()
+    cancel.click()
+    expect(page.locator("#job-state")).to_have_text("cancelled", timeout=30_000)
+    expect(cancel).to_be_hidden()
+    shot(page, artifacts, "09-cancelled")
