@@ -1,0 +1,159 @@
+"""How many stored parameters each layer, and each frequency band of a filter bank, receives.
+
+Two decisions live here:
+- the *allocation* inside a FreshNets conv layer: bucket counts per band b = j1 + j2 whose rates
+  K_b / N_b are non-increasing in b and capped at 1 (the excess of a capped band is handed on to the
+  others: water-filling), shaped by a family (uniform, exponential decay, beta survival);
+- the *budget policy* across layers: the same factor everywhere, or a larger share for conv filters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import betainc
+
+
+class UniformShape(BaseModel):
+    """Every band gets the same rate (FreshNets without frequency sensitivity)."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape: Literal["uniform"] = "uniform"
+
+
+class ExponentialShape(BaseModel):
+    """Rate of band b proportional to exp(-decay * b)."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape: Literal["exponential"] = "exponential"
+    decay: float = Field(0.5, ge=0.0, le=20.0)
+
+
+class BetaShape(BaseModel):
+    """Rate of band b proportional to the beta survival function 1 - I_t(a, b), t = (b + 1/2) / B.
+
+    The survival function is non-increasing for every (a, b), so the rates always are; a < b front-
+    loads the budget on low frequencies, a = b = 1 is a linear decay.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    shape: Literal["beta"] = "beta"
+    a: float = Field(1.0, gt=0.0, le=100.0)
+    b: float = Field(2.0, gt=0.0, le=100.0)
+
+
+Allocation = Annotated[UniformShape | ExponentialShape | BetaShape, Field(discriminator="shape")]
+DEFAULT_ALLOCATION = ExponentialShape(decay=0.5)
+
+
+class UniformPolicy(BaseModel):
+    """Every compressed layer stores the same fraction of its weights."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["uniform"] = "uniform"
+
+
+class ConvBoostPolicy(BaseModel):
+    """Conv filters get ``conv_factor`` times the fc rate (capped at 1); the model total is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["conv-boost"] = "conv-boost"
+    conv_factor: float = Field(4.0, ge=1.0, le=1e6)
+
+
+BudgetPolicy = Annotated[UniformPolicy | ConvBoostPolicy, Field(discriminator="kind")]
+DEFAULT_POLICY = UniformPolicy()
+
+
+def shape_weights(
+    allocation: UniformShape | ExponentialShape | BetaShape, bands: int
+) -> np.ndarray:
+    """Non-increasing, positive relative rates of ``bands`` bands."""
+    b = np.arange(bands, dtype=np.float64)
+    if isinstance(allocation, UniformShape):
+        w = np.ones(bands)
+    elif isinstance(allocation, ExponentialShape):
+        w = np.exp(-allocation.decay * b)
+    else:
+        w = 1.0 - betainc(allocation.a, allocation.b, (b + 0.5) / bands)
+    w = np.maximum(w, 1e-12)
+    return np.minimum.accumulate(w)  # guard against float noise: exactly non-increasing
+
+
+def water_fill(sizes: np.ndarray, weights: np.ndarray, total: float) -> np.ndarray:
+    """Real rates r_i = min(1, c * w_i) with sum r_i * N_i = total (capped excess handed on)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if total >= sizes.sum():
+        return np.ones_like(sizes)
+    capped = np.zeros(len(sizes), dtype=bool)
+    while True:
+        free = ~capped
+        c = (total - sizes[capped].sum()) / (weights[free] * sizes[free]).sum()
+        over = free & (c * weights > 1.0)
+        if not over.any():
+            rates = np.where(capped, 1.0, c * weights)
+            return np.minimum(rates, 1.0)
+        capped |= over
+
+
+def band_buckets(
+    band_sizes: np.ndarray,
+    total: int,
+    allocation: UniformShape | ExponentialShape | BetaShape,
+) -> list[int]:
+    """Integer bucket counts K_b summing to ``total`` with K_b / N_b non-increasing and <= 1."""
+    n = np.asarray(band_sizes, dtype=np.int64)
+    if not 1 <= total <= n.sum():
+        raise ValueError(f"bucket total {total} outside [1, {int(n.sum())}]")
+    target = water_fill(n, shape_weights(allocation, len(n)), total) * n
+    k = np.minimum(np.floor(target + 0.5).astype(np.int64), n)
+    for b in range(1, len(n)):  # repair monotonicity: K_b / N_b <= K_{b-1} / N_{b-1}
+        k[b] = min(k[b], (k[b - 1] * n[b]) // n[b - 1])
+    while k.sum() != total:
+        short = k.sum() < total
+        best, best_gap = -1, -math.inf
+        for b in range(len(n)):
+            if short:
+                ok = k[b] < n[b] and (b == 0 or (k[b] + 1) * n[b - 1] <= k[b - 1] * n[b])
+                gap = target[b] - k[b]
+            else:
+                ok = k[b] > 0 and (b == len(n) - 1 or (k[b] - 1) * n[b + 1] >= k[b + 1] * n[b])
+                gap = k[b] - target[b]
+            if ok and gap > best_gap:
+                best, best_gap = b, gap
+        k[best] += 1 if short else -1
+    return [int(x) for x in k]
+
+
+def layer_budgets(
+    weights: list[int], is_conv: list[bool], total: int, policy: UniformPolicy | ConvBoostPolicy
+) -> list[int]:
+    """Stored weights per compressed layer, summing exactly to ``total`` (each in [1, weights])."""
+    n = np.asarray(weights, dtype=np.int64)
+    if total < len(n):
+        raise ValueError(
+            f"the budget leaves {total} stored weights for {len(n)} compressed layers: "
+            "use a larger compression factor"
+        )
+    total = min(total, int(n.sum()))
+    if isinstance(policy, ConvBoostPolicy):
+        w = np.where(np.asarray(is_conv), policy.conv_factor, 1.0)
+    else:
+        w = np.ones(len(n))
+    target = water_fill(n, w, total) * n
+    k = np.clip(np.floor(target).astype(np.int64), 1, n)
+    order = np.argsort(-(target - k), kind="stable")
+    i = 0
+    while k.sum() < total:  # largest remainder first
+        j = order[i % len(n)]
+        if k[j] < n[j]:
+            k[j] += 1
+        i += 1
+    while k.sum() > total:  # only when the floor of 1 pushed us over: take from the largest
+        j = int(np.argmax(k))
+        k[j] -= 1
+    return [int(x) for x in k]

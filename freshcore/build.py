@@ -1,0 +1,570 @@
+"""From a spec, a method and a compression factor to a model: the per-layer plan, then modules.
+
+The *plan* is a JSON list (one entry per spec layer) of everything that fixes the structure: layer
+kind, bucket counts per band, ranks, widths and hash seeds. It is computed once from the budget
+and stored in model files, so a file rebuilds the same model even if the budget code changes.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter, ValidationError
+from torch import Tensor, nn
+
+from freshcore.budget import (
+    DEFAULT_ALLOCATION,
+    DEFAULT_POLICY,
+    Allocation,
+    BudgetPolicy,
+    UniformShape,
+    band_buckets,
+    layer_budgets,
+)
+from freshcore.dct import band_of
+from freshcore.hashing import derive_seed
+from freshcore.layers import (
+    FreshConv2d,
+    HashedConv2d,
+    HashedLinear,
+    LowFreqConv2d,
+    LowRankConv2d,
+    LowRankLinear,
+    Normalize,
+    _Generated,
+)
+from freshcore.presets import resolve_spec
+from freshcore.spec import (
+    ArchitectureSpec,
+    BatchNormLayer,
+    ConvLayer,
+    DropoutLayer,
+    FcLayer,
+    FlattenLayer,
+    PoolLayer,
+    ReluLayer,
+    _pair,
+)
+
+METHODS = (
+    "dense", "equivalent", "lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets",
+)  # fmt: skip
+_ALLOCATION = TypeAdapter(Allocation)
+_POLICY = TypeAdapter(BudgetPolicy)
+
+
+def parse_compression(value: str | float | int) -> float:
+    """A compression factor in (0, 1] from ``0.015625``, ``"1/64"`` or ``"0.015625"``."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            f = float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"compression {value!r} is not a number or a fraction like '1/64'"
+            ) from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        f = float(value)
+    else:
+        raise ValueError(f"compression must be a number or a string, got {type(value).__name__}")
+    if not math.isfinite(f) or not 0 < f <= 1:
+        raise ValueError(
+            f"compression must be in (0, 1] (stored / virtual parameters), got {value!r}"
+        )
+    return f
+
+
+def parse_allocation(allocation: Any, method: str) -> dict[str, Any] | None:
+    """The allocation shape as a JSON dict (None for methods without frequency bands)."""
+    if method == "freshnets-uniform":
+        if (
+            allocation is not None
+            and _ALLOCATION.validate_python(_as_dict(allocation, "shape")) != UniformShape()
+        ):
+            raise ValueError(
+                "freshnets-uniform uses the uniform allocation; use method 'freshnets'"
+            )
+        return UniformShape().model_dump()
+    if method != "freshnets":
+        return None
+    if allocation is None:
+        return DEFAULT_ALLOCATION.model_dump()
+    try:
+        return _ALLOCATION.validate_python(_as_dict(allocation, "shape")).model_dump()
+    except ValidationError as e:
+        raise ValueError(f"invalid allocation: {_first_error(e)}") from None
+
+
+def parse_budget_policy(policy: Any) -> dict[str, Any]:
+    if policy is None:
+        return DEFAULT_POLICY.model_dump()
+    try:
+        return _POLICY.validate_python(_as_dict(policy, "kind")).model_dump()
+    except ValidationError as e:
+        raise ValueError(f"invalid budget_policy: {_first_error(e)}") from None
+
+
+def _as_dict(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        return {key: value}
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return value
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+def plan_layers(
+    spec: ArchitectureSpec,
+    method: str,
+    compression: float,
+    seed: int,
+    allocation: dict[str, Any] | None,
+    budget_policy: dict[str, Any],
+) -> list[dict[str, Any] | None]:
+    """Per spec layer: None (no parameters to compress) or the dict that fixes its structure."""
+    shapes = spec.check()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    plan: list[dict[str, Any] | None] = [None] * len(spec.layers)
+    param = [s for s in shapes if s.weights]
+    if method == "dense":
+        for s in param:
+            plan[s.index] = {"kind": s.type}
+        return plan
+    total = sum(s.weights + s.biases for s in shapes)
+    budget = round(compression * total)
+    if method == "equivalent":
+        widths = _equivalent_widths(spec, budget)
+        _check_reach(method, compression, _count_with_widths(spec, widths), budget)
+        for s in param:
+            plan[s.index] = {"kind": s.type, "width": widths[s.index]}
+        return plan
+    fixed = sum(s.biases for s in shapes)
+    try:
+        per_layer = layer_budgets(
+            [s.weights for s in param],
+            [s.type == "conv" for s in param],
+            budget - fixed,
+            _POLICY.validate_python(budget_policy),
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"compression {compression:g} is too small for this network: {e}"
+        ) from None
+    if method == "lrd":
+        ranks = _low_rank_ranks(spec, param, per_layer, budget - fixed)
+        stored = fixed + sum(
+            r * (s.out_shape[0] + s.weights // s.out_shape[0])
+            for s, r in zip(param, ranks, strict=True)
+        )
+        _check_reach(method, compression, stored, budget)
+        for s, r in zip(param, ranks, strict=True):
+            plan[s.index] = {"kind": f"lowrank-{s.type}", "rank": r}
+        return plan
+    for s, k in zip(param, per_layer, strict=True):
+        layer_seed = derive_seed(seed, s.index)
+        layer = spec.layers[s.index]
+        if isinstance(layer, FcLayer):
+            plan[s.index] = {"kind": "hashed-fc", "buckets": k, "seed": layer_seed}
+        elif method == "hashednets":
+            plan[s.index] = {"kind": "hashed-conv", "buckets": k, "seed": layer_seed}
+        elif method == "lowfreq":
+            plan[s.index] = {"kind": "lowfreq-conv", "kept": k}
+        else:
+            assert isinstance(layer, ConvLayer) and allocation is not None
+            kh, kw = _pair(layer.kernel_size)
+            slices = s.weights // (kh * kw)
+            sizes = [int(n) * slices for n in torch.bincount(torch.from_numpy(band_of(kh, kw)))]
+            bands = band_buckets(sizes, k, _ALLOCATION.validate_python(allocation))
+            plan[s.index] = {"kind": "fresh-conv", "bands": bands, "seed": layer_seed}
+    return plan
+
+
+def _check_reach(method: str, compression: float, stored: int, budget: int) -> None:
+    if abs(stored - budget) > 0.02 * budget:
+        raise ValueError(
+            f"{method} cannot reach compression {compression:g} on this network: the closest "
+            f"structure stores {stored:,} parameters for a budget of {budget:,}"
+        )
+
+
+def _low_rank_ranks(
+    spec: ArchitectureSpec, param: list, per_layer: list[int], target: int
+) -> list[int]:
+    """Ranks whose stored total is closest to ``target``, starting from each layer's own budget."""
+    cost, cap = [], []
+    for s in param:
+        out = s.out_shape[0]
+        fan = s.weights // out
+        cost.append(out + fan)
+        cap.append(min(out, fan))
+    ranks = [max(1, min(c, b // k)) for b, k, c in zip(per_layer, cost, cap, strict=True)]
+
+    def gap(r: list[int]) -> int:
+        return abs(sum(a * b for a, b in zip(r, cost, strict=True)) - target)
+
+    def jump(r: list[int], i: int) -> list[int]:
+        rest = sum(a * b for a, b in zip(r, cost, strict=True)) - r[i] * cost[i]
+        return [*r[:i], min(cap[i], max(1, round((target - rest) / cost[i]))), *r[i + 1 :]]
+
+    n = len(ranks)
+    while True:  # descent on single steps, and a step of one layer re-filled by another's rank
+        trials = [jump(ranks, i) for i in range(n)]
+        for j in range(n):
+            for dj in (-1, 1):
+                stepped = [*ranks[:j], ranks[j] + dj, *ranks[j + 1 :]]
+                if 1 <= stepped[j] <= cap[j]:
+                    trials += [stepped] + [jump(stepped, i) for i in range(n) if i != j]
+        best = min(trials, key=gap)
+        if gap(best) >= gap(ranks):
+            return ranks
+        ranks = best
+
+
+def _count_with_widths(spec: ArchitectureSpec, widths: dict[int, int]) -> int:
+    """Dense parameter count of ``spec`` with the given out widths of conv/fc layers."""
+    channels = spec.input_shape[0]
+    flat = math.prod(spec.input_shape)
+    total = 0
+    for s, layer in zip(spec.check(), spec.layers, strict=True):
+        if isinstance(layer, ConvLayer):
+            kh, kw = _pair(layer.kernel_size)
+            out = widths[s.index]
+            total += out * (channels // layer.groups) * kh * kw + (out if layer.bias else 0)
+            channels, flat = out, out * s.out_shape[1] * s.out_shape[2]
+        elif isinstance(layer, FcLayer):
+            out = widths[s.index]
+            total += flat * out + (out if layer.bias else 0)
+            channels = flat = out
+        elif isinstance(layer, PoolLayer):
+            flat = channels * s.out_shape[1] * s.out_shape[2]
+        elif isinstance(layer, FlattenLayer):
+            channels = flat
+        elif isinstance(layer, BatchNormLayer):
+            total += 2 * channels
+    return total
+
+
+def _equivalent_widths(spec: ArchitectureSpec, budget: int) -> dict[int, int]:
+    """Widths of a smaller dense network: a common multiplier, then per-layer fine tuning."""
+    shapes = spec.check()
+    last = len(spec.layers) - 1
+    base: dict[int, int] = {}
+    step: dict[int, int] = {}
+    layers = spec.layers
+    for s in shapes:
+        if s.weights and s.index != last:
+            base[s.index] = s.out_shape[0]
+            g = layers[s.index].groups if isinstance(layers[s.index], ConvLayer) else 1
+            nxt = next((j for j in range(s.index + 1, len(layers)) if shapes[j].weights), None)
+            if nxt is not None and isinstance(layers[nxt], ConvLayer):
+                g = math.lcm(g, layers[nxt].groups)
+            step[s.index] = g
+    fixed = {last: spec.num_classes} if shapes[last].weights else {}
+
+    def widths_for(m: float) -> dict[int, int]:
+        return {i: max(step[i], round(m * b / step[i]) * step[i]) for i, b in base.items()} | fixed
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if _count_with_widths(spec, widths_for(mid)) > budget:
+            hi = mid
+        else:
+            lo = mid
+    widths = min(
+        (widths_for(lo), widths_for(hi)),
+        key=lambda w: abs(_count_with_widths(spec, w) - budget),
+    )
+    best_gap = abs(_count_with_widths(spec, widths) - budget)
+    improved = True
+    while improved:  # coordinate descent on single width steps
+        improved = False
+        for i in base:
+            for d in (-2, -1, 1, 2):
+                w = widths[i] + d * step[i]
+                if step[i] <= w <= base[i]:
+                    trial = widths | {i: w}
+                    g = abs(_count_with_widths(spec, trial) - budget)
+                    if g < best_gap:
+                        widths, best_gap, improved = trial, g, True
+    return widths
+
+
+# --- modules -----------------------------------------------------------------------------------
+
+
+def build_body(
+    spec: ArchitectureSpec, plan: list[dict[str, Any] | None]
+) -> tuple[nn.Sequential, list[int]]:
+    """The modules of a plan (widths may differ from the spec for ``equivalent``), and the body
+    index of each spec layer (an fc after a (C, H, W) shape gets a Flatten before it)."""
+    if len(plan) != len(spec.layers):
+        raise ValueError(f"plan has {len(plan)} entries for {len(spec.layers)} layers")
+    shape: tuple[int, ...] = tuple(spec.input_shape)
+    mods: list[nn.Module] = []
+    where: list[int] = []
+    for i, layer in enumerate(spec.layers):
+        p = plan[i]
+        if isinstance(layer, ConvLayer):
+            if p is None:
+                raise ValueError(f"plan entry {i} is missing for a conv layer")
+            c = shape[0]
+            out = int(p.get("width", layer.out_channels))
+            args = (c, out, layer.kernel_size)
+            kw: dict[str, Any] = {
+                "stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
+                "groups": layer.groups, "bias": layer.bias,
+            }  # fmt: skip
+            kind = p["kind"]
+            if kind == "conv":
+                mod: nn.Module = nn.Conv2d(*args, **kw)
+            elif kind == "fresh-conv":
+                mod = FreshConv2d(*args, band_buckets=p["bands"], seed=p["seed"], **kw)
+            elif kind == "hashed-conv":
+                mod = HashedConv2d(*args, buckets=p["buckets"], seed=p["seed"], **kw)
+            elif kind == "lowfreq-conv":
+                mod = LowFreqConv2d(*args, kept=p["kept"], **kw)
+            elif kind == "lowrank-conv":
+                mod = LowRankConv2d(*args, rank=p["rank"], **kw)
+            else:
+                raise ValueError(f"plan entry {i}: unknown conv kind {kind!r}")
+            where.append(len(mods))
+            mods.append(mod)
+            _, h, w = shape
+            kh, kwid = _pair(layer.kernel_size)
+            sh, sw = _pair(layer.stride)
+            ph, pw = _pair(layer.padding)
+            dh, dw = _pair(layer.dilation)
+            shape = (
+                out,
+                (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                (w + 2 * pw - dw * (kwid - 1) - 1) // sw + 1,
+            )
+        elif isinstance(layer, FcLayer):
+            if p is None:
+                raise ValueError(f"plan entry {i} is missing for an fc layer")
+            if len(shape) != 1:
+                mods.append(nn.Flatten())
+                shape = (math.prod(shape),)
+            n_in = shape[0]
+            out = int(p.get("width", layer.out_features))
+            kind = p["kind"]
+            if kind == "fc":
+                mod = nn.Linear(n_in, out, bias=layer.bias)
+            elif kind == "hashed-fc":
+                mod = HashedLinear(n_in, out, buckets=p["buckets"], seed=p["seed"], bias=layer.bias)
+            elif kind == "lowrank-fc":
+                mod = LowRankLinear(n_in, out, rank=p["rank"], bias=layer.bias)
+            else:
+                raise ValueError(f"plan entry {i}: unknown fc kind {kind!r}")
+            where.append(len(mods))
+            mods.append(mod)
+            shape = (out,)
+        elif isinstance(layer, PoolLayer):
+            where.append(len(mods))
+            pool = nn.MaxPool2d if layer.kind == "max" else nn.AvgPool2d
+            mods.append(pool(layer.kernel_size, layer.stride))
+            kh, kwid = _pair(layer.kernel_size)
+            sh, sw = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
+            shape = (shape[0], (shape[1] - kh) // sh + 1, (shape[2] - kwid) // sw + 1)
+        elif isinstance(layer, ReluLayer):
+            where.append(len(mods))
+            mods.append(nn.ReLU())
+        elif isinstance(layer, DropoutLayer):
+            where.append(len(mods))
+            mods.append(nn.Dropout(layer.p))
+        elif isinstance(layer, FlattenLayer):
+            where.append(len(mods))
+            mods.append(nn.Flatten())
+            shape = (math.prod(shape),)
+        elif isinstance(layer, BatchNormLayer):
+            where.append(len(mods))
+            mods.append(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]))
+    return nn.Sequential(*mods), where
+
+
+class FreshModel(nn.Module):
+    """A compressed (or dense) CNN built from a spec; normalises its [0, 1] input itself."""
+
+    def __init__(
+        self,
+        spec: ArchitectureSpec,
+        method: str,
+        compression: float,
+        seed: int,
+        plan: list[dict[str, Any] | None],
+        allocation: dict[str, Any] | None = None,
+        budget_policy: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.method = method
+        self.compression = compression
+        self.seed = seed
+        self.plan = plan
+        self.allocation = allocation
+        self.budget_policy = budget_policy
+        self.class_names: list[str] | None = None
+        self.meta: dict[str, Any] = {}
+        c = spec.input_shape[0]
+        self.register_buffer("input_mean", torch.zeros(c))
+        self.register_buffer("input_std", torch.ones(c))
+        self.body, self.layer_index = build_body(spec, plan)
+
+    def set_normalization(self, mean: list[float] | Tensor, std: list[float] | Tensor) -> None:
+        mean_t = torch.as_tensor(mean, dtype=self.input_mean.dtype).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=self.input_std.dtype).reshape(-1)
+        c = self.input_mean.numel()
+        if mean_t.numel() != c or std_t.numel() != c:
+            raise ValueError(f"normalisation needs {c} values per statistic")
+        if not torch.isfinite(mean_t).all() or not (std_t > 0).all():
+            raise ValueError("normalisation mean must be finite and std positive")
+        with torch.no_grad():
+            self.input_mean.copy_(mean_t)
+            self.input_std.copy_(std_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x - self.input_mean.view(1, -1, 1, 1)) / self.input_std.view(1, -1, 1, 1)
+        return self.body(x)
+
+    def spec_module(self, i: int) -> nn.Module:
+        """The module of spec layer ``i``."""
+        return self.body[self.layer_index[i]]
+
+    def generated_layers(self) -> list[_Generated]:
+        return [m for m in self.body if isinstance(m, _Generated)]
+
+    def materialize(self) -> FreshModel:
+        """Switch to eval and rebuild every filter once; eval forwards reuse them until changed."""
+        self.eval()
+        for m in self.generated_layers():
+            m.materialize()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, compression={self.compression:g}, seed={self.seed}"
+
+
+def build_model(
+    spec_or_preset_name: str | ArchitectureSpec | dict[str, Any],
+    method: str = "freshnets",
+    compression: float | str = 1 / 64,
+    seed: int = 0,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+    allocation: Any = None,
+    budget_policy: Any = None,
+) -> FreshModel:
+    """Build a model; ``allocation`` (freshnets only) and ``budget_policy`` shape the budget.
+
+    ``allocation``: None (exponential decay 0.5), a name ("uniform", "exponential", "beta") or a
+    dict like ``{"shape": "beta", "a": 1, "b": 3}``. ``budget_policy``: None (same factor for every
+    layer), "conv-boost" or ``{"kind": "conv-boost", "conv_factor": 8}``.
+    """
+    spec = resolve_spec(spec_or_preset_name, input_shape, num_classes)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    c = 1.0 if method == "dense" else parse_compression(compression)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    alloc = parse_allocation(allocation, method)
+    policy = parse_budget_policy(budget_policy)
+    plan = plan_layers(spec, method, c, seed, alloc, policy)
+    return model_from_plan(spec, method, c, seed, plan, alloc, policy)
+
+
+def model_from_plan(
+    spec: ArchitectureSpec,
+    method: str,
+    compression: float,
+    seed: int,
+    plan: list[dict[str, Any] | None],
+    allocation: dict[str, Any] | None,
+    budget_policy: dict[str, Any] | None,
+) -> FreshModel:
+    """The model of a plan, initialised deterministically from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return FreshModel(spec, method, compression, seed, plan, allocation, budget_policy)
+
+
+# --- conversions -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def to_dense(model: FreshModel) -> nn.Sequential:
+    """A plain torch model (Normalize, Conv2d, Linear, ...) with the same outputs as ``model``."""
+    mods: list[nn.Module] = [Normalize(model.input_mean, model.input_std)]
+    for m in model.body:
+        if isinstance(m, _Generated):
+            weight = m.rebuild_weight().detach().clone()
+            if weight.dim() == 4:
+                d: nn.Module = nn.Conv2d(
+                    m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                    m.dilation, m.groups, bias=m.bias is not None,
+                )  # fmt: skip
+            else:
+                d = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            d = d.to(weight)
+            d.weight.copy_(weight)
+            if m.bias is not None:
+                d.bias.copy_(m.bias)
+            mods.append(d)
+        else:
+            mods.append(_copy_module(m))
+    dense = nn.Sequential(*mods)
+    dense.train(model.training)
+    return dense
+
+
+def _copy_module(m: nn.Module) -> nn.Module:
+    clone = type(m).__new__(type(m))
+    clone.__dict__ = m.__dict__.copy()
+    clone._parameters = {
+        k: None if v is None else nn.Parameter(v.detach().clone(), v.requires_grad)
+        for k, v in m._parameters.items()
+    }
+    clone._buffers = {k: None if v is None else v.detach().clone() for k, v in m._buffers.items()}
+    clone._modules = {}
+    return clone
+
+
+@torch.no_grad()
+def compress_dense(
+    dense_model: FreshModel, method: str = "freshnets", compression: float | str = 1 / 64,
+    seed: int = 0, **kwargs: Any,
+) -> FreshModel:  # fmt: skip
+    """A ``method`` model whose stored parameters are the projection of a trained dense model.
+
+    Hashed layers get the least-squares bucket values (mean of sign x coefficient per bucket),
+    low-rank layers the truncated SVD; biases, batchnorm, normalisation and class names are copied.
+    """
+    if not isinstance(dense_model, FreshModel) or dense_model.method != "dense":
+        raise ValueError("compress_dense needs a FreshModel built with method='dense'")
+    if method == "equivalent":
+        raise ValueError("'equivalent' has other widths: train it from scratch")
+    model = build_model(dense_model.spec, method, compression, seed, **kwargs)
+    model.set_normalization(dense_model.input_mean, dense_model.input_std)
+    model.class_names = None if dense_model.class_names is None else list(dense_model.class_names)
+    model.meta = {**dense_model.meta, "compressed_from": "dense"}
+    for src, dst in zip(dense_model.body, model.body, strict=True):
+        if isinstance(dst, _Generated):
+            dst.project(src.weight)
+            if dst.bias is not None:
+                dst.bias.copy_(src.bias)
+        else:
+            dst.load_state_dict(src.state_dict())
+    return model

@@ -1,0 +1,471 @@
+"""Layers whose weight is generated from a few stored parameters, then used by a plain conv/linear.
+
+Each layer rebuilds its dense weight in ``rebuild_weight()`` (differentiable, so autograd carries
+the gradient back to the stored parameters) and runs ``F.conv2d``/``F.linear``. ``materialize()``
+caches the rebuilt weight for inference; the cache is keyed on the parameters' version counters, so
+an optimiser step, ``load_state_dict`` or a move to another device drops it.
+
+Hashed layers gather from the table ``[w, -w, 0]`` with one signed index per virtual weight: index
+``h`` means ``+w[h]``, ``K + h`` means ``-w[h]`` and ``2K`` means a structural zero (a frequency
+band without buckets, a coefficient that low-frequency truncation drops). The gather is an
+``index_select`` whose backward is an ``index_add`` (measured much faster than advanced indexing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from freshcore.dct import band_of, idct2_matrix
+from freshcore.hashing import bucket_and_sign
+
+
+def signed_index(bucket: np.ndarray, sign: np.ndarray, buckets: int) -> Tensor:
+    """The gather index into ``[w, -w, 0]`` from bucket ids and signs (+1, -1, or 0 for zero)."""
+    idx = np.where(sign > 0, bucket, np.where(sign < 0, bucket + buckets, 2 * buckets))
+    return torch.from_numpy(idx.astype(np.int64))
+
+
+def split_signed_index(index: Tensor, buckets: int) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`signed_index`: (bucket ids, signs as +-1 or 0)."""
+    sign = torch.where(index < buckets, 1, torch.where(index < 2 * buckets, -1, 0))
+    bucket = torch.where(sign > 0, index, torch.where(sign < 0, index - buckets, 0))
+    return bucket, sign
+
+
+class _Generated(nn.Module):
+    """Caching of the rebuilt weight (``materialize``) shared by every generated layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: tuple[Tensor, tuple[tuple[int, int], ...]] | None = None
+
+    def rebuild_weight(self) -> Tensor:
+        raise NotImplementedError
+
+    def stored_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters(recurse=False))
+
+    def _versions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((p._version, p.data_ptr()) for p in self.parameters(recurse=False))
+
+    def weight_for_forward(self) -> Tensor:
+        if self._cache is not None and not self.training:
+            weight, versions = self._cache
+            if versions == self._versions():
+                return weight
+            self._cache = None
+        return self.rebuild_weight()
+
+    @torch.no_grad()
+    def materialize(self) -> None:
+        """Rebuild the weight once and use it for every eval forward until a parameter changes."""
+        self._cache = (self.rebuild_weight().contiguous(), self._versions())
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def train(self, mode: bool = True) -> _Generated:
+        if mode:
+            self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def, override]
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+
+class _GeneratedConv2d(_Generated):
+    """A conv2d whose (out, in/groups, kh, kw) weight comes from ``rebuild_weight``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError("in_channels and out_channels must be divisible by groups")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+
+    @property
+    def virtual_weights(self) -> int:
+        return math.prod(self.weight_shape)
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight_shape[1:])
+
+    def _reset_bias(self) -> None:
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(
+            x, self.weight_for_forward(), self.bias, self.stride, self.padding, self.dilation,
+            self.groups,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + f", bias={self.bias is not None}"
+
+
+class _TableConv2d(_GeneratedConv2d):
+    """Conv whose coefficients gather from ``[w, -w, 0]``; optionally in the DCT domain."""
+
+    def __init__(self, *args, dct: bool, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        kh, kw = self.kernel_size
+        self.register_buffer("index", torch.empty(0, dtype=torch.int64), persistent=False)
+        self.register_buffer(
+            "idct", idct2_matrix(kh, kw, torch.float32) if dct else None, persistent=False
+        )
+
+    @property
+    def num_buckets(self) -> int:
+        return self.buckets.numel()
+
+    def rebuild_weight(self) -> Tensor:
+        w = self.buckets
+        table = torch.cat((w, -w, w.new_zeros(1)))
+        v = table.index_select(0, self.index)
+        if self.idct is not None:
+            v = v.view(-1, self.idct.shape[0]) @ self.idct
+        return v.view(self.weight_shape)
+
+    def coefficients_of(self, weight: Tensor) -> Tensor:
+        """The virtual coefficients (flat, in ``index`` order) of a dense weight."""
+        v = weight.detach().reshape(-1, self.kernel_size[0] * self.kernel_size[1]).double()
+        if self.idct is not None:
+            v = v @ self.idct.double().T  # the DCT: the transpose of the orthonormal inverse
+        return v.reshape(-1)
+
+    @torch.no_grad()
+    def project(self, weight: Tensor) -> None:
+        """Least-squares bucket values for a dense weight: mean of sign x coefficient per bucket."""
+        v = self.coefficients_of(weight)
+        k = self.num_buckets
+        bucket, sign = split_signed_index(self.index.cpu(), k)
+        used = sign != 0
+        sums = torch.bincount(bucket[used], weights=(sign[used] * v[used].cpu()), minlength=k)
+        counts = torch.bincount(bucket[used], minlength=k).clamp_min(1)
+        self.buckets.copy_((sums / counts).to(self.buckets))
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.fan_in)
+        nn.init.uniform_(self.buckets, -bound, bound)
+        self._reset_bias()
+
+
+class FreshConv2d(_TableConv2d):
+    """FreshNets conv: DCT coefficients hashed per frequency band into sum(band_buckets) buckets.
+
+    ``band_buckets[b]`` buckets serve band b = j1 + j2 (0 buckets: that band is zero). A coefficient
+    of slice s at position p has flat index s * kh * kw + p; its bucket is hashed within its band.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        band_buckets: list[int],
+        seed: int,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            dct=True,
+        )  # fmt: skip
+        kh, kw = self.kernel_size
+        if len(band_buckets) != kh + kw - 1:
+            raise ValueError(f"need {kh + kw - 1} band bucket counts, got {len(band_buckets)}")
+        total = sum(band_buckets)
+        if total < 1 or min(band_buckets) < 0:
+            raise ValueError("band bucket counts must be non-negative with a positive total")
+        self.band_buckets = [int(k) for k in band_buckets]
+        self.seed = int(seed)
+        self.buckets = nn.Parameter(torch.empty(total))
+        self.index = self._make_index()
+        self.reset_parameters()
+
+    def band_sizes(self) -> list[int]:
+        kh, kw = self.kernel_size
+        slices = self.virtual_weights // (kh * kw)
+        return [int(n) * slices for n in np.bincount(band_of(kh, kw))]
+
+    def _make_index(self) -> Tensor:
+        kh, kw = self.kernel_size
+        k_b = np.asarray(self.band_buckets, dtype=np.int64)
+        offset = np.concatenate(([0], np.cumsum(k_b)[:-1]))
+        band = np.tile(band_of(kh, kw), self.virtual_weights // (kh * kw))
+        n = k_b[band]
+        local, sign = bucket_and_sign(self.seed, band.size, np.maximum(n, 1))
+        sign[n == 0] = 0
+        return signed_index(local + offset[band], sign, int(k_b.sum()))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", buckets={self.num_buckets}, bands={self.band_buckets}"
+
+
+class HashedConv2d(_TableConv2d):
+    """HashedNets applied to conv filters in the spatial domain (a baseline)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        buckets: int,
+        seed: int,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            dct=False,
+        )  # fmt: skip
+        self.seed = int(seed)
+        self.buckets = nn.Parameter(torch.empty(int(buckets)))
+        bucket, sign = bucket_and_sign(self.seed, self.virtual_weights, int(buckets))
+        self.index = signed_index(bucket, sign, int(buckets))
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", buckets={self.num_buckets}"
+
+
+class LowFreqConv2d(_TableConv2d):
+    """Keeps only the ``kept`` lowest-frequency DCT coefficients (band, then slice); no hashing."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        kept: int,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            dct=True,
+        )  # fmt: skip
+        kh, kw = self.kernel_size
+        n = self.virtual_weights
+        if not 1 <= kept <= n:
+            raise ValueError(f"kept must be in [1, {n}], got {kept}")
+        self.buckets = nn.Parameter(torch.empty(int(kept)))
+        band = np.tile(band_of(kh, kw), n // (kh * kw))
+        order = np.argsort(band, kind="stable")[:kept]  # band, then slice, then position
+        bucket = np.zeros(n, dtype=np.int64)
+        sign = np.zeros(n, dtype=np.int8)
+        bucket[order] = np.arange(kept)
+        sign[order] = 1
+        self.index = signed_index(bucket, sign, int(kept))
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kept={self.num_buckets}"
+
+
+class LowRankConv2d(_GeneratedConv2d):
+    """Conv whose filter matrix (out, in/groups * kh * kw) is the product u @ v of rank ``rank``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        rank: int,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        )
+        if not 1 <= rank <= min(out_channels, self.fan_in):
+            raise ValueError(f"rank must be in [1, {min(out_channels, self.fan_in)}], got {rank}")
+        self.rank = int(rank)
+        self.u = nn.Parameter(torch.empty(out_channels, rank))
+        self.v = nn.Parameter(torch.empty(rank, self.fan_in))
+        self.reset_parameters()
+
+    def rebuild_weight(self) -> Tensor:
+        return (self.u @ self.v).view(self.weight_shape)
+
+    def reset_parameters(self) -> None:
+        _reset_low_rank(self.u, self.v, self.fan_in)
+        self._reset_bias()
+
+    @torch.no_grad()
+    def project(self, weight: Tensor) -> None:
+        """The best rank-r approximation (truncated SVD) of a dense weight."""
+        _project_low_rank(self.u, self.v, weight.reshape(self.out_channels, -1))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rank={self.rank}"
+
+
+def _reset_low_rank(u: Tensor, v: Tensor, fan_in: int) -> None:
+    # var(u @ v) = rank * var(u) * var(v) = 1 / (3 fan_in), the default dense init's variance
+    bound = (3.0 / (u.shape[1] * fan_in)) ** 0.25
+    nn.init.uniform_(u, -bound, bound)
+    nn.init.uniform_(v, -bound, bound)
+
+
+def _project_low_rank(u: Tensor, v: Tensor, matrix: Tensor) -> None:
+    r = u.shape[1]
+    uu, s, vh = torch.linalg.svd(matrix.detach().double().cpu(), full_matrices=False)
+    root = s[:r].sqrt()
+    u.copy_((uu[:, :r] * root).to(u))
+    v.copy_((root[:, None] * vh[:r]).to(v))
+
+
+class _GeneratedLinear(_Generated):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    @property
+    def virtual_weights(self) -> int:
+        return self.in_features * self.out_features
+
+    def _reset_bias(self) -> None:
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_for_forward(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class HashedLinear(_GeneratedLinear):
+    """HashedNets fully connected layer: V[i, j] = xi(i, j) * w[h(i, j)] with ``buckets`` values."""
+
+    def __init__(
+        self, in_features: int, out_features: int, buckets: int, seed: int, bias: bool = True
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.seed = int(seed)
+        self.buckets = nn.Parameter(torch.empty(int(buckets)))
+        bucket, sign = bucket_and_sign(self.seed, self.virtual_weights, int(buckets))
+        self.register_buffer("index", signed_index(bucket, sign, int(buckets)), persistent=False)
+        self.reset_parameters()
+
+    @property
+    def num_buckets(self) -> int:
+        return self.buckets.numel()
+
+    def rebuild_weight(self) -> Tensor:
+        w = self.buckets
+        table = torch.cat((w, -w, w.new_zeros(1)))
+        return table.index_select(0, self.index).view(self.out_features, self.in_features)
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.buckets, -bound, bound)
+        self._reset_bias()
+
+    @torch.no_grad()
+    def project(self, weight: Tensor) -> None:
+        """Least-squares bucket values: the mean of sign x entry over each bucket's members."""
+        k = self.num_buckets
+        bucket, sign = split_signed_index(self.index.cpu(), k)
+        v = weight.detach().reshape(-1).double().cpu()
+        sums = torch.bincount(bucket, weights=sign * v, minlength=k)
+        counts = torch.bincount(bucket, minlength=k).clamp_min(1)
+        self.buckets.copy_((sums / counts).to(self.buckets))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", buckets={self.num_buckets}"
+
+
+class LowRankLinear(_GeneratedLinear):
+    """Fully connected layer with weight u @ v of rank ``rank``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        if not 1 <= rank <= min(in_features, out_features):
+            raise ValueError(f"rank must be in [1, {min(in_features, out_features)}], got {rank}")
+        self.rank = int(rank)
+        self.u = nn.Parameter(torch.empty(out_features, rank))
+        self.v = nn.Parameter(torch.empty(rank, in_features))
+        self.reset_parameters()
+
+    def rebuild_weight(self) -> Tensor:
+        return self.u @ self.v
+
+    def reset_parameters(self) -> None:
+        _reset_low_rank(self.u, self.v, self.in_features)
+        self._reset_bias()
+
+    @torch.no_grad()
+    def project(self, weight: Tensor) -> None:
+        _project_low_rank(self.u, self.v, weight)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rank={self.rank}"
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel: the in-model input normalisation, exportable to ONNX."""
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().view(1, -1, 1, 1))
+        self.register_buffer("std", std.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std

@@ -1,0 +1,67 @@
+"""Honest sizes: what each layer would store dense, and what the compressed model really stores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from freshcore.build import FreshModel
+
+
+@dataclass
+class LayerSize:
+    index: int  # index in spec.layers
+    type: str  # spec layer type (conv, fc, batchnorm)
+    kind: str  # stored form: conv, fc, fresh-conv, hashed-fc, lowrank-conv, ...
+    virtual_weights: int  # dense parameters of the spec's layer (weights + biases)
+    stored_parameters: int
+    compact_bytes: int
+    dense_bytes: int
+    ratio: float  # stored / virtual
+
+
+@dataclass
+class SizeReport:
+    method: str
+    compression: float
+    layers: list[LayerSize] = field(default_factory=list)
+    virtual_weights: int = 0
+    stored_parameters: int = 0
+    compact_bytes: int = 0
+    dense_bytes: int = 0
+    ratio: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def size_report(model: FreshModel, half: bool = False) -> SizeReport:
+    """Per spec layer with parameters and in total; bytes at 4 per value (2 with ``half``)."""
+    width = 2 if half else 4
+    shapes = model.spec.check()
+    report = SizeReport(model.method, model.compression)
+    for s in shapes:
+        virtual = s.weights + s.biases
+        if not virtual:
+            continue
+        mod = model.spec_module(s.index)
+        stored = sum(p.numel() for p in mod.parameters())
+        plan = model.plan[s.index] or {}
+        report.layers.append(
+            LayerSize(
+                index=s.index,
+                type=s.type,
+                kind=plan.get("kind", s.type),
+                virtual_weights=virtual,
+                stored_parameters=stored,
+                compact_bytes=stored * width,
+                dense_bytes=virtual * 4,
+                ratio=stored / virtual,
+            )
+        )
+    report.virtual_weights = sum(x.virtual_weights for x in report.layers)
+    report.stored_parameters = sum(x.stored_parameters for x in report.layers)
+    report.compact_bytes = sum(x.compact_bytes for x in report.layers)
+    report.dense_bytes = sum(x.dense_bytes for x in report.layers)
+    report.ratio = report.stored_parameters / max(1, report.virtual_weights)
+    return report
