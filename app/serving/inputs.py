@@ -102,6 +102,8 @@ def scale_to_unit(array: np.ndarray, scale: Scale, field: str = "inputs") -> tor
             )
     if scale == "byte":
         values = values * np.float32(1 / 255)
+    if not values.flags.writeable:  # a view of the request's bytes
+        values = values.copy()
     return torch.from_numpy(np.ascontiguousarray(values))
 
 
