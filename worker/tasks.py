@@ -43,6 +43,7 @@ from app.db.models import (
 )
 from app.settings import get_settings
 from freshcore import data as fdata
+from freshcore.train import CheckpointError, TrainingError
 from worker.celery_app import TRAIN_TASK, celery_app
 
 log = logging.getLogger(__name__)
@@ -390,7 +391,7 @@ def train_claimed(job_id: str, me: str) -> str:
             num_classes=info.num_classes,
         )
     except (ValueError, TypeError, KeyError) as exc:
-        raise JobFailed(f"bad architecture for data set {info.name!r}: {exc}") from exc
+        raise JobFailed(f"cannot build the model for {info.name!r}: {exc}") from exc
     model.class_names = list(info.class_names) if info.class_names else None
     model.meta.update({"dataset": job.dataset, "job_id": job.id, "training": job.training})
     config = train_config(job)
@@ -403,16 +404,21 @@ def train_claimed(job_id: str, me: str) -> str:
         write_epoch(job_id, me, metrics, checkpoint(), config.epochs)
         return False
 
+    should_stop = make_should_stop(job_id, me, beat, flags)
     beat.start()
     try:
-        result = freshcore.train(
-            model,
-            dataset,
-            config,
-            on_epoch,
-            should_stop=make_should_stop(job_id, me, beat, flags),
-            resume=resume,
-        )
+        try:
+            result = freshcore.train(
+                model, dataset, config, on_epoch, should_stop=should_stop, resume=resume
+            )
+        except CheckpointError:
+            if resume is None:
+                raise
+            # A checkpoint this code cannot continue (another version wrote it): start over.
+            log.warning("job %s: checkpoint unusable, training from scratch", job_id, exc_info=True)
+            result = freshcore.train(model, dataset, config, on_epoch, should_stop=should_stop)
+        except TrainingError as exc:
+            raise JobFailed(f"training diverged: {exc}") from exc
     finally:
         beat.stop()
 
