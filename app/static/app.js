@@ -33,7 +33,7 @@ function apiKey() {
   return sessionStorage.getItem(KEY_STORAGE);
 }
 
-async function api(path, { method = "GET", json, body, raw = false } = {}) {
+async function api(path, { method = "GET", json, body, raw = false, signingIn = false } = {}) {
   const headers = { Authorization: `Bearer ${apiKey()}` };
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -45,7 +45,7 @@ async function api(path, { method = "GET", json, body, raw = false } = {}) {
   } catch (err) {
     throw new ApiError(0, `Cannot reach the server (${err.message})`);
   }
-  if (resp.status === 401 && path !== "/v1/datasets") {
+  if (resp.status === 401 && !signingIn) {
     signOut("Your API key was refused: sign in again.");
     throw new ApiError(401, "unauthorised");
   }
@@ -86,7 +86,7 @@ function fmtCompression(c) {
   if (c == null) return "–";
   if (c >= 1) return "1";
   const inv = 1 / c;
-  return Math.abs(inv - Math.round(inv)) < 0.05 ? `1/${Math.round(inv)}` : c.toPrecision(3);
+  return Math.abs(inv - Math.round(inv)) < 0.05 ? `1/${Math.round(inv)}` : `1/${inv.toFixed(1)}`;
 }
 function fmtTime(iso) {
   if (!iso) return "–";
@@ -212,7 +212,7 @@ $("#signin-form").addEventListener("submit", async (ev) => {
   }
   sessionStorage.setItem(KEY_STORAGE, key);
   try {
-    await api("/v1/datasets");
+    await api("/v1/jobs?limit=1", { signingIn: true });
   } catch (err) {
     sessionStorage.removeItem(KEY_STORAGE);
     errorBox.textContent = err.status === 401 ? "This key was refused (unknown or revoked)." : describeError(err);
@@ -372,7 +372,7 @@ function lineChart(canvas, series) {
         x: { type: "linear", title: { display: true, text: "epoch" }, ticks: { precision: 0 }, min: 1 },
         y: { beginAtZero: false },
       },
-      plugins: { legend: { position: "bottom" } },
+      plugins: { legend: { position: "bottom", labels: { usePointStyle: true, pointStyle: "line" } } },
     },
   });
 }
@@ -522,12 +522,24 @@ function showFrontier() {
         maintainAspectRatio: false,
         parsing: false,
         scales: {
-          x: { type: "logarithmic", title: { display: true, text: "compact size on disk (bytes, log scale)" },
-            ticks: { callback: (v) => { const e = Math.log10(v); return Math.abs(e - Math.round(e)) < 1e-6 ? fmtBytes(v) : ""; } } },
+          x: {
+            type: "logarithmic",
+            title: { display: true, text: "compact size on disk (log scale)" },
+            ticks: {
+              maxRotation: 0,
+              autoSkip: false,
+              // Label 1, 2 and 5 times each power of ten; the other grid lines stay unlabelled.
+              callback: (v) => {
+                const m = Number((v / 10 ** Math.floor(Math.log10(v))).toPrecision(3));
+                if (![1, 2, 5].includes(m)) return "";
+                return v >= 1e6 ? `${v / 1e6} MB` : v >= 1e3 ? `${v / 1e3} kB` : `${v} B`;
+              },
+            },
+          },
           y: { title: { display: true, text: "test accuracy" }, ticks: { callback: (v) => fmtPct(v, 0) } },
         },
         plugins: {
-          legend: { position: "bottom" },
+          legend: { position: "bottom", labels: { usePointStyle: true, boxWidth: 8, boxHeight: 8 } },
           tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label} ${fmtCompression(ctx.raw.c)}: ${fmtPct(ctx.raw.y, 2)} at ${fmtBytes(ctx.raw.x)}` } },
         },
       },
