@@ -1,0 +1,238 @@
+"""The HTTP API on a real, migrated database: data sets, architectures, jobs, models, owners."""
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db.models import EpochMetric, Job, JobState, Model, ModelBlob
+
+from .conftest import auth_for, new_session, owner_id
+
+SPEC = {
+    "name": "tiny-cnn",
+    "input_shape": [1, 8, 8],
+    "num_classes": 3,
+    "layers": [
+        {"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "pool", "kind": "max", "kernel_size": 2},
+        {"type": "flatten"},
+        {"type": "fc", "out_features": 3},
+    ],
+}
+
+
+def job_body(dataset: str, **overrides: object) -> dict:
+    body = {
+        "dataset": dataset,
+        "architecture": SPEC,
+        "method": "freshnets",
+        "compression": "1/8",
+        "training": {"epochs": 2, "batch_size": 16},
+        "seed": 3,
+    }
+    body.update(overrides)
+    return body
+
+
+def test_health_and_auth(client: TestClient, alice: dict[str, str]) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")  # the broker is down in this fixture
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"database": "ok", "broker": "unreachable"}
+    assert client.get("/v1/jobs").status_code == 401
+    bad = client.get("/v1/jobs", headers={"Authorization": "Bearer fn_not-a-key"})
+    assert bad.status_code == 401 and "API key" in bad.json()["detail"]
+    assert client.get("/v1/jobs", headers=alice).status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "FreshNets"
+    assert client.get("/docs").status_code == 200
+
+
+def test_architectures(client: TestClient, alice: dict[str, str]) -> None:
+    presets = {p["name"]: p for p in client.get("/v1/architectures", headers=alice).json()}
+    assert {"mnist-cnn", "cifar-cnn"} <= presets.keys()
+    assert presets["mnist-cnn"]["input_shape"] == [1, 28, 28]
+    assert presets["mnist-cnn"]["virtual_weights"] > 100_000
+
+
+def test_datasets_upload_list_get_delete(
+    client: TestClient, alice: dict[str, str], bob: dict[str, str], upload: Callable[..., dict]
+) -> None:
+    listed = client.get("/v1/datasets", headers=alice).json()
+    builtin = [d for d in listed if d["builtin"]]
+    assert builtin and all(d["id"] == d["name"] for d in builtin)
+    one = client.get(f"/v1/datasets/{builtin[0]['id']}", headers=bob)
+    assert one.status_code == 200 and one.json()["builtin"]  # built-ins are everyone's
+
+    created = upload(alice)
+    assert created["input_shape"] == [1, 8, 8]
+    assert created["num_classes"] == 3
+    assert created["builtin"] is False and created["size_bytes"] > 0
+    assert client.get(f"/v1/datasets/{created['id']}", headers=alice).json() == created
+    assert created["id"] in [d["id"] for d in client.get("/v1/datasets", headers=alice).json()]
+
+    # Another owner sees neither the data set nor the way to delete it.
+    assert created["id"] not in [d["id"] for d in client.get("/v1/datasets", headers=bob).json()]
+    assert client.get(f"/v1/datasets/{created['id']}", headers=bob).status_code == 404
+    assert client.delete(f"/v1/datasets/{created['id']}", headers=bob).status_code == 404
+    assert client.delete(f"/v1/datasets/{builtin[0]['id']}", headers=alice).status_code == 409
+
+    assert client.delete(f"/v1/datasets/{created['id']}", headers=alice).status_code == 204
+    assert client.get(f"/v1/datasets/{created['id']}", headers=alice).status_code == 404
+
+
+def test_job_lifecycle_as_the_api_sees_it(
+    client: TestClient, alice: dict[str, str], bob: dict[str, str], upload: Callable[..., dict]
+) -> None:
+    dataset = upload(alice)["id"]
+    response = client.post("/v1/jobs", headers=alice, json=job_body(dataset))
+    # The broker is down: the job is still accepted and kept queued for the reconciler.
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "queued" and job["progress"] == 0.0
+    assert job["compression"] == pytest.approx(1 / 8)
+    assert job["architecture"]["layers"][0]["out_channels"] == 4
+    assert job["training"]["epochs"] == 2 and job["training"]["optimizer"] == "sgd"
+    assert job["total_epochs"] == 2 and job["model_id"] is None
+
+    # A preset adapts to the data set's shape and classes.
+    preset = client.post(
+        "/v1/jobs", headers=alice, json=job_body(dataset, architecture="mnist-cnn", compression=0.5)
+    )
+    assert preset.status_code == 202, preset.text
+    assert preset.json()["architecture"]["input_shape"] == [1, 8, 8]
+    assert preset.json()["architecture_name"] == "mnist-cnn"
+
+    # The worker's side, written as the worker writes it: running, two epochs of metrics.
+    with new_session(client) as session:
+        row = session.get(Job, job["id"])
+        assert row is not None
+        row.state, row.started_at, row.epoch, row.progress = (
+            JobState.running,
+            datetime.now(UTC),
+            2,
+            1.0,
+        )
+        for epoch in (1, 2):
+            session.add(
+                EpochMetric(
+                    job_id=row.id,
+                    epoch=epoch,
+                    train_loss=1.0 / epoch,
+                    train_accuracy=0.5,
+                    val_loss=1.1,
+                    val_accuracy=0.4 + epoch / 10,
+                    learning_rate=0.05,
+                    seconds=0.1,
+                )
+            )
+        session.commit()
+
+    got = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
+    assert got["state"] == "running" and got["epoch"] == 2
+    assert got["latest_metrics"]["epoch"] == 2
+    assert got["latest_metrics"]["val_accuracy"] == pytest.approx(0.6)
+    assert got["queued_seconds"] >= 0 and got["run_seconds"] >= 0
+    assert got["started_at"].endswith(("Z", "+00:00"))
+
+    series = client.get(f"/v1/jobs/{job['id']}/metrics", headers=alice).json()
+    assert [m["epoch"] for m in series["items"]] == [1, 2]
+    after = client.get(f"/v1/jobs/{job['id']}/metrics?after=1", headers=alice).json()
+    assert [m["epoch"] for m in after["items"]] == [2]
+
+    # Listing: a filter by state and pages.
+    listed = client.get("/v1/jobs?state=running", headers=alice).json()
+    assert [j["id"] for j in listed["items"]] == [job["id"]] and listed["total"] == 1
+    page = client.get("/v1/jobs?limit=1&offset=1", headers=alice).json()
+    assert page["total"] == 2 and len(page["items"]) == 1
+    assert client.get("/v1/jobs?state=bogus", headers=alice).status_code == 422
+
+    # Cancel: the running job is asked to stop; the queued one is cancelled at once.
+    running = client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice).json()
+    assert running["state"] == "running" and running["cancel_requested"] is True
+    queued = client.post(f"/v1/jobs/{preset.json()['id']}/cancel", headers=alice).json()
+    assert queued["state"] == "cancelled" and queued["finished_at"] is not None
+    again = client.post(f"/v1/jobs/{preset.json()['id']}/cancel", headers=alice)
+    assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+
+    # A data set a live job uses cannot go.
+    assert client.delete(f"/v1/datasets/{dataset}", headers=alice).status_code == 409
+
+    # Bob sees none of it.
+    assert client.get("/v1/jobs", headers=bob).json()["total"] == 0
+    for path in ("", "/metrics"):
+        assert client.get(f"/v1/jobs/{job['id']}{path}", headers=bob).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob).status_code == 404
+
+
+def test_models(client: TestClient, alice: dict[str, str], bob: dict[str, str]) -> None:
+    import freshcore
+
+    model = freshcore.build_model(SPEC, method="freshnets", compression=1 / 8, seed=3)
+    data = freshcore.to_bytes(model)
+    report = freshcore.size_report(model).to_dict()
+    with new_session(client) as session:
+        # Written as the worker writes a finished job's model.
+        row = Model(
+            owner_id=owner_id(client, alice),
+            dataset="tiny",
+            architecture_name="tiny-cnn",
+            method="freshnets",
+            compression_requested=1 / 8,
+            compression_achieved=report["total"]["stored_parameters"]
+            / report["total"]["virtual_weights"],
+            stored_parameters=report["total"]["stored_parameters"],
+            virtual_parameters=report["total"]["virtual_weights"],
+            compact_bytes=len(data),
+            dense_bytes=report["total"]["dense_bytes"],
+            test_accuracy=0.9,
+            size_report=report,
+        )
+        session.add(row)
+        session.flush()
+        session.add(ModelBlob(model_id=row.id, data=data))
+        session.commit()
+        model_id = row.id
+
+    listed = client.get("/v1/models", headers=alice).json()
+    assert [m["id"] for m in listed["items"]] == [model_id]
+    got = client.get(f"/v1/models/{model_id}", headers=alice).json()
+    assert got["compact_bytes"] == len(data) and got["test_accuracy"] == 0.9
+    assert got["compression_requested"] == pytest.approx(1 / 8)
+    file = client.get(f"/v1/models/{model_id}/file", headers=alice)
+    assert file.status_code == 200 and file.content == data
+    assert file.headers["content-type"] == "application/octet-stream"
+    assert f"freshnets-{model_id}.safetensors" in file.headers["content-disposition"]
+    assert freshcore.from_bytes(file.content).method == "freshnets"
+
+    assert client.get("/v1/models", headers=bob).json()["total"] == 0
+    for path in ("", "/file"):
+        assert client.get(f"/v1/models/{model_id}{path}", headers=bob).status_code == 404
+    assert client.delete(f"/v1/models/{model_id}", headers=bob).status_code == 404
+    assert client.delete(f"/v1/models/{model_id}", headers=alice).status_code == 204
+    assert client.get(f"/v1/models/{model_id}", headers=alice).status_code == 404
+    with new_session(client) as session:
+        assert session.get(ModelBlob, model_id) is None  # the blob went with it
+
+
+def test_revoked_key_is_refused(client: TestClient) -> None:
+    from app.security import revoke_api_key
+
+    headers = auth_for(client, "carol")
+    assert client.get("/v1/models", headers=headers).status_code == 200
+    with new_session(client) as session:
+        assert revoke_api_key(session, headers["Authorization"].split()[1], datetime.now(UTC)) == 1
+    assert client.get("/v1/models", headers=headers).status_code == 401
+
+
+def test_metrics_endpoint(client: TestClient, alice: dict[str, str], upload) -> None:
+    dataset = upload(alice)["id"]
+    assert client.post("/v1/jobs", headers=alice, json=job_body(dataset)).status_code == 202
+    text = client.get("/metrics").text
+    assert 'freshnets_jobs{state="queued"} 1.0' in text
+    assert "freshnets_queue_depth -1.0" in text  # the broker is down here
+    assert 'freshnets_http_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
+    assert "freshnets_http_request_duration_seconds_bucket" in text
