@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,18 @@ def _split(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint=name) from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint=name)
+    return value
 
 
 class _RichReporter:
@@ -105,6 +118,18 @@ def register(cli: typer.Typer) -> None:
         ablation_datasets: Annotated[list[str] | None, typer.Option()] = None,
         ablation_factors: Annotated[list[str] | None, typer.Option()] = None,
         ablation_seeds: Annotated[int, typer.Option(min=1)] = 1,
+        allocation: Annotated[
+            str | None,
+            typer.Option(
+                help='freshnets allocation as JSON, e.g. \'{"shape": "beta", "a": 1, "b": 3}\'.'
+            ),
+        ] = None,
+        budget_policy: Annotated[
+            str | None,
+            typer.Option(
+                help='Budget split as JSON, e.g. \'{"kind": "conv-boost", "conv_factor": 4}\'.'
+            ),
+        ] = None,
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
@@ -144,6 +169,8 @@ def register(cli: typer.Typer) -> None:
                 ablation_datasets=_split(ablation_datasets),
                 ablation_factors=_split(ablation_factors),
                 ablation_seeds=ablation_seeds,
+                allocation=_json_option(allocation, "--allocation"),
+                budget_policy=_json_option(budget_policy, "--budget-policy"),
             )
         for method in options.methods:
             if method not in rp.ALL_METHODS:

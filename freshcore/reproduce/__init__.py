@@ -3,10 +3,9 @@
     from freshcore.reproduce import Options, reproduce
     summary = reproduce(Options(datasets=["mnist"], out="runs/table"))
 
-Procedure (stated in every report): for each (data set, method, factor) the grid of the protocol
-(learning rates by default) is trained on the tuning seed; the candidate with the lowest
-validation error is kept and the remaining seeds are trained with it. The tuning seed's run with
-the chosen setting is that seed's result. Test error is reported, never used to choose.
+Hyper-parameters (`plan.PROCEDURE`, stated in every report): for each (data set, method, factor)
+the protocol's grid is trained on the tuning seed, the point with the lowest validation error is
+kept for the other seeds; the test split is never used to choose.
 """
 
 from __future__ import annotations
@@ -27,11 +26,13 @@ from freshcore.reproduce.plan import (
     ALL_METHODS,
     COMPRESSED_METHODS,
     DEFAULT_FACTORS,
+    PROCEDURE,
     TABLE_DATASETS,
     Protocol,
     RunSpec,
     arch_for,
     default_protocol,
+    model_options,
     quick_protocol,
     table_groups,
 )
@@ -81,6 +82,9 @@ class Options:
     seeds: int = 3
     out: Path | str = Path("runs/reproduce")
     protocol: Protocol = field(default_factory=default_protocol)
+    # build_model keywords of the table (None: the library's default, not written into keys)
+    allocation: dict[str, Any] | None = None
+    budget_policy: dict[str, Any] | None = None
     table: bool = True
     ablations: bool = False
     ablation_datasets: list[str] | None = None  # default: the first data set
@@ -138,8 +142,11 @@ def ablation_plan(options: Options, store: RunStore) -> list[tuple[str, str, str
         for factor in factors:
             for seed in range(options.ablation_seeds):
                 for ablation in options.ablation_variants:
+                    base_model = model_options(
+                        ablation.method, options.allocation, options.budget_policy
+                    )
                     spec = ablation_spec(
-                        ablation, dataset, factor, seed, store, fallback, archs[dataset]
+                        ablation, dataset, factor, seed, store, fallback, archs[dataset], base_model
                     )
                     plan.append((ablation.name, ablation.knob, ablation.metric, spec))
     return plan
@@ -160,7 +167,12 @@ def reproduce(
     seeds = list(range(options.seeds))
     if options.table:
         groups = table_groups(
-            options.datasets, options.methods, options.factors, _archs(options.datasets)
+            options.datasets,
+            options.methods,
+            options.factors,
+            _archs(options.datasets),
+            options.allocation,
+            options.budget_policy,
         )
         failures += run_groups(groups, options.protocol, seeds, store, data, reporter)
     if options.ablations:
@@ -195,7 +207,7 @@ def write_report(
         "run_seconds_total": sum(r["result"]["seconds"] for r in records),
         "runs_finished": len(records),
         "options": options.to_dict(),
-        "procedure": __doc__.split("Procedure", 1)[1].split("\n\n")[0].strip(),
+        "procedure": PROCEDURE,
         "cells": cells,
         "failures": [{"key": s.key(), "spec": s.to_dict(), "error": repr(e)} for s, e in failures],
     }

@@ -67,6 +67,7 @@ def default_ablations() -> list[Ablation]:
         for c in (4.0,)
     ]
     out.append(Ablation("float16 buckets", "float16", metric="test_error_fp16"))
+    out.append(Ablation("augment shifts", "training", train={"augment": True}))
     out += [
         Ablation(
             f"distill alpha={a:g} T=4",
@@ -95,8 +96,10 @@ def ablation_spec(
     store: RunStore,
     fallback_train: dict[str, Any],
     arch: str,
+    base_model: dict[str, Any] | None = None,
 ) -> RunSpec:
-    """The run for one variant: the table's chosen freshnets training (or the fallback) + the knob.
+    """The run for one variant: the table's chosen freshnets training (or the fallback) and
+    model options (``base_model``), with the variant's knob changed.
 
     A teacher is the table's dense run for the same data set and seed (the fallback training if
     the table has not chosen one yet).
@@ -116,7 +119,7 @@ def ablation_spec(
         seed=seed,
         arch=arch,
         train={**train, **ablation.train},
-        model=dict(ablation.model),
+        model={**(base_model or {}), **ablation.model},
         init=ablation.init,
         teacher=teacher,
     )

@@ -34,6 +34,12 @@ TABLE_DATASETS = (
 )
 DEFAULT_FACTORS = ("1/16", "1/64")
 DENSE_FACTOR = "1"
+PROCEDURE = (
+    "for each (data set, method, factor) every point of the grid (learning rates by default) is "
+    "trained on the tuning seed; the point with the lowest validation error is kept and the other "
+    "seeds are trained with it (the tuning seed's run with that point is its result). The test "
+    "split is never used to choose."
+)
 
 
 def factor_value(factor: str) -> float:
@@ -129,7 +135,7 @@ def default_protocol(
 def quick_protocol(device: str = "cpu") -> Protocol:
     """Tiny: one epoch on a few hundred samples, one learning rate. Proves the plumbing only."""
     return default_protocol(
-        epochs=1, lrs=(0.05,), max_train_samples=256, device=device, batch_size=32
+        epochs=1, lrs=(0.05,), max_train_samples=600, device=device, batch_size=16
     )
 
 
@@ -164,8 +170,31 @@ class Group:
         )
 
 
+BUDGETED_METHODS = ("lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")
+
+
+def model_options(
+    method: str, allocation: dict[str, Any] | None, budget_policy: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The build_model keywords of a table method, explicit so a changed library default never
+    changes what a stored run key means. The budget split across layers applies to every method
+    that splits a budget (the same for all, so the comparison stays fair); the frequency
+    allocation only to freshnets."""
+    out: dict[str, Any] = {}
+    if method in BUDGETED_METHODS and budget_policy is not None:
+        out["budget_policy"] = dict(budget_policy)
+    if method == "freshnets" and allocation is not None:
+        out["allocation"] = dict(allocation)
+    return out
+
+
 def table_groups(
-    datasets: list[str], methods: list[str], factors: list[str], archs: dict[str, str]
+    datasets: list[str],
+    methods: list[str],
+    factors: list[str],
+    archs: dict[str, str],
+    allocation: dict[str, Any] | None = None,
+    budget_policy: dict[str, Any] | None = None,
 ) -> list[Group]:
     """Dense once per data set (its factor is 1), every other method at every factor."""
     for method in methods:
@@ -177,5 +206,6 @@ def table_groups(
     for dataset in datasets:
         for method in methods:
             for factor in [DENSE_FACTOR] if method == "dense" else factors:
-                groups.append(Group(dataset, method, factor, archs[dataset]))
+                model = model_options(method, allocation, budget_policy)
+                groups.append(Group(dataset, method, factor, archs[dataset], model))
     return groups

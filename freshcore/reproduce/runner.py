@@ -157,6 +157,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train and test one network, or return its record if it already finished."""
     import freshcore
+    from freshcore.train import resolve_device
 
     reporter = reporter or Reporter()
     done = store.get(spec)
@@ -170,7 +171,7 @@ def run_one(
         teacher = freshcore.load(store.model_path(teacher_spec))
     dataset = data(spec.dataset)
     config = freshcore.TrainConfig.from_dict({**spec.train, "seed": spec.seed, "device": device})
-    device = str(freshcore.train.resolve_device(device))
+    device = str(resolve_device(device))
     model = _build(spec, dataset, teacher)
     model.meta.update({"dataset": spec.dataset, "run_key": spec.key()})
 
