@@ -221,7 +221,7 @@ def _size_table(report: dict[str, Any]) -> Table:
         )
 
     for i, layer in enumerate(report.get("layers", [])):
-        row(str(layer.get("name", layer.get("index", i))), layer)
+        row(f"{layer.get('index', i)} {layer.get('kind') or layer.get('type', '')}", layer)
     total = report.get("total", report)
     row("total", total, style="bold")
     return table

@@ -21,7 +21,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
 ]
-EPOCHS = 12
+EPOCHS = 8
 
 # Samples the job page every 40 ms (the dashboard polls every 250 ms here), so every rendered
 # progress value and point count is seen.
