@@ -5,7 +5,9 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import sessionmaker
+from starlette.datastructures import Headers
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import errors
@@ -20,23 +22,37 @@ STATIC_DIR = Path(__file__).parent / "static"
 class BodyLimitMiddleware:
     """413 for a body over FRESHNETS_MAX_REQUEST_BYTES (uploads: FRESHNETS_MAX_UPLOAD_BYTES).
 
-    The Content-Length is checked before anything is read, and a body without one is counted
-    as it streams, so an oversize request never reaches memory or disk.
+    A Content-Length over the limit is refused before anything is read; a body without one is
+    counted as it streams (Starlette's limiter), so an oversize request never fills memory or disk.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.default = RequestBodyLimitMiddleware(app, settings.max_request_bytes)
-        self.upload = RequestBodyLimitMiddleware(
-            app, settings.max_upload_bytes + datasets.UPLOAD_OVERHEAD_BYTES
-        )
+        self.app = app
+        self.limits = {
+            False: (settings.max_request_bytes, "FRESHNETS_MAX_REQUEST_BYTES"),
+            True: (
+                settings.max_upload_bytes + datasets.UPLOAD_OVERHEAD_BYTES,
+                "FRESHNETS_MAX_UPLOAD_BYTES",
+            ),
+        }
+        self.streamed = {
+            upload: RequestBodyLimitMiddleware(app, limit)
+            for upload, (limit, _) in self.limits.items()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        is_upload = (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"].rstrip("/") == "/v1/datasets"
-        )
-        await (self.upload if is_upload else self.default)(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/datasets"
+        limit, setting = self.limits[upload]
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            detail = f"body: {int(length)} bytes is over {setting} ({limit} bytes)"
+            response = JSONResponse({"detail": detail}, status_code=413)
+            await response(scope, receive, send)
+            return
+        await self.streamed[upload](scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

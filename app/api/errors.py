@@ -43,8 +43,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         if exc.status_code == 413 and exc.detail == "Content Too Large":  # the body limiter's own
             exc = StarletteHTTPException(
                 413,
-                f"body: larger than FRESHNETS_MAX_REQUEST_BYTES ({settings.max_request_bytes} "
-                f"bytes; uploads: FRESHNETS_MAX_UPLOAD_BYTES, {settings.max_upload_bytes})",
+                f"body: over FRESHNETS_MAX_REQUEST_BYTES ({settings.max_request_bytes} bytes; "
+                f"uploads: FRESHNETS_MAX_UPLOAD_BYTES, {settings.max_upload_bytes} bytes)",
             )
         return await http_exception_handler(request, exc)
 

@@ -162,8 +162,8 @@ def npz_bytes(
     """A small data set in the upload format: uint8 images, int labels; `arrays` override."""
     rng = np.random.default_rng(0)
     data = {
-        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-        "y_train": np.arange(n_train) % classes,
+        "x": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+        "y": np.arange(n_train) % classes,
         "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
         "y_test": np.arange(n_test) % classes,
     }

@@ -103,8 +103,10 @@ def test_spec_over_the_size_cap(
 
 BAD_UPLOADS = [
     (b"this is not a zip file", "file"),
-    (npz_bytes(x_train=None), "x_train"),
-    (npz_bytes(y_train=np.arange(5)), "y_train"),
+    (npz_bytes(x=None), "x"),
+    (npz_bytes(y=np.arange(5)), "y"),
+    (npz_bytes(x=np.zeros((60, 8, 8), np.int64)), "x"),
+    (npz_bytes(extra=np.zeros(3)), "extra"),
     (npz_bytes(x_test=np.zeros((20, 9, 9), np.uint8)), "x_test"),
     (npz_bytes(y_test=np.full(20, -1)), "y_test"),
     (b"", "file"),

@@ -45,10 +45,12 @@ def upload_out(row: UserDataset) -> DatasetOut:
     )
 
 
-def find_dataset(session: Session, owner: Owner, dataset_id: str) -> DatasetOut | None:
+def find_dataset(
+    session: Session, owner: Owner, dataset_id: str, settings: Settings
+) -> DatasetOut | None:
     """A built-in data set by name, or one of this owner's uploads by id; None otherwise."""
     try:
-        return builtin_out(fdata.get_info(dataset_id))
+        return builtin_out(fdata.get_info(dataset_id, cache_dir=settings.cache_dir))
     except (KeyError, ValueError):  # DatasetNotFound is a KeyError
         pass
     row = session.get(UserDataset, dataset_id)
@@ -76,18 +78,19 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", responses={404: {"description": "No such data set."}})
-def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetOut:
-    found = find_dataset(session, owner, dataset_id)
+def get_dataset(
+    dataset_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+) -> DatasetOut:
+    found = find_dataset(session, owner, dataset_id, settings)
     if found is None:
         raise _not_found(dataset_id)
     return found
 
 
 def _upload_limits(settings: Settings) -> "fdata.UploadLimits":
+    # The per-image bounds (side, channels, classes) are freshcore's own defaults.
     return fdata.UploadLimits(
-        max_bytes=settings.max_upload_bytes,
-        max_samples=settings.max_dataset_samples,
-        max_pixels=settings.max_image_pixels,
+        max_bytes=settings.max_upload_bytes, max_samples=settings.max_dataset_samples
     )
 
 
@@ -104,7 +107,10 @@ def upload_dataset(
     owner: CurrentOwner,
     settings: SettingsDep,
     response: Response,
-    file: Annotated[UploadFile, File(description="An .npz with x_train, y_train, x_test, y_test")],
+    file: Annotated[
+        UploadFile,
+        File(description="An .npz: x, y; optional x_test, y_test, classes (docs/datasets.md)."),
+    ],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> DatasetOut:
     """Upload an `.npz` data set; it is validated in full before it is kept."""
@@ -144,10 +150,12 @@ def upload_dataset(
         409: {"description": "A built-in data set, or one a queued or running job uses."},
     },
 )
-def delete_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> None:
+def delete_dataset(
+    dataset_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+) -> None:
     row = session.get(UserDataset, dataset_id)
     if row is None or row.owner_id != owner.id:
-        if find_dataset(session, owner, dataset_id) is not None:
+        if find_dataset(session, owner, dataset_id, settings) is not None:
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 f"dataset: {dataset_id!r} is built in and cannot be deleted",

@@ -1,11 +1,9 @@
 """Training jobs: validate a request into a queued row, send the wake-up message, report, cancel."""
 
-import dataclasses
 import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import pydantic
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -13,7 +11,7 @@ from sqlalchemy.orm import Session
 import freshcore
 from app import jobs_queue
 from app.api.deps import CurrentOwner, SessionDep, SettingsDep
-from app.api.errors import from_pydantic, invalid
+from app.api.errors import invalid
 from app.api.routes.datasets import find_dataset
 from app.db.models import EpochMetric, Job, JobState, Model, Owner
 from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
@@ -34,21 +32,29 @@ def _compression(value: float | str) -> float:
     return c
 
 
+def _spec_invalid(exc: ValueError) -> Exception:
+    """A 422 at architecture.layers.<i> when the error names a layer (SpecError does)."""
+    layer = getattr(exc, "layer", None)
+    loc = ("body", "architecture") + (("layers", layer) if layer is not None else ())
+    return invalid(loc, str(exc))
+
+
 def _spec(
-    body: JobCreate, input_shape: tuple[int, ...], num_classes: int, settings: Settings
+    body: JobCreate, input_shape: tuple[int, int, int], num_classes: int, settings: Settings
 ) -> Any:
-    """The resolved, shape-checked spec for this data set; a 422 naming the layer otherwise."""
+    """The shape-checked spec for this data set; a 422 naming the field or layer otherwise.
+
+    A preset adapts to the data set's shape and classes; an inline spec must match them.
+    """
     loc = ("body", "architecture")
-    arch = body.architecture
-    if isinstance(arch, str) and arch not in freshcore.PRESETS:
-        known = ", ".join(sorted(freshcore.PRESETS))
-        raise invalid(loc, f"unknown preset {arch!r}; one of: {known}")
+    preset = isinstance(body.architecture, str)
     try:
-        spec = freshcore.resolve_spec(arch, input_shape=input_shape, num_classes=num_classes)
-    except pydantic.ValidationError as exc:
-        raise from_pydantic(exc, loc) from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise invalid(loc, str(exc)) from exc
+        if preset:
+            spec = freshcore.resolve_spec(body.architecture, input_shape, num_classes)
+        else:
+            spec = freshcore.resolve_spec(body.architecture)
+    except ValueError as exc:  # SpecError, including pydantic's errors turned into one
+        raise _spec_invalid(exc) from exc
     if tuple(spec.input_shape) != tuple(input_shape):
         raise invalid(
             (*loc, "input_shape"),
@@ -61,23 +67,24 @@ def _spec(
         )
     try:
         spec.check(max_virtual_weights=settings.max_virtual_weights)
-    except ValueError as exc:  # SpecError names the layer and the reason
-        layer = getattr(exc, "layer", None)
-        raise invalid((*loc, "layers", layer) if layer is not None else loc, str(exc)) from exc
+    except ValueError as exc:
+        raise _spec_invalid(exc) from exc
     return spec
 
 
 def _training(body: JobCreate, settings: Settings) -> dict[str, Any]:
     try:
         config = freshcore.TrainConfig.from_dict(body.training)
-    except (ValueError, TypeError) as exc:
-        raise invalid(("body", "training"), str(exc)) from exc
+    except ValueError as exc:  # TrainConfigError names the field
+        field = getattr(exc, "field", None)
+        loc = ("body", "training") + ((field,) if field and field != "<root>" else ())
+        raise invalid(loc, str(exc)) from exc
     if config.epochs > settings.max_epochs:
         raise invalid(
             ("body", "training", "epochs"),
             f"{config.epochs} is over FRESHNETS_MAX_EPOCHS ({settings.max_epochs})",
         )
-    return dataclasses.asdict(config)
+    return config.to_dict()
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -137,7 +144,7 @@ def create_job(
     response: Response,
 ) -> JobOut:
     """Queue a training job. The row is kept even if the broker is down (it is re-sent later)."""
-    dataset = find_dataset(session, owner, body.dataset)
+    dataset = find_dataset(session, owner, body.dataset, settings)
     if dataset is None:
         raise invalid(("body", "dataset"), f"unknown data set {body.dataset!r}")
     if not dataset.available:

@@ -252,7 +252,7 @@ async def export_model(
 ) -> Response:
     """The rebuilt dense network as ONNX, TorchScript or a safetensors state dict."""
     entry = await _entry(request, model_id, owner.id)
-    data = await anyio.to_thread.run_sync(export, entry.model, fmt)
+    data = await anyio.to_thread.run_sync(export, entry.model, entry.info, fmt)
     media_type, suffix = MEDIA_TYPES[fmt]
     return Response(
         data,
