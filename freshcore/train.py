@@ -328,10 +328,11 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
             continue
         (plain if id(p) in no_decay or name.endswith("bias") else decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": plain, "weight_decay": 0.0},
+        {"params": params, "weight_decay": wd}
+        for params, wd in ((decay, config.weight_decay), (plain, 0.0))
+        if params
     ]
-    if not decay and not plain:
+    if not groups:
         raise ValueError("the model has no trainable parameters")
     lr = config.effective_lr
     if config.optimizer == "adam":
