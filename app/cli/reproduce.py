@@ -41,6 +41,19 @@ def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
     return value
 
 
+def _pick_ablations(rp: Any, names: list[str] | None) -> list[Any]:
+    known = {a.name: a for a in rp.default_ablations()}
+    if not names:
+        return list(known.values())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}",
+            param_hint="--ablation-variants",
+        )
+    return [known[n] for n in names]
+
+
 class _RichReporter:
     """Two bars: runs of the plan, and epochs of the run in progress."""
 
@@ -118,6 +131,9 @@ def register(cli: typer.Typer) -> None:
         ablation_datasets: Annotated[list[str] | None, typer.Option()] = None,
         ablation_factors: Annotated[list[str] | None, typer.Option()] = None,
         ablation_seeds: Annotated[int, typer.Option(min=1)] = 1,
+        ablation_variants: Annotated[
+            list[str] | None, typer.Option(help="Ablation variants by name, in run order.")
+        ] = None,
         allocation: Annotated[
             str | None,
             typer.Option(
@@ -169,6 +185,7 @@ def register(cli: typer.Typer) -> None:
                 ablation_datasets=_split(ablation_datasets),
                 ablation_factors=_split(ablation_factors),
                 ablation_seeds=ablation_seeds,
+                ablation_variants=_pick_ablations(rp, _split(ablation_variants)),
                 allocation=_json_option(allocation, "--allocation"),
                 budget_policy=_json_option(budget_policy, "--budget-policy"),
             )

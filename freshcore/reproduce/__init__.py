@@ -64,6 +64,7 @@ __all__ = [
     "Reporter",
     "RunSpec",
     "RunStore",
+    "default_ablations",
     "default_datasets",
     "default_protocol",
     "quick_options",
