@@ -126,3 +126,4 @@ class ModelOut(BaseModel):
     test_accuracy: float | None
     size_report: dict[str, Any]
     created_at: datetime
+    warm: bool = Field(description="Rebuilt and in the serving cache: predictions answer at once.")

@@ -41,7 +41,8 @@ def test_health_and_auth(client: TestClient, alice: dict[str, str]) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")  # the broker is down in this fixture
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"database": "ok", "broker": "unreachable"}
+    checks = {"database": "ok", "broker": "unreachable", "serving": "ok"}
+    assert ready.json()["checks"] == checks
     assert client.get("/v1/jobs").status_code == 401
     bad = client.get("/v1/jobs", headers={"Authorization": "Bearer fn_not-a-key"})
     assert bad.status_code == 401 and "API key" in bad.json()["detail"]
@@ -201,6 +202,7 @@ def test_models(client: TestClient, alice: dict[str, str], bob: dict[str, str]) 
     got = client.get(f"/v1/models/{model_id}", headers=alice).json()
     assert got["compact_bytes"] == len(data) and got["test_accuracy"] == 0.9
     assert got["compression_requested"] == pytest.approx(1 / 8)
+    assert got["architecture"] is None and got["warm"] is False  # no job: made outside the API
     file = client.get(f"/v1/models/{model_id}/file", headers=alice)
     assert file.status_code == 200 and file.content == data
     assert file.headers["content-type"] == "application/octet-stream"

@@ -19,7 +19,7 @@ def test_job_message_reaches_the_broker(
     alice = auth_for(client, "alice")
     assert client.get("/readyz").json() == {
         "status": "ready",
-        "checks": {"database": "ok", "broker": "ok"},
+        "checks": {"database": "ok", "broker": "ok", "serving": "ok"},
     }
     files = {"file": ("tiny.npz", npz_bytes())}
     dataset = client.post("/v1/datasets", headers=alice, files=files).json()["id"]

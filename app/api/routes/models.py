@@ -2,20 +2,21 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.api.deps import CurrentOwner, SessionDep
 from app.db.models import Job, Model, ModelBlob, Owner
 from app.schemas import ModelOut, Page
+from app.serving import drop_model, is_warm
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 NOT_FOUND = {404: {"description": "No such model (or another owner's)."}}
 
 
-def model_out(model: Model, architecture: dict | None) -> ModelOut:
+def model_out(request: Request, model: Model, architecture: dict | None) -> ModelOut:
     return ModelOut(
         id=model.id,
         job_id=model.job_id,
@@ -32,6 +33,7 @@ def model_out(model: Model, architecture: dict | None) -> ModelOut:
         test_accuracy=model.test_accuracy,
         size_report=model.size_report,
         created_at=model.created_at,
+        warm=is_warm(request.app, model.id),
     )
 
 
@@ -49,6 +51,7 @@ def _with_architecture():  # type: ignore[no-untyped-def]
 
 @router.get("")
 def list_models(
+    request: Request,
     session: SessionDep,
     owner: CurrentOwner,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -66,15 +69,23 @@ def list_models(
         .offset(offset)
     ).all()
     return Page[ModelOut](
-        items=[model_out(m, a) for m, a in rows], total=total or 0, limit=limit, offset=offset
+        items=[model_out(request, m, a) for m, a in rows],
+        total=total or 0,
+        limit=limit,
+        offset=offset,
     )
 
 
 @router.get("/{model_id}", responses=NOT_FOUND)
-def get_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> ModelOut:
-    model = owned_model(session, owner, model_id)
-    architecture = session.scalar(select(Job.architecture).where(Job.id == model.job_id))
-    return model_out(model, architecture)
+def get_model(
+    request: Request, model_id: str, session: SessionDep, owner: CurrentOwner
+) -> ModelOut:
+    row = session.execute(
+        _with_architecture().where(Model.id == model_id, Model.owner_id == owner.id)
+    ).first()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model: no model {model_id!r}")
+    return model_out(request, *row)
 
 
 @router.get(
@@ -99,6 +110,7 @@ def get_model_file(model_id: str, session: SessionDep, owner: CurrentOwner) -> R
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_model(model_id: str, session: SessionDep, owner: CurrentOwner) -> None:
+def delete_model(request: Request, model_id: str, session: SessionDep, owner: CurrentOwner) -> None:
     session.delete(owned_model(session, owner, model_id))
     session.commit()
+    drop_model(request.app, model_id)  # it can never answer a prediction again
