@@ -467,9 +467,6 @@ def train(
                         f"the teacher has {soft_all.shape[1]} outputs, the student {classes}"
                     )
 
-        def checkpoint() -> bytes:
-            return _checkpoint_bytes(model, optimizer, state, config, len(splits["train"].y))
-
         with torch.random.fork_rng(devices=rng_devices):
             stopped = _run_epochs(
                 model,
@@ -482,7 +479,6 @@ def train(
                 on_epoch,
                 should_stop,
                 on_batch,
-                checkpoint,
             )
         if state.best_weights is not None:
             model.load_state_dict(state.best_weights)
@@ -519,7 +515,6 @@ def _run_epochs(
     on_epoch: Callable[[EpochMetrics, Callable[[], bytes]], bool | None] | None,
     should_stop: Callable[[], bool] | None,
     on_batch: Callable[[int, int], None] | None,
-    checkpoint: Callable[[], bytes],
 ) -> bool:
     """The epochs after ``state.epoch``; True when a callback or ``should_stop`` stopped them."""
     train_set = splits["train"]
@@ -597,8 +592,13 @@ def _run_epochs(
             state.bad_epochs += 1
         if config.patience is not None and state.bad_epochs >= config.patience:
             state.early_stopped = True
-        if on_epoch is not None and on_epoch(metrics, checkpoint) is True:
-            return True
+        if on_epoch is not None:
+            snapshot = _Snapshot(model, optimizer, state, config, n)
+            try:
+                if on_epoch(metrics, snapshot) is True:
+                    return True
+            finally:
+                snapshot.live = False
     return False
 
 
@@ -614,6 +614,27 @@ def _raise_if_diverged(bad_batch: torch.Tensor, epoch: int, steps: int) -> None:
 
 
 # --- checkpoints: safetensors tensors + JSON metadata in the header, no pickle ---------------
+
+
+class _Snapshot:
+    """The ``checkpoint`` handed to ``on_epoch``: valid only while the callback runs, because
+    afterwards the model moves on (a later call would mix two epochs)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: _State,
+        config: TrainConfig,
+        train_samples: int,
+    ) -> None:
+        self.args = (model, optimizer, state, config, train_samples)
+        self.live = True
+
+    def __call__(self) -> bytes:
+        if not self.live:
+            raise RuntimeError("checkpoint() can only be called inside the on_epoch callback")
+        return _checkpoint_bytes(*self.args)
 
 
 def _model_identity(model: nn.Module) -> dict[str, Any]:

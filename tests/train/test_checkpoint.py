@@ -149,3 +149,10 @@ def test_checkpoint_from_another_model_is_refused(digits, small) -> None:
         train(small(), digits, cfg(optimizer="adam"), resume=blob)
     with pytest.raises(CheckpointError, match="trained on 1200 samples"):
         train(small(), digits, cfg(max_train_samples=600), resume=blob)
+
+
+def test_checkpoint_is_only_valid_inside_the_callback(digits, small) -> None:
+    kept = []
+    train(small(), digits, cfg(epochs=1), lambda m, ck: kept.append(ck))
+    with pytest.raises(RuntimeError, match="inside the on_epoch callback"):
+        kept[0]()
