@@ -1,0 +1,1 @@
+"""Speed and size benchmarks: ``python -m benchmarks [name ...]`` runs benchmarks/bench_*.py."""

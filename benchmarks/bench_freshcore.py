@@ -1,0 +1,136 @@
+"""freshcore speed and size on the mnist-cnn preset, batch 128, CPU (and CUDA where present).
+
+Each ratio compares FreshNets (1/64) with the dense network measured in the same run. The steps of
+the two models alternate and every figure is the median of many repeats, because the machine may be
+shared with other processes. ``FRESHNETS_BENCH_THREADS`` pins torch's CPU threads (default: torch's
+choice), ``FRESHNETS_BENCH_REPEATS`` sets the repeats.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import freshcore as fc
+
+PRESET = "mnist-cnn"
+COMPRESSION = 1 / 64
+BATCH = 128
+REPEATS = int(os.environ.get("FRESHNETS_BENCH_REPEATS", "40"))
+
+
+def _row(
+    name: str, value: float, unit: str, baseline: float | None = None, goal: str | None = None
+) -> dict[str, Any]:
+    ratio = None if baseline is None else value / baseline
+    return {"name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
+            "goal": goal}  # fmt: skip
+
+
+def _median_ms(fns: dict[str, Callable[[], Any]], device: str, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each function, run in alternation after a warm-up."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[k].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _train_step(model: fc.FreshModel, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _eval(model: fc.FreshModel, x: torch.Tensor) -> Callable[[], None]:
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return forward
+
+
+def _speed_rows(device: str) -> list[dict[str, Any]]:
+    torch.manual_seed(0)
+    tag = f" [{device}, {torch.get_num_threads()} threads]" if device == "cpu" else f" [{device}]"
+    fresh = fc.build_model(PRESET, "freshnets", COMPRESSION).to(device)
+    dense = fc.build_model(PRESET, "dense").to(device)
+    x = torch.rand(BATCH, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
+    t = _median_ms(
+        {"fresh": _train_step(fresh, x, y), "dense": _train_step(dense, x, y)}, device, REPEATS
+    )
+    rows = [_row(f"training step, freshnets / dense{tag}", t["fresh"], "ms", t["dense"],
+                 "ratio <= 1.10")]  # fmt: skip
+    fresh.materialize()
+    dense.eval()
+    t = _median_ms({"fresh": _eval(fresh, x), "dense": _eval(dense, x)}, device, 2 * REPEATS)
+    rows.append(_row(f"materialised eval forward, freshnets / dense{tag}", t["fresh"], "ms",
+                     t["dense"], "ratio <= 1.02"))  # fmt: skip
+    t = _median_ms({"rebuild": fresh.materialize}, device, 2 * REPEATS)
+    rows.append(_row(f"cold rebuild of all filters and fc matrices{tag}", t["rebuild"], "ms",
+                     goal="value <= 2"))  # fmt: skip
+    return rows
+
+
+def _file_rows() -> list[dict[str, Any]]:
+    fresh = fc.build_model(PRESET, "freshnets", COMPRESSION).eval()
+    dense_bytes = 4 * fc.resolve_spec(PRESET).virtual_weights()
+    rows = []
+    for half in (False, True):
+        data = fc.to_bytes(fresh, half=half)
+        header = 8 + struct.unpack("<Q", data[:8])[0]
+        target = COMPRESSION * dense_bytes * (0.5 if half else 1.0)
+        kind = "float16" if half else "float32"
+        rows.append(_row(f"file tensor bytes / (factor x dense bytes), {kind}",
+                         len(data) - header, "B", target, "ratio <= 1.02"))  # fmt: skip
+        rows.append(_row(f"file header (JSON metadata), {kind}", header, "B",
+                         goal="value <= 4096"))  # fmt: skip
+    data = fc.to_bytes(fresh)
+    one = torch.rand(1, 1, 28, 28)
+
+    def cold() -> None:
+        model = fc.from_bytes(data).materialize()
+        with torch.inference_mode():
+            model(one)
+
+    t = _median_ms({"cold": cold, "load": lambda: fc.from_bytes(data)}, "cpu", REPEATS)
+    rows.append(_row("from_bytes (incl. hashing)", t["load"], "ms"))
+    rows.append(_row("cold first prediction: from_bytes + rebuild + 1 image", t["cold"], "ms",
+                     goal="value <= 20"))  # fmt: skip
+    n = max(m.virtual_weights for m in fresh.generated_layers())
+    t = _median_ms({"hash": lambda: fc.bucket_and_sign(1, n, 7000)}, "cpu", REPEATS)
+    rows.append(_row(f"hash {n:,} indices (bucket + sign)", t["hash"], "ms"))
+    return rows
+
+
+def run() -> list[dict[str, Any]]:
+    threads = os.environ.get("FRESHNETS_BENCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    rows = _speed_rows("cpu") + _file_rows()
+    if torch.cuda.is_available():
+        rows += _speed_rows("cuda")
+    return rows

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from freshcore.budget import (
+    BetaShape,
+    ConvBoostPolicy,
+    ExponentialShape,
+    UniformPolicy,
+    UniformShape,
+    band_buckets,
+    layer_budgets,
+    water_fill,
+)
+
+SHAPES = [UniformShape(), ExponentialShape(decay=0.5), ExponentialShape(decay=3.0),
+          BetaShape(a=1, b=3), BetaShape(a=2, b=2), BetaShape(a=0.5, b=5)]  # fmt: skip
+
+
+def _sizes(slices: int, k: int = 5) -> list[int]:
+    return [slices * n for n in np.bincount(np.add.outer(np.arange(k), np.arange(k)).ravel())]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("slices", [1, 32, 2048])
+@pytest.mark.parametrize("fraction", [1 / 256, 1 / 64, 1 / 16, 1 / 4, 0.6, 0.95, 1.0])
+def test_band_buckets_exact_monotone_capped(shape, slices, fraction):
+    sizes = _sizes(slices)
+    total = max(1, round(fraction * sum(sizes)))
+    k = band_buckets(sizes, total, shape)
+    assert sum(k) == total
+    rates = [a / n for a, n in zip(k, sizes, strict=True)]
+    assert all(0 <= r <= 1 for r in rates)
+    assert all(rates[b] <= rates[b - 1] + 1e-12 for b in range(1, len(rates))), rates
+
+
+def test_water_filling_hands_on_the_excess():
+    sizes = np.array([10, 20, 30, 40])
+    rates = water_fill(sizes, np.array([8.0, 4.0, 1.0, 0.5]), 50)
+    assert rates[0] == 1.0
+    assert np.isclose((rates * sizes).sum(), 50)
+    assert (np.diff(rates) <= 1e-12).all()
+
+
+def test_uniform_rates_are_equal_and_decay_front_loads():
+    sizes = _sizes(64)
+    k = band_buckets(sizes, sum(sizes) // 8, UniformShape())
+    rates = np.array(k) / np.array(sizes)
+    assert rates.max() - rates.min() < 0.01
+    k = band_buckets(sizes, sum(sizes) // 8, ExponentialShape(decay=1.0))
+    assert k[0] / sizes[0] > 4 * k[-1] / sizes[-1]
+
+
+def test_band_buckets_rejects_impossible_totals():
+    with pytest.raises(ValueError):
+        band_buckets([1, 2, 1], 0, UniformShape())
+    with pytest.raises(ValueError):
+        band_buckets([1, 2, 1], 5, UniformShape())
+
+
+def test_layer_budgets_uniform_and_conv_boost():
+    weights, is_conv = [800, 51200, 470400, 1500], [True, True, False, False]
+    total = 7934
+    uni = layer_budgets(weights, is_conv, total, UniformPolicy())
+    assert sum(uni) == total
+    assert all(1 <= k <= w for k, w in zip(uni, weights, strict=True))
+    rates = np.array(uni) / np.array(weights)
+    assert rates.max() / rates.min() < 1.1
+    boost = layer_budgets(weights, is_conv, total, ConvBoostPolicy(conv_factor=4))
+    assert sum(boost) == total
+    assert boost[1] / weights[1] == pytest.approx(4 * boost[2] / weights[2], rel=0.01)
+    huge = layer_budgets(weights, is_conv, 60000, ConvBoostPolicy(conv_factor=1000))
+    assert huge[0] == 800 and huge[1] == 51200 and sum(huge) == 60000  # capped at 1
+
+
+def test_layer_budgets_too_small():
+    with pytest.raises(ValueError, match="compression"):
+        layer_budgets([100, 100], [True, False], 1, UniformPolicy())

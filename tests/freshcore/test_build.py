@@ -1,0 +1,206 @@
+import itertools
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import freshcore as fc
+from freshcore.spec import SpecError
+
+PRESETS = ["mnist-cnn", "cifar-cnn"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("method", fc.METHODS)
+@pytest.mark.parametrize("compression", [1 / 16, 1 / 64])
+def test_each_method_within_two_percent_of_budget(preset, method, compression):
+    model = fc.build_model(preset, method, compression)
+    dense = fc.resolve_spec(preset).virtual_weights()
+    budget = dense if method == "dense" else round(compression * dense)
+    stored = sum(p.numel() for p in model.parameters())
+    assert abs(stored - budget) <= 0.02 * budget, (stored, budget)
+    report = fc.size_report(model)
+    assert report.stored_parameters == stored
+    assert report.virtual_weights == dense
+    c, h, w = model.spec.input_shape
+    out = model.eval()(torch.rand(2, c, h, w))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_build_is_deterministic_and_seeded():
+    a = fc.build_model("mnist-cnn", seed=3)
+    b = fc.build_model("mnist-cnn", seed=3)
+    c = fc.build_model("mnist-cnn", seed=4)
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), na
+    assert not torch.equal(a.body[0].buckets, c.body[0].buckets)
+    assert not torch.equal(a.body[0].index, c.body[0].index)
+
+
+def test_freshnets_band_rates_non_increasing_and_totals_exact():
+    model = fc.build_model("cifar-cnn", "freshnets", 1 / 16)
+    for layer in model.generated_layers():
+        if isinstance(layer, fc.FreshConv2d):
+            rates = [k / n for k, n in zip(layer.band_buckets, layer.band_sizes(), strict=True)]
+            assert all(b <= a for a, b in itertools.pairwise(rates))
+            assert max(rates) <= 1
+            assert sum(layer.band_buckets) == layer.num_buckets
+    uniform = fc.build_model("cifar-cnn", "freshnets-uniform", 1 / 16)
+    rates = [
+        k / n
+        for k, n in zip(uniform.body[0].band_buckets, uniform.body[0].band_sizes(), strict=True)
+    ]
+    assert max(rates) - min(rates) < 0.02
+
+
+def test_allocation_and_budget_policy_are_parameters():
+    m = fc.build_model(
+        "mnist-cnn", allocation={"shape": "beta", "a": 1, "b": 4}, budget_policy="conv-boost"
+    )
+    assert m.allocation == {"shape": "beta", "a": 1.0, "b": 4.0}
+    assert m.budget_policy == {"kind": "conv-boost", "conv_factor": 4.0}
+    plain = fc.build_model("mnist-cnn")
+    assert m.body[3].num_buckets > 3 * plain.body[3].num_buckets  # the conv gets a larger share
+    total = sum(p.numel() for p in m.parameters())
+    assert total == round(fc.resolve_spec("mnist-cnn").virtual_weights() / 64)
+    with pytest.raises(ValueError, match="allocation"):
+        fc.build_model("mnist-cnn", allocation={"shape": "triangle"})
+    with pytest.raises(ValueError, match="budget_policy"):
+        fc.build_model("mnist-cnn", budget_policy={"kind": "conv-boost", "conv_factor": 0.1})
+    with pytest.raises(ValueError, match="uniform"):
+        fc.build_model("mnist-cnn", "freshnets-uniform", allocation="exponential")
+
+
+def test_parse_compression():
+    assert fc.parse_compression("1/64") == 1 / 64
+    assert fc.parse_compression(" 0.25 ") == 0.25
+    assert fc.parse_compression(1) == 1.0
+    for bad in ("1/0", "abc", "0", "2", "-1/4", "nan", float("inf")):
+        with pytest.raises(ValueError, match="compression"):
+            fc.parse_compression(bad)
+    with pytest.raises(ValueError, match="too small"):
+        fc.build_model("mnist-cnn", "freshnets", 1e-5)
+    with pytest.raises(ValueError, match="cannot reach"):
+        fc.build_model("mnist-cnn", "lrd", 1 / 512)
+    with pytest.raises(ValueError, match="unknown method"):
+        fc.build_model("mnist-cnn", "magic")
+
+
+def test_resolve_spec_adapts_a_preset():
+    spec = fc.resolve_spec("mnist-cnn", input_shape=(3, 32, 32), num_classes=4)
+    assert spec.input_shape == (3, 32, 32) and spec.layers[-1].out_features == 4
+    model = fc.build_model("mnist-cnn", "freshnets", input_shape=(3, 32, 32), num_classes=4)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    assert model.body[0].in_channels == 3
+    with pytest.raises(SpecError, match="unknown preset"):
+        fc.resolve_spec("nope")
+    names = [p["name"] for p in fc.list_presets()]
+    assert names == ["mnist-cnn", "cifar-cnn"]
+    mnist = fc.list_presets()[0]
+    assert 400_000 < mnist["virtual_weights"] < 600_000
+
+
+def _spec(*layers, classes=3):
+    return {"input_shape": [1, 8, 8], "num_classes": classes, "layers": list(layers)}
+
+
+def test_spec_errors_name_the_layer():
+    conv = {"type": "conv", "out_channels": 4, "kernel_size": 3}
+    fc3 = {"type": "fc", "out_features": 3}
+    with pytest.raises(SpecError) as e:
+        fc.resolve_spec(_spec(conv, {"type": "conv", "out_channels": 4, "kernel_size": 9}, fc3))
+    assert (
+        e.value.layer == 1 and "layer 1 (conv)" in str(e.value) and "does not fit" in e.value.reason
+    )
+    with pytest.raises(SpecError) as e:
+        fc.resolve_spec(_spec(conv, {"type": "fc", "out_features": 5}))
+    assert e.value.layer == 1 and "num_classes" in e.value.reason
+    with pytest.raises(SpecError) as e:
+        fc.resolve_spec(_spec(conv, {"type": "wormhole"}, fc3))
+    assert e.value.layer == 1 and "wormhole" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        fc.resolve_spec(_spec(conv, {"type": "conv", "out_channels": -4, "kernel_size": 3}, fc3))
+    assert e.value.layer == 1 and "out_channels" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        fc.resolve_spec(
+            _spec({"type": "flatten"}, {"type": "conv", "out_channels": 2, "kernel_size": 1}, fc3)
+        )
+    assert e.value.layer == 1 and "flat" in e.value.reason
+    spec = fc.resolve_spec(_spec(conv, {"type": "fc", "out_features": 1000}, fc3))
+    with pytest.raises(SpecError) as e:
+        spec.check(max_virtual_weights=10_000)
+    assert e.value.layer == 1 and "cap" in e.value.reason
+    with pytest.raises(ValidationError):
+        fc.ArchitectureSpec.model_validate(_spec({"type": "pool", "kind": "median"}))
+
+
+def test_custom_spec_with_batchnorm_flatten_and_groups():
+    spec = _spec(
+        {"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "batchnorm"}, {"type": "relu"},
+        {"type": "conv", "out_channels": 8, "kernel_size": 3, "groups": 2, "stride": 2},
+        {"type": "pool", "kind": "avg", "kernel_size": 1},
+        {"type": "flatten"}, {"type": "fc", "out_features": 16}, {"type": "batchnorm"},
+        {"type": "fc", "out_features": 3},
+    )  # fmt: skip
+    for method in fc.METHODS:
+        model = fc.build_model(spec, method, 1 / 4).eval()
+        x = torch.rand(5, 1, 8, 8)
+        out = model(x)
+        assert out.shape == (5, 3)
+        torch.testing.assert_close(fc.to_dense(model).eval()(x), out)
+
+
+@pytest.mark.parametrize("method", fc.METHODS)
+def test_materialized_and_dense_export_match_training_forward(method):
+    model = fc.build_model("mnist-cnn", method, 1 / 16)
+    model.set_normalization([0.13], [0.31])
+    x = torch.rand(8, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        model.materialize()
+        assert not model.training
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+        torch.testing.assert_close(fc.to_dense(model).eval()(x), ref, rtol=0, atol=1e-6)
+    assert isinstance(fc.to_dense(model), torch.nn.Sequential)
+
+
+def test_normalisation_is_applied_and_validated():
+    model = fc.build_model("mnist-cnn").eval()
+    x = torch.rand(2, 1, 28, 28)
+    model.set_normalization([0.5], [2.0])
+    a = model(x)
+    model.set_normalization([0.0], [1.0])
+    assert torch.allclose(model((x - 0.5) / 2.0), a, atol=1e-6)
+    with pytest.raises(ValueError):
+        model.set_normalization([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError):
+        model.set_normalization([0.1], [0.0])
+
+
+@pytest.mark.parametrize("method", ["freshnets", "hashednets", "lowfreq", "lrd", "dense"])
+def test_compress_dense_projects_the_weights(method):
+    dense = fc.build_model("mnist-cnn", "dense", seed=1).eval()
+    dense.set_normalization([0.2], [0.3])
+    dense.class_names = [str(i) for i in range(10)]
+    small = fc.compress_dense(dense, method, 1 / 4, seed=2).eval()
+    assert small.method == method and small.class_names == dense.class_names
+    assert torch.equal(small.input_mean, dense.input_mean)
+    random = fc.build_model("mnist-cnn", method, 1 / 4, seed=2)
+    with torch.no_grad():
+        for i in (0, 3, 6, 9):  # conv, conv, fc, fc
+            target = dense.spec_module(i).weight
+            got = small.spec_module(i)
+            got = got.rebuild_weight() if hasattr(got, "rebuild_weight") else got.weight
+            init = random.spec_module(i)
+            init = init.rebuild_weight() if hasattr(init, "rebuild_weight") else init.weight
+            err = (got - target).norm()
+            assert err < (init - target).norm()
+            if method == "dense":
+                assert err == 0
+            if method != "dense" and hasattr(small.spec_module(i), "bias"):
+                assert torch.equal(small.spec_module(i).bias, dense.spec_module(i).bias)
+    if method != "dense":
+        with pytest.raises(ValueError):
+            fc.compress_dense(small, "freshnets")

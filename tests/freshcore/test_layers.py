@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from freshcore.dct import band_of, dct2
+from freshcore.layers import (
+    FreshConv2d,
+    HashedConv2d,
+    HashedLinear,
+    LowFreqConv2d,
+    LowRankConv2d,
+    LowRankLinear,
+    split_signed_index,
+)
+
+CONV_KW = {"stride": 2, "padding": 1, "dilation": 1, "groups": 2}
+
+
+def _layers():
+    return [
+        FreshConv2d(4, 6, 3, band_buckets=[3, 4, 3, 2, 0], seed=1, **CONV_KW),
+        HashedConv2d(4, 6, 3, buckets=10, seed=2, **CONV_KW),
+        LowFreqConv2d(4, 6, 3, kept=20, **CONV_KW),
+        LowRankConv2d(4, 6, 3, rank=2, **CONV_KW),
+        FreshConv2d(3, 4, (2, 3), band_buckets=[2, 3, 3, 1], seed=3, dilation=2, padding=2),
+        HashedLinear(12, 5, buckets=7, seed=4),
+        LowRankLinear(12, 5, rank=3),
+    ]
+
+
+@pytest.mark.parametrize("layer", _layers(), ids=lambda m: type(m).__name__)
+def test_gradcheck_float64(layer):
+    layer = layer.double()
+    if isinstance(layer, HashedLinear | LowRankLinear):
+        x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    else:
+        x = torch.randn(2, layer.in_channels, 7, 7, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def f(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params, strict=True)), (x,))
+
+    inputs = (x, *(p.detach().clone().requires_grad_(True) for p in layer.parameters()))
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_fresh_conv_matches_manual_reconstruction():
+    layer = FreshConv2d(3, 4, 5, band_buckets=[5, 6, 6, 5, 4, 3, 2, 1, 0], seed=9, padding=2)
+    bucket, sign = split_signed_index(layer.index, layer.num_buckets)
+    v = (layer.buckets.detach()[bucket] * sign).reshape(4, 3, 5, 5)
+    # the rebuilt filter is the inverse DCT of the hashed coefficients
+    torch.testing.assert_close(
+        dct2(layer.rebuild_weight().detach().double()), v.double(), atol=1e-6, rtol=1e-5
+    )
+    x = torch.randn(2, 3, 9, 9)
+    want = F.conv2d(x, layer.rebuild_weight(), layer.bias, padding=2)
+    torch.testing.assert_close(layer(x), want)
+
+
+def test_fresh_conv_bands_own_their_bucket_ranges():
+    bands = [4, 6, 5, 3, 2, 1, 1, 0, 0]
+    layer = FreshConv2d(8, 16, 5, band_buckets=bands, seed=1)
+    bucket, sign = split_signed_index(layer.index, layer.num_buckets)
+    band = np.tile(band_of(5, 5), 8 * 16)
+    offsets = np.concatenate(([0], np.cumsum(bands)))
+    for b, k in enumerate(bands):
+        members = torch.from_numpy(band == b)
+        if k == 0:
+            assert (sign[members] == 0).all()  # a band without buckets is zero
+        else:
+            got = bucket[members]
+            assert got.min() >= offsets[b] and got.max() < offsets[b + 1]
+            assert len(got.unique()) == k  # every bucket of the band is used
+            assert (sign[members] != 0).all()
+
+
+def test_lowfreq_keeps_lowest_bands_first():
+    layer = LowFreqConv2d(2, 3, 3, kept=6 + 5)  # band 0 has 6 slices, band 1 has 12 entries
+    _, sign = split_signed_index(layer.index, layer.num_buckets)
+    band = np.tile(band_of(3, 3), 6)
+    kept = sign.numpy() != 0
+    assert kept.sum() == 11
+    assert kept[band == 0].all()
+    assert kept[band == 1].sum() == 5 and not kept[band >= 2].any()
+
+
+def test_materialize_cache_is_used_and_dropped():
+    layer = FreshConv2d(3, 4, 3, band_buckets=[2, 2, 2, 1, 1], seed=0).eval()
+    x = torch.randn(1, 3, 6, 6)
+    before = layer(x)
+    layer.materialize()
+    cached = layer._cache[0]
+    assert layer.weight_for_forward() is cached
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
+    with torch.no_grad():
+        layer.buckets.add_(1.0)  # an in-place change (an optimiser step) drops the cache
+    assert layer.weight_for_forward() is not cached
+    assert not torch.equal(layer(x), before)
+    layer.materialize()
+    layer.train()
+    assert layer._cache is None
+
+
+def test_hashed_linear_projection_is_least_squares():
+    layer = HashedLinear(30, 20, buckets=25, seed=5)
+    target = torch.randn(25)
+    with torch.no_grad():
+        layer.buckets.copy_(target)
+    weight = layer.rebuild_weight().detach()
+    layer.reset_parameters()
+    layer.project(weight)  # a weight in the span is recovered exactly
+    torch.testing.assert_close(layer.buckets.detach(), target)
+    noisy = weight + 0.1 * torch.randn_like(weight)
+    layer.project(noisy)
+    best = ((layer.rebuild_weight() - noisy) ** 2).sum()
+    with torch.no_grad():
+        layer.buckets.add_(0.01 * torch.randn(25))
+    assert ((layer.rebuild_weight() - noisy) ** 2).sum() > best
+
+
+def test_low_rank_projection_is_svd():
+    layer = LowRankConv2d(4, 6, 3, rank=6)
+    w = torch.randn(6, 4, 3, 3)
+    layer.project(w)
+    torch.testing.assert_close(layer.rebuild_weight().detach(), w, atol=1e-5, rtol=1e-5)
+
+
+def test_index_buffers_are_not_persistent():
+    for layer in _layers():
+        assert not any("index" in k or "idct" in k for k in layer.state_dict())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        FreshConv2d(3, 4, 3, band_buckets=[1, 1, 1], seed=0)
+    with pytest.raises(ValueError):
+        LowFreqConv2d(3, 4, 3, kept=0)
+    with pytest.raises(ValueError):
+        LowRankLinear(4, 5, rank=9)
