@@ -585,7 +585,7 @@ drawCanvas.addEventListener("pointerdown", (ev) => {
   dctx.moveTo(x, y);
   dctx.lineTo(x + 0.1, y + 0.1);
   dctx.strokeStyle = "#fff";
-  dctx.lineWidth = 20;
+  dctx.lineWidth = 26;
   dctx.lineCap = "round";
   dctx.lineJoin = "round";
   dctx.stroke();
@@ -602,11 +602,16 @@ drawCanvas.addEventListener("pointercancel", endStroke);
 $("#draw-clear").addEventListener("click", () => {
   clearDrawing();
   $("#topk").replaceChildren();
-  $("#preview").getContext("2d").clearRect(0, 0, 28, 28);
+  const out = $("#preview");
+  out.getContext("2d").clearRect(0, 0, out.width, out.height);
 });
 
-// MNIST-style downscale: crop the ink's bounding box, fit it in 20x20, centre it in 28x28.
-function drawingTo28() {
+// The drawing as the model sees it. For MNIST-sized inputs (>= 20 px) the ink's bounding box is
+// fitted into 20/28 of the frame and centred, as MNIST was made; a small input (8x8 digits) is
+// filled edge to edge, as those data sets are. The default without a spec is MNIST's 28x28.
+function drawingToInput() {
+  const shape = tryModels.get($("#try-model").value)?.architecture?.input_shape || [1, 28, 28];
+  const [h, w] = [shape[1], shape[2]];
   const { width, height } = drawCanvas;
   const pix = dctx.getImageData(0, 0, width, height).data;
   let x0 = width, y0 = height, x1 = -1, y1 = -1;
@@ -619,16 +624,19 @@ function drawingTo28() {
     }
   }
   const out = $("#preview");
+  out.width = w;
+  out.height = h;
   const octx = out.getContext("2d");
   octx.fillStyle = "#000";
-  octx.fillRect(0, 0, 28, 28);
+  octx.fillRect(0, 0, w, h);
   if (x1 < 0) return out;
-  const w = x1 - x0 + 1, h = y1 - y0 + 1;
-  const scale = 20 / Math.max(w, h);
-  const dw = w * scale, dh = h * scale;
+  const bw = x1 - x0 + 1, bh = y1 - y0 + 1;
+  const box = Math.min(h, w) >= 20 ? (20 / 28) * Math.min(h, w) : Math.min(h, w);
+  const scale = box / Math.max(bw, bh);
+  const dw = bw * scale, dh = bh * scale;
   octx.imageSmoothingEnabled = true;
   octx.imageSmoothingQuality = "high";
-  octx.drawImage(drawCanvas, x0, y0, w, h, (28 - dw) / 2, (28 - dh) / 2, dw, dh);
+  octx.drawImage(drawCanvas, x0, y0, bw, bh, (w - dw) / 2, (h - dh) / 2, dw, dh);
   return out;
 }
 
@@ -669,7 +677,7 @@ $("#draw-predict").addEventListener("click", () => {
     $("#try-error").textContent = "Draw a digit first.";
     return;
   }
-  drawingTo28().toBlob((blob) => predictImage(blob, "drawing.png"), "image/png");
+  drawingToInput().toBlob((blob) => predictImage(blob, "drawing.png"), "image/png");
 });
 
 $("#upload").addEventListener("change", (ev) => {
@@ -677,8 +685,8 @@ $("#upload").addEventListener("change", (ev) => {
   if (!file) return;
   const img = new Image();
   img.onload = () => {
-    const octx = $("#preview").getContext("2d");
-    octx.drawImage(img, 0, 0, 28, 28);
+    const out = $("#preview");
+    out.getContext("2d").drawImage(img, 0, 0, out.width, out.height);
     URL.revokeObjectURL(img.src);
   };
   img.src = URL.createObjectURL(file);
@@ -686,10 +694,14 @@ $("#upload").addEventListener("change", (ev) => {
   ev.target.value = "";
 });
 
+const tryModels = new Map();
+
 function showTry() {
   $("#view-try").hidden = false;
   const select = $("#try-model");
   allModels().then((models) => {
+    tryModels.clear();
+    for (const m of models) tryModels.set(m.id, m);
     const wanted = sessionStorage.getItem("freshnets.tryModel") || select.value;
     select.replaceChildren(...models.map((m) => el("option", { value: m.id },
       `${shortId(m.id)} · ${m.dataset} · ${m.method} ${fmtCompression(m.compression_achieved)} · ${fmtPct(m.test_accuracy)}`)));

@@ -27,15 +27,17 @@ EPOCHS = 8
 # progress value and point count is seen.
 WATCH_JOB = """() => {
   window.__seen = {progress: [], points: []};
-  window.__watch = setInterval(() => {
+  window.__sample = () => {
     const bar = document.querySelector('#job-progress');
     const chart = document.querySelector('#chart-loss');
     const p = Number(bar.dataset.progress), n = Number(chart.dataset.points || 0);
     const s = window.__seen;
     if (s.progress[s.progress.length - 1] !== p) s.progress.push(p);
     if (s.points[s.points.length - 1] !== n) s.points.push(n);
-  }, 40);
+  };
+  window.__watch = setInterval(window.__sample, 40);
 }"""
+STOP_WATCH = "() => { clearInterval(window.__watch); window.__sample(); return window.__seen; }"
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,7 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
         f" && Number(document.querySelector('#chart-acc').dataset.points) === {EPOCHS}",
         timeout=90_000,
     )
-    seen = page.evaluate("clearInterval(window.__watch), window.__seen")
+    seen = page.evaluate(STOP_WATCH)
     shot(page, artifacts, "04-job-succeeded")
     progress, points = seen["progress"], seen["points"]
     # The bar moved through intermediate values and the curve gained points as it trained.
@@ -156,6 +158,8 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     probs = [float(t.rstrip("%")) / 100 for t in page.locator("#topk li .p").all_inner_texts()]
     assert 1 <= len(probs) <= 5 and probs == sorted(probs, reverse=True), probs
     assert 0 < sum(probs) <= 1.001
+    # The stroke is a "1": the model trained above ranks it first or second.
+    assert "1" in page.locator("#topk li .name").all_inner_texts()[:2]
     expect(page.locator("#try-error")).to_be_empty()
     shot(page, artifacts, "08-try-it")
 
