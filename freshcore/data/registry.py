@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -186,7 +187,7 @@ def load_verified_npz(path: Path, expect: dict) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             manifest = json.loads(str(npz["manifest"]))
             arrays = {k: npz[k] for k in npz.files if k != "manifest"}
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ChecksumError(f"{path.name}: unreadable ({exc})") from exc
     if any(manifest.get(k) != v for k, v in expect.items()):
         raise ChecksumError(f"{path.name}: made by another recipe version")

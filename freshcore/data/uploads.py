@@ -98,11 +98,9 @@ def _check_labels(key: str, y: np.ndarray, n: int, x_key: str) -> None:
         raise UploadError(key, f"{len(y)} labels for {n} images in {x_key}")
 
 
-def _class_names(
-    classes: np.ndarray | None, y: np.ndarray, y_test: np.ndarray | None, limits: UploadLimits
-) -> list[str]:
-    if classes is None:
-        top = max(int(y.max()), int(y_test.max()) if y_test is not None else 0)
+def _class_names(classes: np.ndarray | None, y: np.ndarray, limits: UploadLimits) -> list[str]:
+    if classes is None:  # the training labels define the classes
+        top = int(y.max())
         names = [str(i) for i in range(top + 1)]
     else:
         if classes.dtype.kind == "S":
@@ -166,7 +164,7 @@ def validate_arrays(
         n += len(x_test)
     if n > limits.max_samples:
         raise UploadError("x", f"{n} images in all; at most {limits.max_samples}")
-    names = _class_names(arrays.get("classes"), y, y_test, limits)
+    names = _class_names(arrays.get("classes"), y, limits)
     k = len(names)
     for key, labels in (("y", y), ("y_test", y_test)):
         if labels is None:
