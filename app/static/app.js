@@ -445,9 +445,9 @@ function showJob(jobId) {
       if (m.val_accuracy != null) acc.data.datasets[1].data.push({ x: m.epoch, y: m.val_accuracy });
       after = Math.max(after, m.epoch);
     }
-    if (rows.length) {
-      const total = job.total_epochs || after;
-      for (const c of [loss, acc]) c.options.scales.x.max = Math.max(total, 2);
+    const xmax = Math.max(job.total_epochs || after, 2);
+    if (rows.length || loss.options.scales.x.max !== xmax) {
+      for (const c of [loss, acc]) c.options.scales.x.max = xmax;
       loss.update();
       acc.update();
       $("#chart-loss").dataset.points = String(loss.data.datasets[0].data.length);

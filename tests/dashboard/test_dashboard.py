@@ -3,11 +3,13 @@ launch a small job, watch its progress and curves move, find the model in the ta
 frontier, download it, draw a digit and get a prediction, cancel a job. Screenshots go to
 tests/_artifacts/."""
 
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -162,6 +164,16 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     assert "1" in page.locator("#topk li .name").all_inner_texts()[:2]
     expect(page.locator("#try-error")).to_be_empty()
     shot(page, artifacts, "08-try-it")
+
+    # An uploaded image goes through the same multipart route.
+    page.locator("#topk").evaluate("node => node.replaceChildren()")
+    png = io.BytesIO()
+    Image.new("L", (28, 28), 0).save(png, format="PNG")
+    page.set_input_files(
+        "#upload", files=[{"name": "blank.png", "mimeType": "image/png", "buffer": png.getvalue()}]
+    )
+    expect(page.locator("#topk li")).to_have_count(5)
+    expect(page.locator("#try-error")).to_be_empty()
 
     # Cancel: a long job is stopped from its page.
     page.click("#nav a[data-view=jobs]")
