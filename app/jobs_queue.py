@@ -42,6 +42,10 @@ def celery_client(broker_url: str) -> Celery:
 
 def enqueue(settings: Settings, job_id: str) -> bool:
     """Send the job's message; False (and a log line) when the broker cannot take it now."""
+    # A quick ping first: kombu's own connect retries would hold the request for seconds.
+    if not broker_reachable(settings):
+        log.warning("job %s stays queued: broker unreachable", job_id)
+        return False
     try:
         celery_client(settings.effective_redis_url).send_task(
             TRAIN_TASK, args=[job_id], task_id=job_id, retry=False
@@ -54,6 +58,9 @@ def enqueue(settings: Settings, job_id: str) -> bool:
 
 def revoke(settings: Settings, job_id: str) -> bool:
     """Tell workers to drop a queued job's message (the cancelled row stops it anyway)."""
+    if not broker_reachable(settings):
+        log.warning("could not revoke job %s: broker unreachable", job_id)
+        return False
     try:
         celery_client(settings.effective_redis_url).control.revoke(job_id)
     except Exception as exc:
