@@ -536,7 +536,7 @@ function showFrontier() {
               },
             },
           },
-          y: { title: { display: true, text: "test accuracy" }, ticks: { callback: (v) => fmtPct(v, 0) } },
+          y: { title: { display: true, text: "test accuracy" }, max: 1, ticks: { callback: (v) => fmtPct(v, 0) } },
         },
         plugins: {
           legend: { position: "bottom", labels: { usePointStyle: true, boxWidth: 8, boxHeight: 8 } },
