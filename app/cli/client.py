@@ -281,7 +281,7 @@ def train(
     except fdata.DatasetNotFound:
         names = ", ".join(i.name for i in fdata.list_datasets(settings.cache_dir))
         fail(f"--dataset: unknown data set {dataset!r} (built-in: {names})", 2)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: DatasetUnavailable
         fail(f"cannot load data set {dataset!r}: {exc}")
 
     input_shape = tuple(ds.info.input_shape)
