@@ -119,10 +119,10 @@ class Heartbeat(threading.Thread):
         self.job_id, self.me = job_id, me
         self.interval = max(0.5, min(get_settings().heartbeat_timeout_s / 4, 15.0))
         self.lost = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             try:
                 with _session() as session:
                     result = session.execute(
@@ -138,7 +138,7 @@ class Heartbeat(threading.Thread):
                 log.warning("heartbeat for job %s failed; retrying", self.job_id, exc_info=True)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 
@@ -190,6 +190,11 @@ def load_dataset(dataset: str) -> fdata.Dataset:
                 return fdata.load(dataset, cache_dir=settings.cache_dir)
             except fdata.DatasetNotFound as exc:
                 raise JobFailed(f"data set {dataset!r} not found") from exc
+            except fdata.DatasetUnavailable as exc:
+                raise JobFailed(
+                    f"data set {dataset!r} is not on this worker and cannot be fetched "
+                    f"(`freshnets datasets fetch {dataset}` there): {exc}"
+                ) from exc
         path = settings.cache_dir / "uploads" / f"{upload.sha256}.npz"
         if not path.exists():
             blob = session.get(DatasetBlob, upload.id)
@@ -198,7 +203,11 @@ def load_dataset(dataset: str) -> fdata.Dataset:
             _write_verified(path, blob.data, upload.sha256)
         name = upload.name
     try:
-        return fdata.load_npz(path, name=name)
+        # The bounds the API checked the upload against (app/api/routes/datasets.py).
+        limits = fdata.UploadLimits(
+            max_bytes=settings.max_upload_bytes, max_samples=settings.max_dataset_samples
+        )
+        return fdata.load_npz(path, name=name, limits=limits)
     except fdata.UploadError as exc:
         raise JobFailed(f"the uploaded data set {name!r} is invalid: {exc}") from exc
 
@@ -302,10 +311,7 @@ def register_model(job: Job, me: str, model: freshcore.FreshModel, result: Any) 
             f"the trained model is {len(blob)} bytes, over FRESHNETS_MAX_MODEL_BYTES="
             f"{settings.max_model_bytes}; ask for a stronger compression"
         )
-    report = freshcore.size_report(model).to_dict()
-    total = report.get("total", report)
-    virtual = int(total["virtual_weights"])
-    stored = int(total["stored_parameters"])
+    report = freshcore.size_report(model)
     now = utcnow()
     with _session() as session:
         done = session.execute(
@@ -329,13 +335,13 @@ def register_model(job: Job, me: str, model: freshcore.FreshModel, result: Any) 
             architecture_name=job.architecture_name,
             method=job.method,
             compression_requested=job.compression,
-            compression_achieved=stored / max(1, virtual),
-            stored_parameters=stored,
-            virtual_parameters=virtual,
-            compact_bytes=len(blob),
-            dense_bytes=int(total["dense_bytes"]),
+            compression_achieved=report.ratio,
+            stored_parameters=report.stored_parameters,
+            virtual_parameters=report.virtual_weights,
+            compact_bytes=len(blob),  # the real file: tensors and its JSON header
+            dense_bytes=report.dense_bytes,
             test_accuracy=result.test_accuracy,
-            size_report=report,
+            size_report=report.to_dict(),
             created_at=now,
         )
         session.add(row)
@@ -366,7 +372,7 @@ def _check_finite(metrics: Any) -> None:
             )
 
 
-def train_claimed(job_id: str, me: str) -> str:
+def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
     """Train a job this worker has claimed; returns the outcome (for the log)."""
     with _session() as session:
         job = session.get(Job, job_id)
@@ -396,7 +402,6 @@ def train_claimed(job_id: str, me: str) -> str:
     model.meta.update({"dataset": job.dataset, "job_id": job.id, "training": job.training})
     config = train_config(job)
 
-    beat = Heartbeat(job_id, me)
     flags = StopFlags()
 
     def on_epoch(metrics: Any, checkpoint: Callable[[], bytes]) -> bool:
@@ -405,22 +410,18 @@ def train_claimed(job_id: str, me: str) -> str:
         return False
 
     should_stop = make_should_stop(job_id, me, beat, flags)
-    beat.start()
     try:
-        try:
-            result = freshcore.train(
-                model, dataset, config, on_epoch, should_stop=should_stop, resume=resume
-            )
-        except CheckpointError:
-            if resume is None:
-                raise
-            # A checkpoint this code cannot continue (another version wrote it): start over.
-            log.warning("job %s: checkpoint unusable, training from scratch", job_id, exc_info=True)
-            result = freshcore.train(model, dataset, config, on_epoch, should_stop=should_stop)
-        except TrainingError as exc:
-            raise JobFailed(f"training diverged: {exc}") from exc
-    finally:
-        beat.stop()
+        result = freshcore.train(
+            model, dataset, config, on_epoch, should_stop=should_stop, resume=resume
+        )
+    except CheckpointError:
+        if resume is None:
+            raise
+        # A checkpoint this code cannot continue (another version wrote it): start over.
+        log.warning("job %s: checkpoint unusable, training from scratch", job_id, exc_info=True)
+        result = freshcore.train(model, dataset, config, on_epoch, should_stop=should_stop)
+    except TrainingError as exc:
+        raise JobFailed(f"training diverged: {exc}") from exc
 
     if flags.lost:
         raise LostClaim(job_id)
@@ -444,8 +445,11 @@ def run_job(job_id: str) -> str:
         log.info("job %s: not claimable (final, cancelled or held by a live worker)", job_id)
         return "skipped"
     log.info("job %s: claimed by %s", job_id, me)
+    # Beating from the claim on: loading a data set or importing a library can take seconds.
+    beat = Heartbeat(job_id, me)
+    beat.start()
     try:
-        outcome = train_claimed(job_id, me)
+        outcome = train_claimed(job_id, me, beat)
     except LostClaim:
         log.warning("job %s: another worker took it over; this run's work is dropped", job_id)
         return "lost"
@@ -466,6 +470,8 @@ def run_job(job_id: str) -> str:
             message = f"training error: {type(exc).__name__}: {exc}"
         finish(job_id, me, JobState.failed, message)
         return f"failed: {message}"
+    finally:
+        beat.stop()
     log.info("job %s: %s", job_id, outcome)
     return outcome
 

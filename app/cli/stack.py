@@ -96,6 +96,7 @@ def start_redis(data_dir: Path, env: dict[str, str]) -> tuple[Child, str]:
         "--protected-mode", "yes",
         "--daemonize", "no",
         "--loglevel", "warning",
+        "--logfile", str(redis_dir / "redis.log"),
     ]  # fmt: skip
     child = spawn("redis", argv, env)
     url = f"redis://127.0.0.1:{port}/0"

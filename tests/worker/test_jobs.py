@@ -1,0 +1,117 @@
+"""Real jobs through a real Redis, real Celery worker processes and a real database."""
+
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db.models import JobState
+
+FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled}
+
+
+@pytest.mark.slow
+def test_end_to_end_through_the_api(stack: Any) -> None:
+    """POST a job, poll its metrics while it runs, see the model registered, predict with it."""
+    from app.main import app
+
+    _, key = stack.owner_key()
+    stack.start_worker("e2e")
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(app) as client:
+        epochs = 4
+        resp = client.post(
+            "/v1/jobs",
+            headers=headers,
+            json={
+                "dataset": "digits",
+                "architecture": stack.tiny_spec,
+                "method": "freshnets",
+                "compression": "1/8",
+                "training": {"epochs": epochs, "batch_size": 16, "lr": 0.05},
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["id"]
+        assert resp.headers["location"] == f"/v1/jobs/{job_id}"
+
+        # Poll as the dashboard does: only the epochs after the last one seen.
+        seen: list[int] = []
+        states: set[str] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            after = seen[-1] if seen else -1
+            page = client.get(f"/v1/jobs/{job_id}/metrics?after={after}", headers=headers)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            states.add(body["state"])
+            seen += [item["epoch"] for item in body["items"]]
+            if body["state"] in FINAL:
+                break
+            time.sleep(0.1)
+        assert body["state"] == "succeeded", stack.worker_logs()
+        assert "running" in states  # metrics were polled while it ran
+        assert seen == list(range(1, epochs + 1))  # each epoch once, in order
+        # Its heart beat all along: the reconciler never took the running job for a dead one.
+        assert "re-queued" not in stack.worker_logs()
+
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        assert job["progress"] == 1.0 and job["epoch"] == epochs and job["attempts"] == 1
+        assert job["model_id"]
+        model = client.get(f"/v1/models/{job['model_id']}", headers=headers).json()
+        assert model["job_id"] == job_id and model["dataset"] == "digits"
+        assert model["method"] == "freshnets"
+        assert 0 < model["stored_parameters"] < model["virtual_parameters"]
+        assert model["compact_bytes"] < model["dense_bytes"]
+        assert model["test_accuracy"] > 0.5  # digits, 4 epochs: far above chance (0.1)
+
+        import freshcore
+
+        data = freshcore.data.load("digits", cache_dir=stack.tmp / "data" / "cache")
+        samples = data.x_test[:3]
+        pred = client.post(
+            f"/v1/models/{job['model_id']}/predict",
+            headers=headers,
+            json={"inputs": samples.tolist()},
+        )
+        assert pred.status_code == 200, pred.text
+        predictions = pred.json()["predictions"]
+        assert len(predictions) == 3
+        for p in predictions:
+            assert len(p["probabilities"]) == 10
+            assert abs(sum(p["probabilities"]) - 1) < 1e-4
+        file = client.get(f"/v1/models/{job['model_id']}/file", headers=headers)
+        assert file.status_code == 200 and len(file.content) == model["compact_bytes"]
+
+
+@pytest.mark.slow
+def test_failures_end_failed_with_a_reason(stack: Any) -> None:
+    """A missing data set, a diverging loss, a model that cannot be built: failed, and why."""
+    owner, _ = stack.owner_key()
+    missing = stack.insert_job(owner, epochs=1, send=False)
+    diverges = stack.insert_job(owner, epochs=2, training={"lr": 1e12, "momentum": 0.0})
+    unbuildable = stack.insert_job(owner, epochs=1, method="no-such-method")
+    from app.db.engine import get_sessionmaker
+    from app.db.models import Job
+    from app.jobs_queue import enqueue
+    from app.settings import get_settings
+
+    with get_sessionmaker()() as session:
+        session.get(Job, missing).dataset = "no-such-dataset"
+        session.commit()
+    enqueue(get_settings(), missing)
+    stack.start_worker("fail")
+
+    job = stack.wait_state(missing, FINAL)
+    assert (
+        job.state == JobState.failed and "no-such-dataset" in job.error and "not found" in job.error
+    )
+    job = stack.wait_state(diverges, FINAL)
+    assert job.state == JobState.failed and "diverged" in job.error, job.error
+    job = stack.wait_state(unbuildable, FINAL)
+    assert job.state == JobState.failed and "no-such-method" in job.error, job.error
+    for job_id in (missing, diverges, unbuildable):
+        assert stack.models_for(job_id) == []
+        assert stack.checkpoint_epoch(job_id) is None
+        assert stack.job(job_id).finished_at is not None
