@@ -83,7 +83,12 @@ class _RichReporter:
 
     def end_run(self, spec: Any, record: dict[str, Any] | None, skipped: bool) -> None:
         self.progress.advance(self.runs)
-        if record is not None and not skipped:
+        if record is not None and not skipped and record["result"].get("diverged"):
+            self.progress.console.print(
+                f"{spec.dataset} {spec.method} {spec.factor} seed {spec.seed} "
+                f"lr {spec.train.get('lr')}: diverged ({record['result']['error']})"
+            )
+        elif record is not None and not skipped:
             r = record["result"]
             self.progress.console.print(
                 f"{spec.dataset} {spec.method} {spec.factor} seed {spec.seed} "

@@ -45,7 +45,8 @@ def collect_cells(store: RunStore, seeds: list[int]) -> dict[str, dict[str, Any]
     selection = store.selection()
     cells: dict[str, dict[str, Any]] = {}
     for name, specs in final_specs(store, seeds).items():
-        records = [r for r in (store.get(s) for s in specs) if r is not None]
+        finished = [r for r in (store.get(s) for s in specs) if r is not None]
+        records = [r for r in finished if not r["result"].get("diverged")]
         entry = selection[name]
         cells[name] = {
             "dataset": entry["dataset"],
@@ -53,6 +54,7 @@ def collect_cells(store: RunStore, seeds: list[int]) -> dict[str, dict[str, Any]
             "factor": entry["factor"],
             "chosen": entry["chosen"],
             "seeds": [r["spec"]["seed"] for r in records],
+            "diverged_seeds": [r["spec"]["seed"] for r in finished if r["result"].get("diverged")],
             "test_error": summarise([r["result"]["test_error"] for r in records]),
             "test_error_fp16": summarise([r["result"]["test_error_fp16"] for r in records]),
             "val_error": summarise([r["result"]["val_error"] for r in records]),
@@ -115,7 +117,7 @@ def selection_table(store: RunStore) -> str:
         chosen = ", ".join(f"{k}={v}" for k, v in entry["chosen"].items())
         cands = "; ".join(
             ", ".join(f"{k}={v}" for k, v in c["overrides"].items())
-            + (f": {100 * c['val_error']:.2f}" if c["val_error"] is not None else "")
+            + (f": {100 * c['val_error']:.2f}" if c["val_error"] is not None else ": diverged")
             for c in entry["candidates"]
         )
         lines.append(f"| {name} | {chosen} | {cands} |")
@@ -178,7 +180,7 @@ def ablation_rows(
         record = store.get(spec)
         key = (knob, name, spec.dataset, spec.factor, metric)
         grouped.setdefault(key, [])
-        if record is not None:
+        if record is not None and record["result"].get(metric) is not None:
             grouped[key].append(record["result"][metric])
     columns = list(dict.fromkeys((k[2], k[3]) for k in grouped))
     names = list(dict.fromkeys((k[0], k[1], k[4]) for k in grouped))

@@ -184,8 +184,31 @@ def run_one(
 
     reporter.start_run(spec, config.epochs)
     started = time.perf_counter()
-    use_teacher = teacher if (config.distill_alpha or 0) > 0 else None
-    result = freshcore.train(model, dataset, config, on_epoch, teacher=use_teacher, resume=resume)
+    # TrainConfig's distill_alpha has a default: distil only when the spec asks for it
+    use_teacher = teacher if spec.train.get("distill_alpha", 0) > 0 else None
+    try:
+        result = freshcore.train(
+            model, dataset, config, on_epoch, teacher=use_teacher, resume=resume
+        )
+    except freshcore.TrainingError as exc:  # a diverged grid point is a result, not a crash
+        record = {
+            "key": spec.key(),
+            "spec": spec.to_dict(),
+            "result": {
+                "diverged": True,
+                "error": str(exc),
+                "test_error": None,
+                "test_error_fp16": None,
+                "val_error": None,
+                "seconds": time.perf_counter() - started,
+            },
+            "machine": machine_info(device),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        store.put(spec, record)
+        ckpt_path.unlink(missing_ok=True)
+        reporter.end_run(spec, record, skipped=False)
+        return record
     seconds = time.perf_counter() - started
 
     half = freshcore.from_bytes(freshcore.to_bytes(model, half=True))
@@ -195,6 +218,7 @@ def run_one(
         "key": spec.key(),
         "spec": spec.to_dict(),
         "result": {
+            "diverged": False,
             "test_error": 1.0 - result.test_accuracy,
             "test_error_fp16": 1.0 - _accuracy(half, dataset, device),
             "val_error": 1.0 - best["val_accuracy"] if best else None,

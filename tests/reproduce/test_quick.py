@@ -94,3 +94,16 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "pruning" in result.output
+
+
+def test_diverged_run_is_recorded_and_never_chosen(tmp_path: Path) -> None:
+    store, data = RunStore(tmp_path), DataCache()
+    base = {**quick_options(tmp_path).protocol.base, "epochs": 1}
+    spec = RunSpec("digits", "hashednets", "1/16", 0, "mnist-cnn", train={**base, "lr": 1e6})
+    record = run_one(spec, store, data, Counting(), device="cpu")
+    assert record["result"]["diverged"] is True
+    assert record["result"]["test_error"] is None and "NaN" in record["result"]["error"]
+    assert not store.checkpoint_path(spec).exists()
+    counting = Counting()
+    assert run_one(spec, store, data, counting, device="cpu") == record
+    assert counting.skipped == [spec.key()]  # a diverged grid point is not retried
