@@ -497,7 +497,7 @@ def model_from_plan(
 ) -> FreshModel:
     """The model of a plan, initialised deterministically from ``seed``."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also seeds CUDA
         return FreshModel(spec, method, compression, seed, plan, allocation, budget_policy)
 
 

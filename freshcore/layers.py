@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from freshcore.dct import band_of, idct2_matrix
-from freshcore.hashing import bucket_and_sign
+from freshcore.hashing import bucket_and_sign, signed_bucket_index
 
 
 def signed_index(bucket: np.ndarray, sign: np.ndarray, buckets: int) -> Tensor:
@@ -264,8 +264,8 @@ class HashedConv2d(_TableConv2d):
         )  # fmt: skip
         self.seed = int(seed)
         self.buckets = nn.Parameter(torch.empty(int(buckets)))
-        bucket, sign = bucket_and_sign(self.seed, self.virtual_weights, int(buckets))
-        self.index = signed_index(bucket, sign, int(buckets))
+        index = signed_bucket_index(self.seed, self.virtual_weights, int(buckets))
+        self.index = torch.from_numpy(index)
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -400,8 +400,8 @@ class HashedLinear(_GeneratedLinear):
         super().__init__(in_features, out_features, bias)
         self.seed = int(seed)
         self.buckets = nn.Parameter(torch.empty(int(buckets)))
-        bucket, sign = bucket_and_sign(self.seed, self.virtual_weights, int(buckets))
-        self.register_buffer("index", signed_index(bucket, sign, int(buckets)), persistent=False)
+        index = signed_bucket_index(self.seed, self.virtual_weights, int(buckets))
+        self.register_buffer("index", torch.from_numpy(index), persistent=False)
         self.reset_parameters()
 
     @property

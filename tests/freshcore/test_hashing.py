@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from freshcore.hashing import bucket_and_sign, derive_seed, hash64, mix64
+from freshcore.hashing import bucket_and_sign, derive_seed, hash64, mix64, signed_bucket_index
 
 
 def test_mix64_is_splitmix64():
@@ -59,3 +59,12 @@ def test_rejects_bad_bucket_counts():
         bucket_and_sign(0, 10, 0)
     with pytest.raises(ValueError):
         bucket_and_sign(0, 10, 2**32)
+
+
+@pytest.mark.parametrize(
+    ("count", "buckets", "chunk"), [(1, 1, 16), (1000, 7, 64), (70_000, 3000, 1 << 14)]
+)
+def test_chunked_signed_index_equals_bucket_and_sign(count, buckets, chunk):
+    bucket, sign = bucket_and_sign(13, count, buckets)
+    want = np.where(sign > 0, bucket, bucket + buckets)
+    assert np.array_equal(signed_bucket_index(13, count, buckets, chunk=chunk), want)
