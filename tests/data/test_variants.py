@@ -58,7 +58,7 @@ def test_same_seed_same_bytes(name, mnist_500):
 
 
 def test_mnist_digits_are_used_once(mnist_500):
-    x, y = mnist_500
+    y = mnist_500[1]
     out = small("mnist-rot", mnist_500)
     assert np.array_equal(
         np.sort(np.concatenate([out["y_train"], out["y_test"]])),
