@@ -147,6 +147,7 @@ def test_job_lifecycle_as_the_api_sees_it(
     # Listing: a filter by state and pages.
     listed = client.get("/v1/jobs?state=running", headers=alice).json()
     assert [j["id"] for j in listed["items"]] == [job["id"]] and listed["total"] == 1
+    assert listed["items"][0]["latest_metrics"]["epoch"] == 2
     page = client.get("/v1/jobs?limit=1&offset=1", headers=alice).json()
     assert page["total"] == 2 and len(page["items"]) == 1
     assert client.get("/v1/jobs?state=bogus", headers=alice).status_code == 422
@@ -162,8 +163,10 @@ def test_job_lifecycle_as_the_api_sees_it(
     # A data set a live job uses cannot go.
     assert client.delete(f"/v1/datasets/{dataset}", headers=alice).status_code == 409
 
-    # Bob sees none of it.
+    # Bob sees none of it, and cannot train on Alice's data set.
     assert client.get("/v1/jobs", headers=bob).json()["total"] == 0
+    stolen = client.post("/v1/jobs", headers=bob, json=job_body(dataset))
+    assert stolen.status_code == 422 and stolen.json()["detail"][0]["loc"] == ["body", "dataset"]
     for path in ("", "/metrics"):
         assert client.get(f"/v1/jobs/{job['id']}{path}", headers=bob).status_code == 404
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob).status_code == 404
@@ -237,3 +240,6 @@ def test_metrics_endpoint(client: TestClient, alice: dict[str, str], upload) -> 
     assert "freshnets_queue_depth -1.0" in text  # the broker is down here
     assert 'freshnets_http_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
     assert "freshnets_http_request_duration_seconds_bucket" in text
+    client.get("/v1/jobs/some-id", headers=alice)
+    text = client.get("/metrics").text  # labelled by route template, never by raw path
+    assert 'route="/v1/jobs/{job_id}",status="404"' in text and "some-id" not in text

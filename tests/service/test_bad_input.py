@@ -146,6 +146,12 @@ def test_oversize_upload_and_body(make_client: Callable[..., TestClient]) -> Non
     assert response.status_code == 413
     assert "FRESHNETS_MAX_REQUEST_BYTES" in response.json()["detail"]
 
+    # Over the upload limit by more than multipart framing: refused before it is read.
+    files = {"file": ("huge.npz", b"\0" * (2 * 1024 * 1024), "application/octet-stream")}
+    response = client.post("/v1/datasets", headers=alice, files=files)
+    assert response.status_code == 413
+    assert "FRESHNETS_MAX_UPLOAD_BYTES" in response.json()["detail"]
+
     # Streamed without a Content-Length: counted as it arrives.
     def chunks():  # type: ignore[no-untyped-def]
         for _ in range(10):

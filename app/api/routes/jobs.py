@@ -1,6 +1,7 @@
 """Training jobs: validate a request into a queued row, send the wake-up message, report, cancel."""
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -93,35 +94,59 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return ((end or datetime.now(UTC)) - start).total_seconds()
 
 
+def job_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
+    """Jobs with their latest epoch and model, in three queries whatever the page size."""
+    ids = [job.id for job in jobs]
+    last = (
+        select(EpochMetric.job_id, func.max(EpochMetric.epoch).label("epoch"))
+        .where(EpochMetric.job_id.in_(ids))
+        .group_by(EpochMetric.job_id)
+        .subquery()
+    )
+    latest = {
+        m.job_id: m
+        for m in session.scalars(
+            select(EpochMetric).join(
+                last, (EpochMetric.job_id == last.c.job_id) & (EpochMetric.epoch == last.c.epoch)
+            )
+        )
+    }
+    models = dict(
+        session.execute(select(Model.job_id, Model.id).where(Model.job_id.in_(ids))).all()
+    )
+    return [
+        JobOut(
+            id=job.id,
+            state=job.state,
+            dataset=job.dataset,
+            architecture_name=job.architecture_name,
+            architecture=job.architecture,
+            method=job.method,
+            compression=job.compression,
+            training=job.training,
+            seed=job.seed,
+            progress=job.progress,
+            epoch=job.epoch,
+            total_epochs=job.total_epochs,
+            latest_metrics=(
+                EpochMetricOut.model_validate(latest[job.id]) if job.id in latest else None
+            ),
+            error=job.error,
+            cancel_requested=job.cancel_requested,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            queued_seconds=_seconds(job.created_at, job.started_at or job.finished_at),
+            run_seconds=_seconds(job.started_at, job.finished_at),
+            model_id=models.get(job.id),
+        )
+        for job in jobs
+    ]
+
+
 def job_out(session: Session, job: Job) -> JobOut:
-    latest = session.scalar(
-        select(EpochMetric).where(EpochMetric.job_id == job.id).order_by(EpochMetric.epoch.desc())
-    )
-    model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
-    return JobOut(
-        id=job.id,
-        state=job.state,
-        dataset=job.dataset,
-        architecture_name=job.architecture_name,
-        architecture=job.architecture,
-        method=job.method,
-        compression=job.compression,
-        training=job.training,
-        seed=job.seed,
-        progress=job.progress,
-        epoch=job.epoch,
-        total_epochs=job.total_epochs,
-        latest_metrics=EpochMetricOut.model_validate(latest) if latest else None,
-        error=job.error,
-        cancel_requested=job.cancel_requested,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        queued_seconds=_seconds(job.created_at, job.started_at or job.finished_at),
-        run_seconds=_seconds(job.started_at, job.finished_at),
-        model_id=model_id,
-    )
+    return job_outs(session, [job])[0]
 
 
 def owned_job(session: Session, owner: Owner, job_id: str) -> Job:
@@ -199,9 +224,7 @@ def list_jobs(
         .limit(limit)
         .offset(offset)
     ).all()
-    return Page[JobOut](
-        items=[job_out(session, j) for j in jobs], total=total, limit=limit, offset=offset
-    )
+    return Page[JobOut](items=job_outs(session, jobs), total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", responses=NOT_FOUND)
