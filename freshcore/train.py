@@ -70,6 +70,7 @@ class TrainConfig:
     step_size: int | None = None  # "step": epochs between decays (None: a third of the run)
     step_gamma: float = 0.1
     label_smoothing: float = 0.0
+    max_grad_norm: float | None = 5.0  # clip the global gradient norm (None: no clipping)
     patience: int | None = None  # epochs without a better validation accuracy before stopping
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda"
@@ -135,7 +136,7 @@ def _check_type(name: str, value: Any) -> None:
         raise TrainConfigError(name, f"must be an integer or null, got {value!r}")
     if name in _FLOAT_FIELDS and not is_number:
         raise TrainConfigError(name, f"must be a number, got {value!r}")
-    if name == "lr" and value is not None and not is_number:
+    if name in ("lr", "max_grad_norm") and value is not None and not is_number:
         raise TrainConfigError(name, f"must be a number or null, got {value!r}")
     if name in _BOOL_FIELDS and not isinstance(value, bool):
         raise TrainConfigError(name, f"must be true or false, got {value!r}")
@@ -156,6 +157,11 @@ def _validate(c: TrainConfig) -> None:
     need(c.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     need(c.lr is None or (math.isfinite(c.lr) and c.lr > 0), "lr", "must be a positive number")
     need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
+    need(
+        c.max_grad_norm is None or (math.isfinite(c.max_grad_norm) and c.max_grad_norm > 0),
+        "max_grad_norm",
+        "must be a positive number or null",
+    )
     need(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay", "must be >= 0")
     need(0 <= c.warmup_epochs < c.epochs, "warmup_epochs", "must be >= 0 and below epochs")
     need(c.step_size is None or c.step_size >= 1, "step_size", "must be at least 1")
@@ -556,6 +562,8 @@ def _run_epochs(
             loss = _objective(logits, y, soft, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
                 loss = loss.detach()

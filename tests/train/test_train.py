@@ -212,3 +212,13 @@ def test_bad_labels_and_shapes_are_refused(digits, small, with_data) -> None:
     )
     with pytest.raises(ValueError, match=r"cannot take this data set's images \(1, 12, 12\)"):
         train(small(), big, cfg(epochs=1))
+
+
+def test_gradient_norm_is_clipped(digits, small) -> None:
+    model = small()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    config = cfg(epochs=1, lr=0.1, momentum=0.0, weight_decay=0.0, schedule="none")
+    train(model, digits, TrainConfig(**{**config.to_dict(), "max_grad_norm": 1e-6}))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # each step moves the weights by lr x (a gradient of norm at most 1e-6)
+    assert torch.linalg.vector_norm(after - before) <= STEPS * 0.1 * 1e-6 * 1.01
