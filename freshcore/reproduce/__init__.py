@@ -210,7 +210,9 @@ def write_report(
         "options": options.to_dict(),
         "procedure": PROCEDURE,
         "cells": cells,
-        "failures": [{"key": s.key(), "spec": s.to_dict(), "error": repr(e)} for s, e in failures],
+        "failures": [
+            {"key": s.key(), "spec": s.to_dict(), "error": repr(e)} for s, e in failures or []
+        ],
     }
     md = [
         "# FreshNets reproduction",

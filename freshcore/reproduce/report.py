@@ -157,6 +157,14 @@ def plot_errors(
             style = {"lw": 2.2} if method == "freshnets" else {"lw": 1.2}
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, **style)
         ax.set_xscale("log", base=2)
+        factors = sorted(
+            {c["factor"] for c in cells.values() if c["dataset"] == dataset} - {DENSE_FACTOR},
+            key=Fraction,
+        )
+        ax.set_xticks([float(Fraction(f)) for f in factors], factors)
+        ax.minorticks_off()
+        if len(factors) == 1:
+            ax.set_xlim(float(Fraction(factors[0])) / 2, float(Fraction(factors[0])) * 2)
         ax.set_title(dataset)
         ax.set_xlabel("compression factor")
         ax.set_ylabel("test error (%)")

@@ -59,6 +59,11 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == before
     assert again["cells"]["digits/freshnets/1/16"] == fresh
 
+    (out / "results.md").unlink()
+    result = CliRunner().invoke(cli, ["reproduce", "--quick", "--report-only", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| digits | 1/16 |" in (out / "results.md").read_text()
+
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     store, data = RunStore(tmp_path), DataCache()
