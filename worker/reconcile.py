@@ -10,6 +10,7 @@ message. The task is idempotent by job id, so a needless duplicate costs one che
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -27,20 +28,32 @@ log = logging.getLogger(__name__)
 # kombu's Redis transport keeps one list per priority step: `queue`, `queue\x06\x163`, ...
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
+# ...and the messages a worker has taken but not acked in a hash, with the time taken in a zset.
+_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
 # A job created this recently may still be between the API's commit and its send.
 _GRACE = timedelta(seconds=5)
 
 
-def waiting_job_ids(client: redis.Redis, queue: str) -> set[str]:
-    """Task ids of the messages waiting in `queue` (not the ones a worker has taken)."""
+def _task_id(raw: bytes | str) -> str | None:
+    try:
+        body = json.loads(raw)
+        message = body[0] if isinstance(body, list) else body  # unacked: [message, ex, key]
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None  # not one of ours
+
+
+def waiting_job_ids(client: redis.Redis, queue: str, taken_within_s: float = 0.0) -> set[str]:
+    """Task ids of the messages waiting in `queue`, and of those a worker took (not yet acked)
+    less than `taken_within_s` ago: that worker is about to claim the job."""
     ids: set[str] = set()
     keys = [queue] + [f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS[1:]]
     for key in keys:
-        for raw in client.lrange(key, 0, -1):
-            try:
-                ids.add(json.loads(raw)["headers"]["id"])
-            except (ValueError, KeyError, TypeError):
-                continue  # not one of ours
+        ids.update(filter(None, map(_task_id, client.lrange(key, 0, -1))))
+    if taken_within_s > 0:
+        recent = client.zrangebyscore(_UNACKED_INDEX, time.time() - taken_within_s, "+inf")
+        if recent:
+            ids.update(filter(None, map(_task_id, filter(None, client.hmget(_UNACKED, recent)))))
     return ids
 
 
@@ -68,7 +81,9 @@ def reconcile(app: Celery) -> list[str]:
     """Send a message for every job that needs one; returns their ids."""
     client = redis.Redis.from_url(get_settings().effective_redis_url)
     try:
-        waiting = waiting_job_ids(client, app.conf.task_default_queue)
+        waiting = waiting_job_ids(
+            client, app.conf.task_default_queue, get_settings().heartbeat_timeout_s
+        )
     finally:
         client.close()
     resend = jobs_needing_a_message(waiting)

@@ -154,13 +154,21 @@ class StopFlags:
         return self.cancel or self.lost or self.shutdown
 
 
+def _shutting_down() -> bool:
+    """Celery's warm/cold shutdown flags hold an exit code (0 included) once set."""
+    return any(
+        flag is not None and flag is not False
+        for flag in (worker_state.should_stop, worker_state.should_terminate)
+    )
+
+
 def make_should_stop(job_id: str, me: str, beat: Heartbeat, flags: StopFlags) -> Callable[[], bool]:
     """Cheap between batches: reads the job row at most once per `CANCEL_POLL_S`."""
     last = 0.0
 
     def should_stop() -> bool:
         nonlocal last
-        if worker_state.should_stop or worker_state.should_terminate:
+        if _shutting_down():
             flags.shutdown = True
         if beat.lost.is_set():
             flags.lost = True
@@ -430,6 +438,7 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
         return "cancelled"
     if flags.shutdown:
         release(job_id, me)
+        log.info("job %s: handed back (worker shutting down); its checkpoint is kept", job_id)
         raise Reject("worker shutting down: job handed back", requeue=True)
     if result.test_loss is not None and not math.isfinite(result.test_loss):
         raise JobFailed("training diverged: the test loss is not a number")

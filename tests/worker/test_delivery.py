@@ -1,5 +1,6 @@
 """Delivery under trouble: a worker killed mid-job, lost and duplicate messages, a cancel."""
 
+import json
 import os
 import signal
 import time
@@ -122,7 +123,8 @@ def test_cancel_stops_a_running_job_between_batches(stack: Any) -> None:
 
 
 def test_reconcile_sends_only_what_is_missing(stack: Any) -> None:
-    """In-process: a waiting message counts; a lost one, or a dead worker's job, is re-sent."""
+    """In-process: a waiting message counts, and so does one a worker has just taken; a lost
+    message, one a worker took long ago, or a dead worker's job is sent again."""
     from app.db.engine import get_sessionmaker
     from app.db.models import Job, utcnow
     from worker.celery_app import make_celery
@@ -136,14 +138,59 @@ def test_reconcile_sends_only_what_is_missing(stack: Any) -> None:
     stack.insert_job(owner, epochs=1, send=False)
     dead = stack.insert_job(owner, epochs=1, age_s=60, send=False)
     alive = stack.insert_job(owner, epochs=1, age_s=60, send=False)
+    just_taken = stack.insert_job(owner, epochs=1, age_s=60, send=False)
+    taken_long_ago = stack.insert_job(owner, epochs=1, age_s=60, send=False)
     with get_sessionmaker()() as session:
         for job_id, beat_age in ((dead, 3600), (alive, 0)):
             job = session.get(Job, job_id)
             job.state, job.worker = JobState.running, "elsewhere:1"
             job.heartbeat_at = utcnow() - timedelta(seconds=beat_age)
         session.commit()
-
-    assert sorted(reconcile(app)) == sorted([lost, dead])
     with redis.Redis.from_url(stack.redis_url) as client:
-        assert waiting_job_ids(client, "celery") == {waiting, lost, dead}
+        # As kombu keeps a message a worker has taken: the message, and when it was taken.
+        for tag, job_id, age in (("t1", just_taken, 0), ("t2", taken_long_ago, 3600)):
+            raw = json.dumps([{"headers": {"id": job_id}, "body": ""}, "", "celery"])
+            client.hset("unacked", tag, raw)
+            client.zadd("unacked_index", {tag: time.time() - age})
+
+    assert sorted(reconcile(app)) == sorted([lost, dead, taken_long_ago])
+    with redis.Redis.from_url(stack.redis_url) as client:
+        assert waiting_job_ids(client, "celery") == {waiting, lost, dead, taken_long_ago}
     assert reconcile(app) == []  # their messages now wait: nothing more to send
+
+
+@pytest.mark.slow
+def test_stopped_worker_hands_its_job_back(stack: Any) -> None:
+    """SIGTERM (a warm shutdown) mid-job: the job goes back to the queue with its checkpoint and
+    the next worker resumes it."""
+    from worker.reconcile import waiting_job_ids
+
+    owner, _ = stack.owner_key()
+    first = stack.start_worker("polite", wait=False)
+    epochs = 4
+    job_id = stack.insert_job(owner, epochs=epochs, batch_size=8, training={"lr": 0.02})
+    stack.wait_ready(first)
+    deadline = time.monotonic() + 60
+    while stack.checkpoint_epoch(job_id) is None:
+        assert time.monotonic() < deadline, stack.worker_logs()
+        time.sleep(0.02)
+    asked = time.monotonic()
+    os.kill(first.pid, signal.SIGTERM)
+    first.wait(timeout=60)
+    assert time.monotonic() - asked < 20, "the worker did not stop between batches"
+
+    job = stack.job(job_id)
+    assert job.state == JobState.queued, f"{job.state}: finished before the stop?"
+    assert job.worker is None and job.attempts == 1
+    kept = stack.checkpoint_epoch(job_id)
+    assert kept is not None and kept < epochs
+    with redis.Redis.from_url(stack.redis_url) as client:
+        assert job_id in waiting_job_ids(client, "celery")  # its message is back in the queue
+    assert "handed back" in stack.worker_logs()
+
+    stack.start_worker("next", wait=False)
+    job = stack.wait_state(job_id, FINAL)
+    assert job.state == JobState.succeeded, job.error
+    assert job.attempts == 2
+    assert [r.epoch for r in stack.metric_rows(job_id)] == list(range(1, epochs + 1))
+    assert len(stack.models_for(job_id)) == 1
