@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import freshcore as fc
+from freshcore.hashing import signed_bucket_index
 
 PRESET = "mnist-cnn"
 COMPRESSION = 1 / 64
@@ -120,17 +121,62 @@ def _file_rows() -> list[dict[str, Any]]:
     rows.append(_row("from_bytes (incl. hashing)", t["load"], "ms"))
     rows.append(_row("cold first prediction: from_bytes + rebuild + 1 image", t["cold"], "ms",
                      goal="value <= 20"))  # fmt: skip
-    n = max(m.virtual_weights for m in fresh.generated_layers())
-    t = _median_ms({"hash": lambda: fc.bucket_and_sign(1, n, 7000)}, "cpu", REPEATS)
-    rows.append(_row(f"hash {n:,} indices (bucket + sign)", t["hash"], "ms"))
+    for n in (max(m.virtual_weights for m in fresh.generated_layers()), 4_000_000):
+        t = _median_ms({"hash": lambda n=n: signed_bucket_index(1, n, 7000)}, "cpu", REPEATS)
+        rows.append(_row(f"hash {n:,} indices (bucket + sign)", t["hash"], "ms"))
     return rows
+
+
+def _half_rows() -> list[dict[str, Any]]:
+    """Accuracy change of float16 storage on a trained model (scikit-learn's real 8x8 digits)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    spec = {
+        "input_shape": [1, 8, 8], "num_classes": 10,
+        "layers": [
+            {"type": "conv", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+            {"type": "pool", "kernel_size": 2},
+            {"type": "conv", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+            {"type": "fc", "out_features": 64}, {"type": "relu"},
+            {"type": "fc", "out_features": 10},
+        ],
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = fc.build_model(spec, "freshnets", 1 / 8)
+    model.set_normalization(x[:1400].mean(dim=(0, 2, 3)), x[:1400].std(dim=(0, 2, 3)))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(15):
+        model.train()
+        for idx in torch.randperm(1400).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    half = fc.from_bytes(fc.to_bytes(model, half=True))
+    with torch.no_grad():
+        full_logits, half_logits = model(x[1400:]), half(x[1400:])
+    acc_full = (full_logits.argmax(1) == y[1400:]).float().mean().item()
+    acc_half = (half_logits.argmax(1) == y[1400:]).float().mean().item()
+    agree = (full_logits.argmax(1) == half_logits.argmax(1)).float().mean().item()
+    return [
+        _row("digits test accuracy, float32 file (freshnets 1/8)", acc_full, "acc"),
+        _row("digits test accuracy, float16 file", acc_half, "acc", acc_full, "ratio >= 0.99"),
+        _row("float16 vs float32: same predicted class", agree, "frac", goal="value >= 0.99"),
+        _row("float16 vs float32: max logit difference",
+             (full_logits - half_logits).abs().max().item(), "abs"),
+    ]  # fmt: skip
 
 
 def run() -> list[dict[str, Any]]:
     threads = os.environ.get("FRESHNETS_BENCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    rows = _speed_rows("cpu") + _file_rows()
+    rows = _speed_rows("cpu") + _file_rows() + _half_rows()
     if torch.cuda.is_available():
         rows += _speed_rows("cuda")
     return rows
