@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -458,21 +459,14 @@ def jobs(
     with _api(url, api_key) as client:
         page = client.get("/v1/jobs", params=params)
     rows = _items(page)
-    table = Table(
-        title=f"Jobs ({page.get('total', len(rows)) if isinstance(page, dict) else len(rows)})"
-    )
-    for col in (
-        "id",
-        "data set",
-        "preset",
-        "method",
-        "compression",
-        "state",
-        "epoch",
-        "val acc",
-        "created",
-    ):
-        table.add_column(col, justify="right" if col in ("epoch", "val acc") else "left")
+    total = page.get("total", len(rows)) if isinstance(page, dict) else len(rows)
+    table = Table(title=f"Jobs ({total})", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=32)
+    for col in ("data set", "preset", "method", "comp.", "state"):
+        table.add_column(col)
+    for col in ("epoch", "val acc"):
+        table.add_column(col, justify="right")
+    table.add_column("created", no_wrap=True)
     for j in rows:
         latest = j.get("latest_metrics") or {}
         table.add_row(
@@ -484,7 +478,7 @@ def jobs(
             f"[{STATE_STYLES.get(j['state'], '')}]{j['state']}[/]",
             f"{j.get('epoch', 0)}/{j.get('total_epochs') or '?'}",
             fmt_pct(latest.get("val_accuracy"), 1),
-            str(j.get("created_at", ""))[:19].replace("T", " "),
+            str(j.get("created_at", ""))[5:16].replace("T", " "),
         )
     console.print(table)
 
@@ -500,21 +494,12 @@ def models(
         rows = _items(client.get("/v1/models", params={"limit": limit}))
     if dataset:
         rows = [m for m in rows if m["dataset"] == dataset]
-    table = Table(title=f"Models ({len(rows)})")
-    for col in (
-        "id",
-        "data set",
-        "preset",
-        "method",
-        "asked",
-        "achieved",
-        "compact",
-        "dense",
-        "test acc",
-    ):
-        table.add_column(
-            col, justify="left" if col in ("id", "data set", "preset", "method") else "right"
-        )
+    table = Table(title=f"Models ({len(rows)})", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=32)
+    for col in ("data set", "preset", "method"):
+        table.add_column(col)
+    for col in ("asked", "achieved", "compact", "dense", "test acc"):
+        table.add_column(col, justify="right", no_wrap=True)
     for m in rows:
         table.add_row(
             m["id"],
