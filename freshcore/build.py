@@ -7,6 +7,7 @@ and stored in model files, so a file rebuilds the same model even if the budget 
 
 from __future__ import annotations
 
+import copy
 import math
 from fractions import Fraction
 from typing import Any
@@ -524,22 +525,10 @@ def to_dense(model: FreshModel) -> nn.Sequential:
                 d.bias.copy_(m.bias)
             mods.append(d)
         else:
-            mods.append(_copy_module(m))
+            mods.append(copy.deepcopy(m))
     dense = nn.Sequential(*mods)
     dense.train(model.training)
     return dense
-
-
-def _copy_module(m: nn.Module) -> nn.Module:
-    clone = type(m).__new__(type(m))
-    clone.__dict__ = m.__dict__.copy()
-    clone._parameters = {
-        k: None if v is None else nn.Parameter(v.detach().clone(), v.requires_grad)
-        for k, v in m._parameters.items()
-    }
-    clone._buffers = {k: None if v is None else v.detach().clone() for k, v in m._buffers.items()}
-    clone._modules = {}
-    return clone
 
 
 @torch.no_grad()

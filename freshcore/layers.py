@@ -62,10 +62,10 @@ class _Generated(nn.Module):
             self._cache = None
         return self.rebuild_weight()
 
-    @torch.no_grad()
     def materialize(self) -> None:
         """Rebuild the weight once and use it for every eval forward until a parameter changes."""
-        self._cache = (self.rebuild_weight().contiguous(), self._versions())
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, even when called
+            self._cache = (self.rebuild_weight().contiguous(), self._versions())  # in inference
 
     def clear_cache(self) -> None:
         self._cache = None

@@ -139,3 +139,14 @@ def test_bad_arguments():
         LowFreqConv2d(3, 4, 3, kept=0)
     with pytest.raises(ValueError):
         LowRankLinear(4, 5, rank=9)
+
+
+def test_materialize_inside_inference_mode_still_allows_input_gradients():
+    layer = HashedLinear(6, 3, buckets=4, seed=0).eval()
+    with torch.inference_mode():
+        layer.materialize()
+    x = torch.randn(2, 6, requires_grad=True)
+    layer(x).sum().backward()  # e.g. a saliency map on a served model
+    assert x.grad is not None and layer.buckets.grad is None
+    layer.double()  # a dtype or device move drops the cache
+    assert layer._cache is None
