@@ -69,7 +69,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("mnist-bg-img", "bg-img", 1003, 12_000, 50_000, DIGITS, True),
         Recipe("mnist-bg-img-rot", "bg-img-rot", 1004, 12_000, 50_000, DIGITS, True),
         Recipe("rectangles", "rectangles", 1005, 1_200, 50_000, ("wide", "tall"), False),
-        Recipe("convex", "convex", 1006, 8_000, 50_000, ("non-convex", "convex"), False),
+        Recipe("convex", "convex", 1006, 8_000, 50_000, ("non-convex", "convex"), False, version=2),
     )
 }
 
@@ -256,8 +256,11 @@ def clearly_nonconvex(masks: np.ndarray) -> np.ndarray:
 
 def convex(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """White regions on black; label 1 if convex. Convex: one random convex polygon (see
-    `_polygons`) of at least 19 pixels. Non-convex: the union of 2-4 such polygons (each at
-    least 10 pixels) kept only if `clearly_nonconvex`. Balanced, in random order."""
+    `_polygons`, planes 3..16 pixels from the centre) of at least 19 pixels. Non-convex: the
+    union of 2-4 smaller polygons (planes 1.5..6 pixels out, each at least 10 pixels) kept
+    only if `clearly_nonconvex`. The reaches are chosen so both classes cover about the same
+    area (median about 330 pixels), so area alone does not give the label away. Balanced, in
+    random order."""
     y = rng.permutation(np.arange(n) % 2).astype(np.int64)
     out = np.zeros((n, SIDE * SIDE), dtype=bool)
     for label, want in ((1, int(y.sum())), (0, int(n - y.sum()))):
@@ -266,14 +269,14 @@ def convex(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         while count < want:
             m = min(1024, 2 * (want - count) + 64)
             if label == 1:
-                cand = _polygons(m, rng, (2.0, 12.0))
+                cand = _polygons(m, rng, (3.0, 16.0))
                 cand = cand[cand.sum(1) >= 19]
             else:
                 parts = rng.integers(2, 5, size=m)
                 cand = np.zeros((m, SIDE * SIDE), dtype=bool)
                 for j in range(4):
                     rows = np.flatnonzero(j < parts)
-                    piece = _polygons(len(rows), rng, (1.5, 8.0))
+                    piece = _polygons(len(rows), rng, (1.5, 6.0))
                     big = piece.sum(1) >= 10
                     cand[rows[big]] |= piece[big]
                 cand = cand[(cand.sum(1) >= 19) & clearly_nonconvex(cand)]

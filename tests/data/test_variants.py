@@ -150,6 +150,9 @@ def test_convex_labels_match_shapes():
     flagged = V.clearly_nonconvex(masks)
     assert not flagged[y == 1].any() and flagged[y == 0].all()
     assert masks.sum(1).min() >= 19
+    # Area does not give the label away.
+    area = masks.sum(1)
+    assert np.median(area[y == 0]) == pytest.approx(np.median(area[y == 1]), rel=0.2)
     # Each convex region meets every row and column in one run.
     for image in x[y == 1][:100] > 0:
         for line in (*image, *image.T):
