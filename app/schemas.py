@@ -10,6 +10,10 @@ from app.db.models import JobState
 T = TypeVar("T")
 
 
+# PostgreSQL text cannot hold NUL: every string that reaches a column or a query refuses it.
+NO_NUL = r"^[^\x00]*$"
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     total: int
@@ -48,7 +52,10 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
-        min_length=1, max_length=200, description="A built-in name or an upload's id."
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="A built-in name or an upload's id.",
     )
     architecture: str | dict[str, Any] = Field(
         description="A preset name (GET /v1/architectures) or an inline architecture spec."

@@ -1,9 +1,7 @@
 """Property-based: schemathesis generates requests from the app's own OpenAPI schema (valid and
 invalid ones) and no answer may be a 500, nor a 2xx that breaks the documented response shape."""
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import schemathesis
@@ -12,27 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from app.main import create_app
-from app.settings import Settings
-
 from .conftest import auth_for, npz_bytes
 
 
 @pytest.fixture
-def api_client(
-    tmp_path: Path, sqlite_template: Path, closed_redis_url: str
-) -> Iterator[TestClient]:
-    """On SQLite only: the schema is the same on every backend, and this keeps it quick."""
-    shutil.copyfile(sqlite_template, tmp_path / "fuzz.db")
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'fuzz.db'}",
-        redis_url=closed_redis_url,
-    )
-    app = create_app(settings)
-    yield TestClient(app)
-    app.state.sessionmaker.kw["bind"].dispose()
+def api_client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
 
 
 @pytest.fixture

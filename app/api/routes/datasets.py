@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import freshcore.data as fdata
-from app.api.deps import CurrentOwner, SessionDep, SettingsDep
+from app.api.deps import CurrentOwner, ResourceId, SessionDep, SettingsDep
 from app.db.models import FINAL_STATES, DatasetBlob, Job, Owner, UserDataset
-from app.schemas import DatasetOut
+from app.schemas import NO_NUL, DatasetOut
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -79,7 +79,7 @@ def list_datasets(
 
 @router.get("/{dataset_id}", responses={404: {"description": "No such data set."}})
 def get_dataset(
-    dataset_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+    dataset_id: ResourceId, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
 ) -> DatasetOut:
     found = find_dataset(session, owner, dataset_id, settings)
     if found is None:
@@ -111,7 +111,7 @@ def upload_dataset(
         UploadFile,
         File(description="An .npz: x, y; optional x_test, y_test, classes (docs/datasets.md)."),
     ],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL)] = None,
 ) -> DatasetOut:
     """Upload an `.npz` data set; it is validated in full before it is kept."""
     data = file.file.read(settings.max_upload_bytes + 1)
@@ -122,7 +122,8 @@ def upload_dataset(
         )
     if not data:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "file: the upload is empty")
-    name = (name or "").strip() or PurePath(file.filename or "upload.npz").stem or "upload"
+    from_file = PurePath((file.filename or "").replace("\x00", "")).stem
+    name = (name or "").strip() or from_file or "upload"
     try:
         dataset = fdata.load_npz(data, name=name, limits=_upload_limits(settings))
     except ValueError as exc:  # UploadError names the array and the problem
@@ -151,7 +152,7 @@ def upload_dataset(
     },
 )
 def delete_dataset(
-    dataset_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+    dataset_id: ResourceId, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
 ) -> None:
     row = session.get(UserDataset, dataset_id)
     if row is None or row.owner_id != owner.id:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 import freshcore
 from app import jobs_queue
-from app.api.deps import CurrentOwner, SessionDep, SettingsDep
+from app.api.deps import CurrentOwner, ResourceId, SessionDep, SettingsDep
 from app.api.errors import invalid
 from app.api.routes.datasets import find_dataset
 from app.db.models import EpochMetric, Job, JobState, Model, Owner
@@ -56,6 +56,8 @@ def _spec(
             spec = freshcore.resolve_spec(body.architecture)
     except ValueError as exc:  # SpecError, including pydantic's errors turned into one
         raise _spec_invalid(exc) from exc
+    if spec.name and "\x00" in spec.name:
+        raise invalid((*loc, "name"), "must not contain NUL characters")
     if tuple(spec.input_shape) != tuple(input_shape):
         raise invalid(
             (*loc, "input_shape"),
@@ -228,13 +230,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}", responses=NOT_FOUND)
-def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobOut:
+def get_job(job_id: ResourceId, session: SessionDep, owner: CurrentOwner) -> JobOut:
     return job_out(session, owned_job(session, owner, job_id))
 
 
 @router.get("/{job_id}/metrics", responses=NOT_FOUND)
 def job_metrics(
-    job_id: str,
+    job_id: ResourceId,
     session: SessionDep,
     owner: CurrentOwner,
     after: Annotated[
@@ -261,7 +263,7 @@ def job_metrics(
     responses={**NOT_FOUND, 409: {"description": "The job has already finished."}},
 )
 def cancel_job(
-    job_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
+    job_id: ResourceId, session: SessionDep, owner: CurrentOwner, settings: SettingsDep
 ) -> JobOut:
     """A queued job is cancelled now; a running one stops at its next batch."""
     job = owned_job(session, owner, job_id)

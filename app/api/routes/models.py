@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.api.deps import CurrentOwner, SessionDep
+from app.api.deps import CurrentOwner, ResourceId, SessionDep
 from app.db.models import Job, Model, ModelBlob, Owner
 from app.schemas import ModelOut, Page
 from app.serving import drop_model, is_warm
@@ -78,7 +78,7 @@ def list_models(
 
 @router.get("/{model_id}", responses=NOT_FOUND)
 def get_model(
-    request: Request, model_id: str, session: SessionDep, owner: CurrentOwner
+    request: Request, model_id: ResourceId, session: SessionDep, owner: CurrentOwner
 ) -> ModelOut:
     row = session.execute(
         _with_architecture().where(Model.id == model_id, Model.owner_id == owner.id)
@@ -96,7 +96,7 @@ def get_model(
         200: {"content": {"application/octet-stream": {}}, "description": "The compact file."},
     },
 )
-def get_model_file(model_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+def get_model_file(model_id: ResourceId, session: SessionDep, owner: CurrentOwner) -> Response:
     """The compact file: safetensors with JSON metadata, readable with `freshcore.load`."""
     model = owned_model(session, owner, model_id)
     data = session.scalar(select(ModelBlob.data).where(ModelBlob.model_id == model.id))
@@ -110,7 +110,9 @@ def get_model_file(model_id: str, session: SessionDep, owner: CurrentOwner) -> R
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-def delete_model(request: Request, model_id: str, session: SessionDep, owner: CurrentOwner) -> None:
+def delete_model(
+    request: Request, model_id: ResourceId, session: SessionDep, owner: CurrentOwner
+) -> None:
     session.delete(owned_model(session, owner, model_id))
     session.commit()
     drop_model(request.app, model_id)  # it can never answer a prediction again
