@@ -20,8 +20,8 @@ def hash_key(key: str) -> str:
 def create_api_key(session: Session, owner_name: str) -> str:
     """Make a key for `owner_name` (creating the owner if new), commit, and return the key."""
     owner_name = owner_name.strip()
-    if not owner_name:
-        raise ValueError("owner name must not be empty")
+    if not 1 <= len(owner_name) <= 200 or "\x00" in owner_name:
+        raise ValueError("owner name must be 1 to 200 characters, without NUL")
     owner = session.scalar(select(Owner).where(Owner.name == owner_name))
     if owner is None:
         owner = Owner(name=owner_name)

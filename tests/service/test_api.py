@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.db.models import EpochMetric, Job, JobState, Model, ModelBlob
+from app.main import STATIC_DIR
 
 from .conftest import auth_for, new_session, owner_id
 
@@ -49,6 +50,9 @@ def test_health_and_auth(client: TestClient, alice: dict[str, str]) -> None:
     assert client.get("/v1/jobs", headers=alice).status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "FreshNets"
     assert client.get("/docs").status_code == 200
+    if (STATIC_DIR / "index.html").exists():  # the dashboard, served at "/"
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
 def test_architectures(client: TestClient, alice: dict[str, str]) -> None:
