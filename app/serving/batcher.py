@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import anyio
 import anyio.to_thread
 import torch
 
@@ -58,9 +57,9 @@ class MicroBatcher:
         self._queue: deque[_Item] = deque()
         self._queued_samples = 0
         self.pending = 0  # samples queued or inside a forward
-        self._arrival: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._arrival = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._limiter = anyio.CapacityLimiter(1)
         self.forwards = 0
         self._last_forward_s = 0.0
 
@@ -74,8 +73,8 @@ class MicroBatcher:
                 self.pending, self.queue_limit, max(1, math.ceil(batches * self._last_forward_s))
             )
         loop = asyncio.get_running_loop()
-        if self._arrival is None:
-            self._arrival = asyncio.Event()
+        if loop is not self._loop:  # a new event loop (tests' clients): nothing carries over
+            self._loop, self._arrival, self._runner = loop, asyncio.Event(), None
         item = _Item(x, loop.create_future(), time.perf_counter())
         self._queue.append(item)
         self._queued_samples += n
@@ -92,7 +91,6 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         """Serve batches until the queue is empty, then end (the next submit starts another)."""
-        assert self._arrival is not None
         while self._queue:
             deadline = self._queue[0].arrived + self.max_wait_s
             while self._queued_samples < self.max_size:
@@ -124,7 +122,8 @@ class MicroBatcher:
         xs = [item.x for item in batch]
         try:
             start = time.perf_counter()
-            outs = await anyio.to_thread.run_sync(self._forward_split, xs, limiter=self._limiter)
+            # One forward at a time: this loop awaits each before it takes the next batch.
+            outs = await anyio.to_thread.run_sync(self._forward_split, xs)
             self._last_forward_s = time.perf_counter() - start
         except Exception as exc:  # a failed forward fails its own requests, not the batcher
             for item in batch:

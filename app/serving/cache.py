@@ -53,11 +53,12 @@ def model_nbytes(model: nn.Module) -> int:
 
 @dataclass(eq=False)
 class CacheEntry:
-    """A ready model and the micro-batcher that feeds it."""
+    """A ready model (the rebuilt plain network) and the micro-batcher that feeds it."""
 
     model_id: str
     owner_id: str
     model: nn.Module
+    info: dict[str, Any]  # export.describe(): shapes, class names, method, spec
     input_shape: tuple[int, int, int]
     num_classes: int
     class_names: list[str] | None

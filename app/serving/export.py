@@ -1,7 +1,7 @@
 """Export a model's rebuilt dense network: ONNX, TorchScript, or a safetensors state dict.
 
-All three start from `freshcore.to_dense(model)`, a plain `nn.Sequential` with the same outputs
-(input normalisation included): they take float32 (N, C, H, W) in [0, 1] and return logits.
+All three start from `freshcore.to_dense(model)` (what the cache keeps), a plain `nn.Sequential`
+with the same outputs, input normalisation included: float32 (N, C, H, W) in [0, 1] in, logits out.
 """
 
 import io
@@ -27,7 +27,7 @@ MEDIA_TYPES: dict[str, tuple[str, str]] = {
 _export_lock = threading.Lock()
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
+def describe(model: freshcore.FreshModel) -> dict[str, Any]:
     """What a consumer of an export needs to feed it and read it."""
     spec = model.spec
     return {
@@ -43,20 +43,19 @@ def describe(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _example(model: nn.Module) -> torch.Tensor:
-    return torch.rand(2, *model.spec.input_shape, generator=torch.Generator().manual_seed(0))
+def _example(info: dict[str, Any]) -> torch.Tensor:
+    return torch.rand(2, *info["input_shape"], generator=torch.Generator().manual_seed(0))
 
 
-def to_onnx(model: nn.Module) -> bytes:
+def to_onnx(dense: nn.Module, info: dict[str, Any]) -> bytes:
     """ONNX with a dynamic batch axis; the metadata travels in the file's metadata_props."""
-    dense = freshcore.to_dense(model).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript-based exporter works offline; the dynamo one needs onnxscript.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             dense,
-            (_example(model),),
+            (_example(info),),
             buffer,
             dynamo=False,
             input_names=["input"],
@@ -64,32 +63,30 @@ def to_onnx(model: nn.Module) -> bytes:
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in describe(model).items():
+    for key, value in info.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     return proto.SerializeToString()
 
 
-def to_torchscript(model: nn.Module) -> bytes:
+def to_torchscript(dense: nn.Module, info: dict[str, Any]) -> bytes:
     """A traced module: `torch.jit.load(io.BytesIO(data))` runs it without freshcore."""
-    dense = freshcore.to_dense(model).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated but still the portable format
-        traced = torch.jit.trace(dense, _example(model))
+        traced = torch.jit.trace(dense, _example(info))
         buffer = io.BytesIO()
-        torch.jit.save(traced, buffer, _extra_files={"freshnets.json": json.dumps(describe(model))})
+        torch.jit.save(traced, buffer, _extra_files={"freshnets.json": json.dumps(info)})
     return buffer.getvalue()
 
 
-def to_dense_safetensors(model: nn.Module) -> bytes:
+def to_dense_safetensors(dense: nn.Module, info: dict[str, Any]) -> bytes:
     """The dense `nn.Sequential`'s state dict; the header says which module each index is."""
-    dense = freshcore.to_dense(model).eval()
     tensors = {k: v.detach().clone().contiguous() for k, v in dense.state_dict().items()}
     layout = [
         {"index": name, "module": type(module).__name__, "args": module.extra_repr()}
         for name, module in dense.named_children()
     ]
-    metadata = {k: json.dumps(v) for k, v in describe(model).items()}
+    metadata = {k: json.dumps(v) for k, v in info.items()}
     metadata["layout"] = json.dumps(layout)
     return safetensors.torch.save(tensors, metadata=metadata)
 
@@ -101,6 +98,6 @@ EXPORTERS = {
 }
 
 
-def export(model: nn.Module, fmt: ExportFormat) -> bytes:
+def export(dense: nn.Module, info: dict[str, Any], fmt: ExportFormat) -> bytes:
     with _export_lock:
-        return EXPORTERS[fmt](model)
+        return EXPORTERS[fmt](dense, info)

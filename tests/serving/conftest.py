@@ -52,22 +52,25 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def digits_model(digits: tuple[np.ndarray, np.ndarray]) -> freshcore.FreshModel:
-    """A FreshNets model trained for a few epochs on the first 1500 digits (held out: the rest)."""
+    """A FreshNets model (1/4) trained full-batch on the first 1500 digits (held out: the
+    other 297, about 88% right). One torch thread: faster on a shared two-core machine."""
     x, y = digits
     model = freshcore.build_model(DIGITS_SPEC, method="freshnets", compression=1 / 4, seed=0)
     model.set_normalization([float(x[:1500].mean())], [float(x[:1500].std())])
     model.class_names = list(DIGIT_NAMES)
     xt, yt = torch.from_numpy(x[:1500]), torch.from_numpy(y[:1500])
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(15):
-        for idx in torch.randperm(len(xt), generator=gen).split(100):
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.train()
+        for _ in range(40):
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            torch.nn.functional.cross_entropy(model(xt), yt).backward()
             opt.step()
-    model.eval()
-    return model
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
 
 
 @pytest.fixture(scope="session")

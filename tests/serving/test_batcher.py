@@ -1,0 +1,110 @@
+"""The micro-batcher groups concurrent requests into one forward, answers each with its own rows,
+bounds its queue, and survives a failing forward."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from app.serving.batcher import MicroBatcher, QueueFull
+
+pytestmark = pytest.mark.anyio
+
+
+class Counting(nn.Module):
+    """A real linear layer that records each forward's batch size; `gate` can hold a forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.gate.wait(10)
+        self.sizes.append(x.shape[0])
+        return self.linear(x)
+
+
+async def test_concurrent_requests_share_one_forward_and_get_their_own_rows() -> None:
+    net = Counting()
+    batcher = MicroBatcher(net, max_size=64, max_wait_s=0.2, queue_limit=100)
+    xs = [torch.randn(n, 4) for n in (1, 2, 1, 3, 1)]
+    outs = await asyncio.gather(*(batcher.submit(x) for x in xs))
+    assert net.sizes == [8]
+    with torch.no_grad():
+        for x, out in zip(xs, outs, strict=True):
+            assert torch.allclose(out, net.linear(x), atol=1e-6)
+
+
+async def test_batches_close_at_max_size() -> None:
+    net = Counting()
+    batcher = MicroBatcher(net, max_size=4, max_wait_s=0.2, queue_limit=100)
+    await asyncio.gather(*(batcher.submit(torch.randn(1, 4)) for _ in range(10)))
+    assert net.sizes == [4, 4, 2]
+
+
+async def test_requests_queue_while_a_forward_runs() -> None:
+    """No wait at all: the first forward runs alone, the others gather behind it."""
+    net = Counting()
+    net.gate.clear()
+    batcher = MicroBatcher(net, max_size=64, max_wait_s=0.0, queue_limit=100)
+    first = asyncio.ensure_future(batcher.submit(torch.randn(1, 4)))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.ensure_future(batcher.submit(torch.randn(1, 4))) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    net.gate.set()
+    await asyncio.gather(first, *rest)
+    assert net.sizes == [1, 5]
+
+
+async def test_queue_limit_refuses_at_once_with_retry_after() -> None:
+    net = Counting()
+    net.gate.clear()
+    batcher = MicroBatcher(net, max_size=2, max_wait_s=0.0, queue_limit=3)
+    held = asyncio.ensure_future(batcher.submit(torch.randn(2, 4)))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(batcher.submit(torch.randn(1, 4)))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull) as caught:
+        await batcher.submit(torch.randn(1, 4))
+    assert caught.value.retry_after_s >= 1 and "limit 3" in str(caught.value)
+    net.gate.set()
+    await asyncio.gather(held, queued)
+    assert batcher.pending == 0
+    await batcher.submit(torch.randn(3, 4))  # room again
+
+
+async def test_a_failing_forward_fails_its_requests_only() -> None:
+    calls = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return x * 2
+
+    batcher = MicroBatcher(forward, max_size=8, max_wait_s=0.05, queue_limit=100)
+    results = await asyncio.gather(
+        *(batcher.submit(torch.ones(1, 4)) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert torch.equal(await batcher.submit(torch.ones(1, 4)), torch.full((1, 4), 2.0))
+
+
+async def test_a_cancelled_request_is_skipped() -> None:
+    net = Counting()
+    net.gate.clear()
+    batcher = MicroBatcher(net, max_size=64, max_wait_s=0.0, queue_limit=100)
+    first = asyncio.ensure_future(batcher.submit(torch.randn(1, 4)))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.submit(torch.randn(1, 4)))
+    kept = asyncio.ensure_future(batcher.submit(torch.randn(2, 4)))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    net.gate.set()
+    await asyncio.gather(first, kept)
+    assert net.sizes == [1, 2] and batcher.pending == 0
