@@ -1,42 +1,17 @@
-"""Fixtures for the training-loop tests: scikit-learn's bundled digits and a small CNN."""
+"""Fixtures for the training-loop tests: the bundled digits data set and a small CNN."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
-
-@dataclass
-class DigitsData:
-    """The shape of ``freshcore.data.Dataset`` that ``train`` reads (8x8 digits, 10 classes)."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    mean: list[float]
-    std: list[float]
-
-
-def make_digits() -> DigitsData:
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(bunch.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
-    x, y = x[order], y[order]
-    train, val = slice(0, 1200), slice(1200, 1500)
-    test = slice(1500, None)
-    mean = [float(x[train].mean())]
-    std = [float(x[train].std())]
-    return DigitsData(x[train], y[train], x[val], y[val], x[test], y[test], mean, std)
+import freshcore.data as fdata
+from freshcore.data import Dataset
 
 
 class SmallCNN(nn.Module):
@@ -68,8 +43,9 @@ class SmallCNN(nn.Module):
 
 
 @pytest.fixture(scope="session")
-def digits() -> DigitsData:
-    return make_digits()
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """scikit-learn's 8x8 digits through the data registry (bundled: nothing is downloaded)."""
+    return fdata.load("digits", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture
@@ -84,7 +60,7 @@ def small() -> Callable[..., nn.Module]:
 
 
 @pytest.fixture
-def with_data() -> Callable[..., DigitsData]:
+def with_data() -> Callable[..., Dataset]:
     """A copy of a data set with some fields replaced (for invalid-input tests)."""
     return lambda data, **changes: replace(data, **changes)
 
