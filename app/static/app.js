@@ -234,10 +234,10 @@ async function loadLaunchForm() {
   const [datasets, presets] = await Promise.all([api("/v1/datasets"), api("/v1/architectures")]);
   const dsSelect = $("#f-dataset");
   dsSelect.replaceChildren(...items(datasets).map((d) =>
-    el("option", { value: d.id ?? d.name }, d.title ? `${d.name} — ${d.title}` : d.name)));
+    el("option", { value: d.id ?? d.name, title: d.title || d.name }, d.name)));
   const archSelect = $("#f-architecture");
   archSelect.replaceChildren(...items(presets).map((p) =>
-    el("option", { value: p.name }, `${p.name} (${(p.virtual_weights / 1000).toFixed(0)}k weights)`)));
+    el("option", { value: p.name, title: p.description }, `${p.name} · ${(p.virtual_weights / 1000).toFixed(0)}k`)));
   $("#f-method").replaceChildren(...METHODS.map((m) => el("option", { value: m }, m)));
   // Pair a data set with the preset made for its shape.
   dsSelect.addEventListener("change", () => {
