@@ -216,8 +216,13 @@ def _polygons(n: int, rng: np.random.Generator, reach: tuple[float, float]) -> n
     # Pixel p is inside plane j when (p - centre) . normal_j <= dist_j; inactive planes never cut.
     limit = dist + np.einsum("nj,njk->nk", centre[:, 0], normal)
     limit[np.arange(12)[None, :] >= k[:, None]] = np.inf
-    offset = np.matmul(_GRID, normal.astype(np.float32))  # (n, 784, 12)
-    return np.all(offset <= limit.astype(np.float32)[:, None, :], axis=-1)
+    normal, limit = normal.astype(np.float32), limit.astype(np.float32)
+    inside = np.ones((n, SIDE * SIDE), dtype=bool)
+    for j in range(12):  # plane by plane, only for the regions that have plane j
+        rows = np.flatnonzero(k > j)
+        nx, ny, lim = normal[rows, 0, j, None], normal[rows, 1, j, None], limit[rows, j, None]
+        inside[rows] &= _GRID[:, 0] * nx + _GRID[:, 1] * ny <= lim
+    return inside
 
 
 @cache
@@ -246,11 +251,10 @@ def clearly_nonconvex(masks: np.ndarray) -> np.ndarray:
     lines = _lattice_lines().T  # (28, n_lines): position along the line first, for speed
     padded = np.concatenate([masks, np.zeros((len(masks), 1), dtype=bool)], axis=1)
     on = padded[:, lines]  # (N, 28, n_lines); index -1 is the False pad
-    after_first, before_last = on.copy(), on.copy()
-    for p in range(1, SIDE):  # running ORs (faster than np.logical_or.accumulate here)
-        after_first[:, p] |= after_first[:, p - 1]
-        before_last[:, SIDE - 1 - p] |= before_last[:, SIDE - p]
-    hole = after_first & before_last & ~on
+    count = on.astype(np.int8)  # becomes: pixels of the region so far along the line
+    for p in range(1, SIDE):  # (a running sum by slices beats np.cumsum on this layout)
+        count[:, p] += count[:, p - 1]
+    hole = (count > 0) & (count < count[:, -1:]) & ~on  # between its first and last pixel
     return np.any(hole[:, 1:] & hole[:, :-1], axis=(1, 2))
 
 
