@@ -1,6 +1,7 @@
 """Run every ``benchmarks/bench_*.py`` module's ``run() -> list[dict]`` and print one table.
 
-A row is ``{name, value, baseline, ratio, goal}`` (+ optional ``unit``, ``ok``): ``value`` and
+A row is ``{name, value, baseline, ratio, goal}`` (+ optional ``unit``, ``ok``, ``best``: the
+fastest repeat where ``value`` is a median): ``value`` and
 ``baseline`` are measured in the same run, ``ratio = value / baseline`` where there is a baseline,
 ``goal`` says what passes (e.g. ``"ratio <= 1.10"`` or ``"value <= 2"``).
 Usage: ``python -m benchmarks [substring ...] [--json PATH]``.
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in module.run():
             rows.append({"module": name, **row, "ok": passes(row)})
         print(f"   {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    cols = ["module", "name", "value", "unit", "baseline", "ratio", "goal", "ok"]
+    cols = ["module", "name", "value", "unit", "baseline", "ratio", "goal", "ok", "best"]
     table = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [
         max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)

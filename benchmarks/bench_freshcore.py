@@ -28,11 +28,19 @@ REPEATS = int(os.environ.get("FRESHNETS_BENCH_REPEATS", "40"))
 
 
 def _row(
-    name: str, value: float, unit: str, baseline: float | None = None, goal: str | None = None
+    name: str,
+    value: float,
+    unit: str,
+    baseline: float | None = None,
+    goal: str | None = None,
+    best: float | None = None,
 ) -> dict[str, Any]:
     ratio = None if baseline is None else value / baseline
     return {"name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio,
-            "goal": goal}  # fmt: skip
+            "goal": goal, "best": best}  # fmt: skip
+
+
+BEST: dict[str, float] = {}  # fastest repeat of the last timing of each key, for the "best" column
 
 
 def _median_ms(fns: dict[str, Callable[[], Any]], device: str, repeats: int) -> dict[str, float]:
@@ -50,6 +58,7 @@ def _median_ms(fns: dict[str, Callable[[], Any]], device: str, repeats: int) -> 
             if device == "cuda":
                 torch.cuda.synchronize()
             times[k].append((time.perf_counter() - start) * 1e3)
+    BEST.update({k: min(v) for k, v in times.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -84,15 +93,15 @@ def _speed_rows(device: str) -> list[dict[str, Any]]:
         {"fresh": _train_step(fresh, x, y), "dense": _train_step(dense, x, y)}, device, REPEATS
     )
     rows = [_row(f"training step, freshnets / dense{tag}", t["fresh"], "ms", t["dense"],
-                 "ratio <= 1.10")]  # fmt: skip
+                 "ratio <= 1.10", BEST["fresh"])]  # fmt: skip
     fresh.materialize()
     dense.eval()
     t = _median_ms({"fresh": _eval(fresh, x), "dense": _eval(dense, x)}, device, 2 * REPEATS)
     rows.append(_row(f"materialised eval forward, freshnets / dense{tag}", t["fresh"], "ms",
-                     t["dense"], "ratio <= 1.02"))  # fmt: skip
+                     t["dense"], "ratio <= 1.02", BEST["fresh"]))  # fmt: skip
     t = _median_ms({"rebuild": fresh.materialize}, device, 2 * REPEATS)
     rows.append(_row(f"cold rebuild of all filters and fc matrices{tag}", t["rebuild"], "ms",
-                     goal="value <= 2"))  # fmt: skip
+                     goal="value <= 2", best=BEST["rebuild"]))  # fmt: skip
     return rows
 
 
@@ -118,12 +127,12 @@ def _file_rows() -> list[dict[str, Any]]:
             model(one)
 
     t = _median_ms({"cold": cold, "load": lambda: fc.from_bytes(data)}, "cpu", REPEATS)
-    rows.append(_row("from_bytes (incl. hashing)", t["load"], "ms"))
+    rows.append(_row("from_bytes (incl. hashing)", t["load"], "ms", best=BEST["load"]))
     rows.append(_row("cold first prediction: from_bytes + rebuild + 1 image", t["cold"], "ms",
-                     goal="value <= 20"))  # fmt: skip
+                     goal="value <= 20", best=BEST["cold"]))  # fmt: skip
     for n in (max(m.virtual_weights for m in fresh.generated_layers()), 4_000_000):
         t = _median_ms({"hash": lambda n=n: signed_bucket_index(1, n, 7000)}, "cpu", REPEATS)
-        rows.append(_row(f"hash {n:,} indices (bucket + sign)", t["hash"], "ms"))
+        rows.append(_row(f"hash {n:,} indices (bucket + sign)", t["hash"], "ms", best=BEST["hash"]))
     return rows
 
 

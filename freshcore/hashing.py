@@ -79,16 +79,15 @@ def signed_bucket_index(seed: int, count: int, buckets: int, chunk: int = 1 << 1
     """
     if not 1 <= buckets < 2**32:
         raise ValueError(f"bucket count must be in [1, 2**32), got {buckets}")
-    out = np.empty(count, dtype=np.int64)
+    out = np.empty(count, dtype=np.uint64)  # hashed in place, chunk by chunk
     u = np.uint64
     k = u(buckets)
     key = mix64(seed ^ 0xF2E5_4A17)
     steps = np.arange(min(chunk, count), dtype=np.uint64) * u(_GOLDEN)
-    z = np.empty(len(steps), dtype=np.uint64)
     t = np.empty(len(steps), dtype=np.uint64)
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
-        zz, tt = z[:n], t[:n]
+        zz, tt = out[start : start + n], t[:n]
         np.add(steps[:n], u((start * _GOLDEN + key) & _MASK), out=zz)
         for shift, mult in ((30, _M1), (27, _M2)):
             np.right_shift(zz, u(shift), out=tt)
@@ -103,5 +102,4 @@ def signed_bucket_index(seed: int, count: int, buckets: int, chunk: int = 1 << 1
         np.multiply(zz, k, out=zz)
         np.right_shift(zz, u(32), out=zz)
         np.add(zz, tt, out=zz)
-        out[start : start + n] = zz
-    return out
+    return out.view(np.int64)
