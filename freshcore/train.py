@@ -388,6 +388,7 @@ def evaluate(
 
 @torch.no_grad()
 def _teacher_logits(teacher: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The teacher's logits in eval mode (it stays there for the per-batch calls)."""
     teacher.eval()
     if callable(getattr(teacher, "materialize", None)):
         teacher.materialize()
@@ -445,6 +446,8 @@ def train(
     params = list(model.parameters())
     home = params[0].device if params else torch.device("cpu")
     if callable(getattr(model, "set_normalization", None)):
+        if getattr(dataset, "mean", None) is None or getattr(dataset, "std", None) is None:
+            raise ValueError("dataset has no per-channel mean/std for the model's normalisation")
         model.set_normalization(list(dataset.mean), list(dataset.std))
     threads = torch.get_num_threads()
     if config.num_threads is not None:
@@ -466,12 +469,16 @@ def train(
         soft_all = None
         if teacher is not None and config.distill_alpha > 0:
             teacher.to(device)
-            if not config.augment:  # the targets never change: one pass instead of one per batch
-                soft_all = _teacher_logits(teacher, splits["train"].x, config.eval_batch_size)
-                if soft_all.shape[1] != classes:
-                    raise ValueError(
-                        f"the teacher has {soft_all.shape[1]} outputs, the student {classes}"
-                    )
+            # unaugmented targets never change: one pass instead of one per batch
+            probe = splits["train"].x if not config.augment else splits["train"].x[:1]
+            soft_all = _teacher_logits(teacher, probe, config.eval_batch_size)
+            if soft_all.ndim != 2 or soft_all.shape[1] != classes:
+                raise ValueError(
+                    f"the teacher returns {tuple(soft_all.shape[1:])} outputs per image, "
+                    f"the student {classes}"
+                )
+            if config.augment:
+                soft_all = None
 
         with torch.random.fork_rng(devices=rng_devices):
             stopped = _run_epochs(

@@ -195,13 +195,23 @@ def test_distillation_weight_zero_ignores_the_teacher(digits, small) -> None:
 
 
 def test_distillation_with_augmentation_runs_the_teacher_per_batch(digits, small) -> None:
-    calls: list[int] = []
+    modes: list[bool] = []
     teacher = LinearTeacher()
-    teacher.register_forward_hook(lambda *_: calls.append(1))
+    teacher.register_forward_hook(lambda module, *_: modes.append(module.training))
+    teacher.train()
     config = cfg(epochs=1, augment=True, distill_alpha=0.5)
     result = train(small(), digits, config, teacher=teacher)
-    assert len(calls) == steps(digits)  # the targets change with the shifts, so no precomputed pass
+    # one probe of the output shape, then one call per batch: the targets change with the shifts
+    assert len(modes) == 1 + steps(digits)
+    assert not any(modes)  # the teacher runs in eval mode ...
+    assert teacher.training  # ... and gets its own mode back
     assert math.isfinite(result.history[0].train_loss)
+
+
+def test_teacher_with_other_classes_is_refused(digits, small) -> None:
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with pytest.raises(ValueError, match=r"teacher returns \(3,\) outputs per image"):
+        train(small(), digits, cfg(epochs=1), teacher=teacher)
 
 
 def test_augmentation_trains(digits, small) -> None:
