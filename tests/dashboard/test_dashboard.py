@@ -92,6 +92,13 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect(compression_error).to_contain_text("(0, 1]")
     expect(page.locator("#f-compression")).to_have_class(re.compile("invalid"))
     shot(page, artifacts, "02-launch-validation")
+    # A training setting's error (loc body.training, "TrainConfig.epochs: ...") lands on epochs.
+    page.fill("#f-compression", "1/8")
+    page.fill("#f-epochs", "0")
+    page.click("#launch-submit")
+    expect(page.locator('[data-error-for="epochs"]')).to_contain_text("epochs")
+    expect(compression_error).to_be_empty()
+    page.fill("#f-epochs", str(EPOCHS))
 
     # Launch a small job and watch it on its page.
     page.fill("#f-compression", "1/8")
