@@ -289,3 +289,30 @@ def test_warm_up_loads_listed_models_before_ready(
     ):
         assert name in metrics
     assert serving_ready(make_app())  # nothing to warm: ready at once
+
+
+def test_model_route_shows_warmth_and_delete_drops_the_cache(
+    client: TestClient, keys: dict[str, str], digits_id: str
+) -> None:
+    headers = auth(keys["alice"])
+    assert client.get(f"/v1/models/{digits_id}", headers=headers).json()["warm"] is False
+    body = {"inputs": [[0] * 8] * 8}
+    assert client.post(f"/v1/models/{digits_id}/predict", json=body, headers=headers).is_success
+    assert client.get(f"/v1/models/{digits_id}", headers=headers).json()["warm"] is True
+    assert client.delete(f"/v1/models/{digits_id}", headers=headers).status_code == 204
+    assert not is_warm(client.app, digits_id)
+    r = client.post(f"/v1/models/{digits_id}/predict", json=body, headers=headers)
+    assert r.status_code == 404
+
+
+def test_readyz_waits_for_the_warm_up(
+    make_app: MakeApp, keys: dict[str, str], digits_id: str
+) -> None:
+    app = make_app(warmup_models=[digits_id])
+    client = TestClient(app)  # no lifespan: the warm-up never ran
+    assert client.get("/readyz").json()["checks"]["serving"] == "warming up"
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while not serving_ready(app) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/readyz").json()["checks"]["serving"] == "ok"
