@@ -19,9 +19,16 @@ def test_each_method_within_two_percent_of_budget(preset, method, compression):
     budget = dense if method == "dense" else round(compression * dense)
     stored = sum(p.numel() for p in model.parameters())
     assert abs(stored - budget) <= 0.02 * budget, (stored, budget)
+    if method not in ("equivalent", "lrd"):  # bucket/coefficient counts hit the budget exactly
+        assert stored == budget
     report = fc.size_report(model)
     assert report.stored_parameters == stored
     assert report.virtual_weights == dense
+    assert report.compact_bytes == 4 * stored and report.dense_bytes == 4 * dense
+    assert report.ratio == pytest.approx(stored / dense)
+    assert sum(x.stored_parameters for x in report.layers) == stored
+    assert fc.size_report(model, half=True).compact_bytes == 2 * stored
+    assert report.to_dict()["layers"][0]["index"] == 0
     c, h, w = model.spec.input_shape
     out = model.eval()(torch.rand(2, c, h, w))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
