@@ -1,6 +1,5 @@
 """Data sets: the built-in registry (visible to all) and each owner's `.npz` uploads."""
 
-import dataclasses
 import hashlib
 from pathlib import PurePath
 from typing import Annotated, Any
@@ -19,17 +18,20 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 # Multipart framing around the file: the body limit for uploads is the file limit plus this.
 UPLOAD_OVERHEAD_BYTES = 1024 * 1024
+# What an upload's row keeps of its DatasetInfo (in `datasets.info`), and what the API shows.
 INFO_FIELDS = ("title", "input_shape", "num_classes", "class_names", "train_size", "test_size")
 INFO_FIELDS += ("source", "licence", "description")
 
 
-def _info_dict(info: Any) -> dict[str, Any]:
-    raw = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(vars(info))
-    return {k: raw.get(k) for k in (*INFO_FIELDS, "available") if k in raw}
+def _info_dict(info: fdata.DatasetInfo) -> dict[str, Any]:
+    raw = info.to_dict()
+    return {k: raw[k] for k in INFO_FIELDS}
 
 
-def builtin_out(info: Any) -> DatasetOut:
-    return DatasetOut(id=info.name, name=info.name, builtin=True, **_info_dict(info))
+def builtin_out(info: fdata.DatasetInfo) -> DatasetOut:
+    return DatasetOut(
+        id=info.name, name=info.name, builtin=True, available=info.available, **_info_dict(info)
+    )
 
 
 def upload_out(row: UserDataset) -> DatasetOut:
