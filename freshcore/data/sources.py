@@ -315,10 +315,9 @@ def fetch_files(
                         errors.append(f"{source.description}: {exc}")
                         continue
                     missing.remove(spec)
-                if any(s.name not in delivered for s in missing):
-                    errors.append(
-                        f"{source.description}: lacks {', '.join(s.name for s in missing)}"
-                    )
+                lacking = [s.name for s in missing if s.name not in delivered]
+                if lacking:
+                    errors.append(f"{source.description}: lacks {', '.join(lacking)}")
         except (DatasetUnavailable, OSError, subprocess.SubprocessError) as exc:
             errors.append(f"{source.description}: {exc}")
     if missing:
