@@ -94,7 +94,7 @@ def test_lost_and_duplicate_messages(stack: Any) -> None:
 
 @pytest.mark.slow
 def test_cancel_stops_a_running_job_between_batches(stack: Any) -> None:
-    from app.main import app
+    from app.main import create_app
 
     owner, key = stack.owner_key()
     stack.start_worker("cancel")
@@ -106,7 +106,7 @@ def test_cancel_stops_a_running_job_between_batches(stack: Any) -> None:
         assert time.monotonic() < deadline, stack.worker_logs()
         time.sleep(0.05)
 
-    with TestClient(app) as client:
+    with TestClient(create_app()) as client:
         resp = client.post(f"/v1/jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {key}"})
         assert resp.status_code == 200, resp.text
     asked = time.monotonic()

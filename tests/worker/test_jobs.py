@@ -14,12 +14,12 @@ FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled}
 @pytest.mark.slow
 def test_end_to_end_through_the_api(stack: Any) -> None:
     """POST a job, poll its metrics while it runs, see the model registered, predict with it."""
-    from app.main import app
+    from app.main import create_app
 
     _, key = stack.owner_key()
     stack.start_worker("e2e")
     headers = {"Authorization": f"Bearer {key}"}
-    with TestClient(app) as client:
+    with TestClient(create_app()) as client:
         epochs = 4
         resp = client.post(
             "/v1/jobs",
