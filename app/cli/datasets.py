@@ -39,7 +39,7 @@ def list_command(
         return
     table = Table(title="FreshNets data sets")
     for column in ("name", "shape", "classes", "train", "test", "on disk", "title"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "name")
     for i in infos:
         table.add_row(
             i.name,

@@ -274,8 +274,16 @@ class IdxEntry(Entry):
 class NpzEntry(Entry):
     """Sets built once into a verified .npz in the cache (generated variants, CIFAR-10)."""
 
-    def __init__(self, info: DatasetInfo, build: Callable[..., dict[str, np.ndarray]], meta: dict):
+    def __init__(
+        self,
+        info: DatasetInfo,
+        build: Callable[..., dict[str, np.ndarray]],
+        meta: dict,
+        provenance: Callable[[], dict] | None = None,
+    ):
+        # meta: must match on load (else rebuilt); provenance: recorded for information only.
         self.info, self._build, self.meta = info, build, meta
+        self.provenance = provenance or dict
 
     def path(self, cache: Path) -> Path:
         return cache / f"{self.info.name}.npz"
@@ -293,7 +301,7 @@ class NpzEntry(Entry):
         except ChecksumError:
             pass  # missing, corrupt or stale: (re)build it
         arrays = self._build(cache, progress, local_path)
-        save_verified_npz(self.path(cache), arrays, self.meta)
+        save_verified_npz(self.path(cache), arrays, {**self.provenance(), **self.meta})
         return arrays
 
 
@@ -498,6 +506,20 @@ _VARIANT_TEXT = {
 }
 
 
+def _provenance(recipe: variants.Recipe) -> dict:
+    """What else the bytes depend on: library versions and the background photos."""
+    import PIL
+    import skimage
+
+    out = {"numpy": np.__version__, "pillow": PIL.__version__}
+    if recipe.kind in ("bg-img", "bg-img-rot"):
+        out |= {
+            "scikit-image": skimage.__version__,
+            "backgrounds_sha256": variants.backgrounds_digest(),
+        }
+    return out
+
+
 def _variant_entry(recipe: variants.Recipe) -> NpzEntry:
     title, text = _VARIANT_TEXT[recipe.name]
 
@@ -527,7 +549,7 @@ def _variant_entry(recipe: variants.Recipe) -> NpzEntry:
         "n_train": recipe.n_train,
         "n_test": recipe.n_test,
     }
-    entry = NpzEntry(info, build, meta)
+    entry = NpzEntry(info, build, meta, lambda: _provenance(recipe))
     entry.hint = MNIST_HINT if recipe.needs_mnist else ""
     return entry
 

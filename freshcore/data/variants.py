@@ -2,11 +2,16 @@
 deep architectures on problems with many factors of variation".
 
 The original files cannot be downloaded here, so each set is rebuilt deterministically (numpy's
-PCG64 with a fixed seed, float64 arithmetic, no threads) from MNIST digits, from grey-scale photos
-bundled in scikit-image's wheel, or from procedural shapes. They follow the published recipes but
-are NOT the original files; docs/datasets.md describes each recipe and the choices made.
+PCG64 with a fixed seed, no threads) from MNIST digits, from grey-scale photos bundled in
+scikit-image's wheel, or from procedural shapes. The same seed gives the same bytes on one
+platform; another CPU or numpy build may round sin/cos differently and move a rare pixel by one
+level, which is why the cache records the digest of what was generated locally. They follow the
+published recipes but are NOT the original files; docs/datasets.md describes each recipe and the
+choices made.
 
 Every generator takes its sizes as arguments, so tests can build small versions quickly.
+The bytes depend on the order of the random draws, batch sizes included: any change to a
+recipe's code must bump its `Recipe.version`, so cached copies are rebuilt.
 """
 
 from __future__ import annotations

@@ -265,6 +265,7 @@ def test_digits_instant(tmp_path):
     assert ds.std[0] == pytest.approx(float(flat.std(unbiased=False)), abs=1e-6)
     assert torch.bincount(ds.y_test).min() >= 28
     assert not list(tmp_path.iterdir())  # nothing written for a bundled set
+    assert fetch("digits", tmp_path).is_file()  # the bundled file
 
 
 def test_default_cache_dir_follows_env(tmp_path, monkeypatch):
