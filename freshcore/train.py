@@ -341,10 +341,15 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if not groups:
         raise ValueError("the model has no trainable parameters")
     lr = config.effective_lr
+    # foreach: one fused call per group instead of a Python loop over tensors (CPU too)
     if config.optimizer == "adam":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
     return torch.optim.SGD(
-        groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0
+        groups,
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        foreach=True,
     )
 
 
@@ -537,6 +542,7 @@ def _run_epochs(
     if steps > 1 and n % bs == 1:
         steps -= 1  # a batch of one breaks batch norm; the image comes back in other epochs
     device = train_set.x.device
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     while state.epoch < config.epochs and not state.early_stopped:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
@@ -570,7 +576,7 @@ def _run_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                nn.utils.clip_grad_norm_(trained, config.max_grad_norm, foreach=True)
             optimizer.step()
             with torch.no_grad():
                 loss = loss.detach()
