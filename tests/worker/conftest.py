@@ -100,16 +100,24 @@ class Stack:
     logs: list[Path] = field(default_factory=list)
     tiny_spec: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(TINY_SPEC))
 
-    def start_worker(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
-        """A real Celery worker process (solo pool: one job at a time); by default, once ready."""
+    def start_worker(
+        self, name: str, wait: bool = True, cli: bool = False, concurrency: int = 1
+    ) -> subprocess.Popen[bytes]:
+        """A real Celery worker (by default, once ready): `celery -A worker.celery_app worker`
+        in the solo pool, or with `cli` the `freshnets worker` command the deployments run."""
         log = self.tmp / f"worker-{name}.log"
+        if cli:
+            argv = [sys.executable, "-c", "from app.cli import main; main()", "worker",
+                    f"--concurrency={concurrency}", f"--hostname={name}@%h"]  # fmt: skip
+        else:
+            assert concurrency == 1
+            argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                    "--pool=solo", "--concurrency=1", "--loglevel=INFO", f"--hostname={name}@%h",
+                    "--without-gossip", "--without-mingle"]  # fmt: skip
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                 "--pool=solo", "--concurrency=1", "--loglevel=INFO", f"--hostname={name}@%h",
-                 "--without-gossip", "--without-mingle"],
-                env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            )
         self.workers.append(proc)
         self.logs.append(log)
         if wait:

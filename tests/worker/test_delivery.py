@@ -42,7 +42,7 @@ def test_killed_worker_job_resumes_on_another_worker(stack: Any) -> None:
     assert job.state == JobState.running and resumed_after < epochs, "finished before the kill"
     assert job.attempts == 1
 
-    stack.start_worker("second", wait=False)
+    stack.start_worker("second", wait=False, cli=True)  # `freshnets worker`
     job = stack.wait_state(job_id, FINAL, timeout_s=90)
     assert job.state == JobState.succeeded, job.error
     assert job.attempts == 2  # claimed once by each worker

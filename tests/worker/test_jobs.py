@@ -115,3 +115,22 @@ def test_failures_end_failed_with_a_reason(stack: Any) -> None:
         assert stack.models_for(job_id) == []
         assert stack.checkpoint_epoch(job_id) is None
         assert stack.job(job_id).finished_at is not None
+
+
+@pytest.mark.slow
+def test_one_worker_two_processes_trains_two_jobs_at_once(stack: Any) -> None:
+    """`freshnets worker --concurrency 2`: prefork children, one job each, at the same time."""
+    owner, _ = stack.owner_key()
+    proc = stack.start_worker("pair", wait=False, cli=True, concurrency=2)
+    jobs = [
+        stack.insert_job(owner, epochs=2, batch_size=8, training={"lr": 0.02}) for _ in range(2)
+    ]
+    stack.wait_ready(proc)
+    done = [stack.wait_state(job_id, FINAL, timeout_s=90) for job_id in jobs]
+    assert [j.state for j in done] == [JobState.succeeded] * 2, [j.error for j in done]
+    # Two processes: each job claimed by its own pid, and their runs overlap in time.
+    assert done[0].worker != done[1].worker
+    first, second = sorted(done, key=lambda j: j.started_at)
+    assert second.started_at < first.finished_at, "the jobs ran one after the other"
+    for job_id in jobs:
+        assert len(stack.models_for(job_id)) == 1
