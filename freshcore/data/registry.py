@@ -261,8 +261,8 @@ class IdxEntry(Entry):
         return cache / self.info.name
 
     def arrays(self, cache, progress, local_path):
-        paths = fetch_files(self.files, self.sources(local_path), cache / self.info.name, progress)
-        x_tr, y_tr, x_te, y_te = (idx.read_idx(paths[f.name]) for f in self.files)
+        folder = self.fetch(cache, progress, local_path)  # verifies what the cache holds
+        x_tr, y_tr, x_te, y_te = (idx.read_idx(folder / f.name) for f in self.files)
         return {
             "x_train": x_tr,
             "y_train": y_tr.astype(np.int64),
@@ -479,8 +479,11 @@ _FASHION = IdxEntry(
 )
 
 
-def _mnist_pool(cache: Path, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
-    a = _MNIST.arrays(cache, progress, None)
+def _mnist_pool(
+    cache: Path, progress: Progress | None, local_path: str | Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All 70,000 MNIST digits, training then test: what the variants draw from."""
+    a = _MNIST.arrays(cache, progress, local_path)
     return np.concatenate([a["x_train"], a["x_test"]]), np.concatenate([a["y_train"], a["y_test"]])
 
 
@@ -524,7 +527,7 @@ def _variant_entry(recipe: variants.Recipe) -> NpzEntry:
     title, text = _VARIANT_TEXT[recipe.name]
 
     def build(cache: Path, progress: Progress | None, local_path) -> dict[str, np.ndarray]:
-        pool = _mnist_pool(cache, progress) if recipe.needs_mnist else None
+        pool = _mnist_pool(cache, progress, local_path) if recipe.needs_mnist else None
         return variants.generate(recipe, pool, progress=progress)
 
     source = (

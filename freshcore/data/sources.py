@@ -284,9 +284,13 @@ def _install(spec: FileSpec, path: Path, dest: Path, original_gz: bool) -> None:
         atomic_write(dest / spec.name, data)
         return
     spec.check_file(path)  # large archives: verify by streaming, then copy
-    tmp = dest / f".{spec.name}.part"
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, dest / spec.name)
+    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{spec.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest / spec.name)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def fetch_files(
