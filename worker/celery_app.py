@@ -12,10 +12,10 @@ import threading
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from app.jobs_queue import TRAIN_TASK  # the name the API sends; one place for it
 from app.settings import get_settings
 
-# The name the API sends (app/jobs_queue.py); the message carries only the job id.
-TRAIN_TASK = "freshnets.train_job"
+__all__ = ["TRAIN_TASK", "celery_app", "make_celery"]
 
 
 def make_celery() -> Celery:

@@ -134,3 +134,73 @@ def test_one_worker_two_processes_trains_two_jobs_at_once(stack: Any) -> None:
     assert second.started_at < first.finished_at, "the jobs ran one after the other"
     for job_id in jobs:
         assert len(stack.models_for(job_id)) == 1
+
+
+@pytest.mark.slow
+def test_uploaded_data_set_trains_from_the_database(stack: Any) -> None:
+    """An .npz uploaded through the API travels in the database to the worker, which caches it
+    by SHA-256 and trains on it; the model knows the class names."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    from app.main import create_app
+
+    rng = np.random.default_rng(0)
+    n, classes = 240, ["left", "middle", "right"]
+    y = np.arange(n) % 3
+    x = rng.integers(0, 40, size=(n, 10, 10), dtype=np.uint8)
+    for i, label in enumerate(y):  # a bright bar whose place is the class
+        x[i, :, 1 + 3 * label : 3 + 3 * label] = 250
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y, classes=np.array(classes))
+    blob = buf.getvalue()
+
+    _, key = stack.owner_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    worker = stack.start_worker("upload", wait=False)
+    with TestClient(create_app()) as client:
+        resp = client.post("/v1/datasets", headers=headers, files={"file": ("bars.npz", blob)})
+        assert resp.status_code == 201, resp.text
+        dataset_id = resp.json()["id"]
+        spec = {
+            "input_shape": [1, 10, 10],
+            "num_classes": 3,
+            "layers": [
+                {"type": "conv", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                {"type": "relu"},
+                {"type": "pool", "kind": "max", "kernel_size": 2},
+                {"type": "flatten"},
+                {"type": "fc", "out_features": 3},
+            ],
+        }
+        resp = client.post(
+            "/v1/jobs",
+            headers=headers,
+            json={
+                "dataset": dataset_id,
+                "architecture": spec,
+                "method": "hashednets",
+                "compression": 0.5,
+                "training": {"epochs": 3, "batch_size": 16, "lr": 0.05},
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["id"]
+        stack.wait_ready(worker)
+        job = stack.wait_state(job_id, FINAL)
+        assert job.state == JobState.succeeded, job.error
+        sha = hashlib.sha256(blob).hexdigest()
+        assert (stack.tmp / "data" / "cache" / "uploads" / f"{sha}.npz").read_bytes() == blob
+
+        model_id = client.get(f"/v1/jobs/{job_id}", headers=headers).json()["model_id"]
+        model = client.get(f"/v1/models/{model_id}", headers=headers).json()
+        assert model["dataset"] == dataset_id and model["test_accuracy"] > 0.9
+        sample = x[:3].astype(np.float32)[:, None] / 255.0
+        pred = client.post(
+            f"/v1/models/{model_id}/predict", headers=headers, json={"inputs": sample.tolist()}
+        )
+        assert pred.status_code == 200, pred.text
+        names = [p["class_name"] for p in pred.json()["predictions"]]
+        assert names == [classes[label] for label in y[:3]]
