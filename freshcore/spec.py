@@ -199,6 +199,9 @@ class ArchitectureSpec(BaseModel):
         return sum(s.weights + s.biases for s in self.check())
 
 
+_LAYER_TAGS = ("conv", "pool", "fc", "relu", "dropout", "flatten", "batchnorm")
+
+
 def parse_spec(data: ArchitectureSpec | dict[str, Any]) -> ArchitectureSpec:
     """Validate a dict into a spec; a pydantic error becomes a SpecError naming the layer."""
     if isinstance(data, ArchitectureSpec):
@@ -215,17 +218,8 @@ def parse_spec(data: ArchitectureSpec | dict[str, Any]) -> ArchitectureSpec:
             raw = data.get("layers", []) if isinstance(data, dict) else []
             if isinstance(raw, list) and layer < len(raw) and isinstance(raw[layer], dict):
                 layer_type = raw[layer].get("type")
-        field = ".".join(str(p) for p in loc[2:] if not str(p).endswith("Layer"))
-        if len(loc) > 2 and loc[2] in (
-            "conv",
-            "pool",
-            "fc",
-            "relu",
-            "dropout",
-            "flatten",
-            "batchnorm",
-        ):
-            field = ".".join(str(p) for p in loc[3:])
+        rest = loc[3:] if len(loc) > 2 and loc[2] in _LAYER_TAGS else loc[2:]  # skip the tag
+        field = ".".join(str(p) for p in rest)
         reason = err["msg"] + (f" (field {field!r})" if field else "")
         if layer is None:
             reason = f"{'.'.join(str(p) for p in loc)}: {err['msg']}" if loc else err["msg"]
