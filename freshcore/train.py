@@ -547,7 +547,7 @@ def _run_epochs(
         epoch = state.epoch + 1
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(_derive_seed(config.seed, epoch, 1))
-        torch.manual_seed(_derive_seed(config.seed, epoch, 2))  # dropout and friends
+        _seed_global_rng(_derive_seed(config.seed, epoch, 2), device)  # dropout and friends
         order = torch.randperm(n, generator=gen).to(device)
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -621,6 +621,14 @@ def _run_epochs(
             finally:
                 snapshot.live = False
     return False
+
+
+def _seed_global_rng(seed: int, device: torch.device) -> None:
+    """Seed the generators this run draws from (CPU, and its own GPU), no other device's."""
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 def _raise_if_diverged(bad_batch: torch.Tensor, epoch: int, steps: int) -> None:

@@ -242,3 +242,10 @@ def test_gradient_norm_is_clipped(digits, small) -> None:
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     # each step moves the weights by lr x (a gradient of norm at most 1e-6)
     assert torch.linalg.vector_norm(after - before) <= steps(digits) * 0.1 * 1e-6 * 1.01
+
+
+def test_callers_random_state_is_left_alone(digits, small) -> None:
+    model = small(dropout=0.2)
+    before = torch.get_rng_state()
+    train(model, digits, cfg(epochs=1, augment=True))
+    assert torch.equal(torch.get_rng_state(), before)
