@@ -18,9 +18,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from freshcore.build import FreshModel, model_from_plan
-from freshcore.spec import SpecError, parse_spec
+from freshcore.spec import ArchitectureSpec, SpecError, parse_spec
 
 FORMAT = "freshnets"
+MAX_VIRTUAL_WEIGHTS = 50_000_000
 FORMAT_VERSION = 1
 _KEY = "freshnets"
 
@@ -101,8 +102,12 @@ def _read_header(data: bytes) -> dict[str, Any]:
     return header
 
 
-def from_bytes(data: bytes) -> FreshModel:
-    """Rebuild a model from :func:`to_bytes` output; ModelFormatError on any inconsistency."""
+def from_bytes(data: bytes, max_virtual_weights: int | None = MAX_VIRTUAL_WEIGHTS) -> FreshModel:
+    """Rebuild a model from :func:`to_bytes` output; ModelFormatError on any inconsistency.
+
+    ``max_virtual_weights`` bounds the network a file may describe (its hash indices take 8 bytes
+    per virtual weight), so a hostile header cannot make the loader allocate without limit.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ModelFormatError(f"model data must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -113,6 +118,7 @@ def from_bytes(data: bytes) -> FreshModel:
         raise ModelFormatError(f"corrupt tensor data: {e}") from None
     try:
         spec = parse_spec(header["spec"])
+        _check_plan(spec, header["plan"], max_virtual_weights)
         model = model_from_plan(
             spec,
             str(header["method"]),
@@ -174,6 +180,25 @@ def read_header(data: bytes) -> dict[str, Any]:
     return _read_header(bytes(data))
 
 
+def _check_plan(spec: ArchitectureSpec, plan: Any, max_virtual_weights: int | None) -> None:
+    """Bound every count in the plan by its layer's size before anything is allocated."""
+    shapes = spec.check(max_virtual_weights)
+    if not isinstance(plan, list) or len(plan) != len(shapes):
+        raise ValueError(f"plan must list {len(shapes)} layers")
+    for s, entry in zip(shapes, plan, strict=True):
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not s.weights:
+            raise ValueError(f"plan entry {s.index} does not match a {s.type} layer")
+        for key, value in entry.items():
+            counts = value if isinstance(value, list) else [value]
+            if key == "kind" or key == "seed":
+                continue
+            limit = s.out_shape[0] if key == "width" else s.weights
+            if not all(isinstance(c, int) and 0 <= c <= limit for c in counts):
+                raise ValueError(f"plan entry {s.index}: {key}={value!r} outside [0, {limit}]")
+
+
 def save(model: FreshModel, path: str | Path, half: bool = False) -> int:
     """Write the model file; returns its size in bytes."""
     data = to_bytes(model, half=half)
@@ -181,5 +206,5 @@ def save(model: FreshModel, path: str | Path, half: bool = False) -> int:
     return len(data)
 
 
-def load(path: str | Path) -> FreshModel:
-    return from_bytes(Path(path).read_bytes())
+def load(path: str | Path, max_virtual_weights: int | None = MAX_VIRTUAL_WEIGHTS) -> FreshModel:
+    return from_bytes(Path(path).read_bytes(), max_virtual_weights)

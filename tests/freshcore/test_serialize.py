@@ -134,3 +134,19 @@ def test_random_corruption_never_escapes_as_another_error():
         bad[pos] ^= 1 << int(torch.randint(0, 8, (1,), generator=gen))
         with contextlib.suppress(ModelFormatError):  # anything else fails the test
             fc.from_bytes(bytes(bad))
+
+
+def test_refuses_hostile_sizes_before_allocating():
+    data = fc.to_bytes(_model())
+
+    def huge_fc(h, r):
+        h["spec"]["layers"][6]["out_features"] = 10**6  # 3e9 virtual weights
+
+    def huge_buckets(h, r):
+        h["plan"][6]["buckets"] = 10**12
+
+    for edit, match in [(huge_fc, "cap"), (huge_buckets, "outside")]:
+        with pytest.raises(ModelFormatError, match=match):
+            fc.from_bytes(_replace_header(data, edit))
+    with pytest.raises(ModelFormatError, match="cap"):
+        fc.from_bytes(data, max_virtual_weights=1000)
