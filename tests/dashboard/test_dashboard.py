@@ -25,7 +25,7 @@ CHROMIUM_ARGS = [
 ]
 EPOCHS = 8
 
-# Samples the job page every 40 ms (the dashboard polls every 250 ms here), so every rendered
+# Samples the job page every 40 ms (the dashboard polls every 100 ms here), so every rendered
 # progress value and point count is seen.
 WATCH_JOB = """() => {
   window.__seen = {progress: [], points: []};
@@ -55,7 +55,11 @@ def page(stack, artifacts) -> Iterator["playwright_api.Page"]:
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.set_default_timeout(15_000)
-        yield page
+        try:
+            yield page
+        finally:
+            # Whatever the outcome, the last state of the page is kept for a look.
+            page.screenshot(path=str(artifacts / "dashboard-last.png"), full_page=True)
         context.close()
         browser.close()
         assert not errors, f"JavaScript errors on the page: {errors}"
@@ -67,7 +71,7 @@ def shot(page, artifacts: Path, name: str) -> None:
 
 def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect = playwright_api.expect
-    page.goto(f"{stack.url}/?poll_ms=250")
+    page.goto(f"{stack.url}/?poll_ms=100")
 
     # Sign in: a wrong key is refused with a message, the right one opens the jobs view.
     expect(page.locator("#view-signin")).to_be_visible()
