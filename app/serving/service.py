@@ -38,6 +38,8 @@ class Serving:
         self.warmed = False
         self.warmup_errors: dict[str, str] = {}
         self._warmup_task: asyncio.Task[None] | None = None
+        # SHA-256 of an API key -> (owner id, trusted until): see routes/predict.py.
+        self.recent_owners: dict[str, tuple[str, float]] = {}
 
     def load(self, model_id: str) -> CacheEntry:
         """Database read, `freshcore.from_bytes`, filters rebuilt once: a ready entry (blocking)."""

@@ -316,3 +316,32 @@ def test_readyz_waits_for_the_warm_up(
         while not serving_ready(app) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert client.get("/readyz").json()["checks"]["serving"] == "ok"
+
+
+def test_a_revoked_key_stops_predicting_within_the_ttl(
+    client: TestClient,
+    keys: dict[str, str],
+    digits_id: str,
+    session_factory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import UTC, datetime
+
+    from app.api.routes import predict as predict_route
+    from app.db.models import ApiKey
+    from app.security import hash_key
+
+    monkeypatch.setattr(predict_route, "OWNER_TTL_S", 0.3)
+    url, headers, body = (
+        f"/v1/models/{digits_id}/predict",
+        auth(keys["alice"]),
+        {"inputs": [[0] * 8] * 8},
+    )
+    assert client.post(url, json=body, headers=headers).status_code == 200
+    with session_factory() as session:
+        key = session.query(ApiKey).filter(ApiKey.key_hash == hash_key(keys["alice"])).one()
+        key.revoked_at = datetime.now(UTC)
+        session.commit()
+    time.sleep(0.35)
+    r = client.post(url, json=body, headers=headers)
+    assert r.status_code == 401 and "revoked" in r.text

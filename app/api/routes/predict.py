@@ -1,18 +1,22 @@
 """Predictions and exports of a trained model, served by app.serving (cache + micro-batcher)."""
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 import pydantic
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, status
+import torch
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from app.api import errors
-from app.api.deps import CurrentOwner
+from app.api.deps import _bearer, get_current_owner
+from app.security import hash_key
 from app.serving import get_serving
 from app.serving.batcher import QueueFull
 from app.serving.cache import CacheEntry
@@ -25,12 +29,47 @@ from app.serving.service import ModelLoadError, ModelNotFound, top_k
 async def _serving_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start loading FRESHNETS_WARMUP_MODELS in the background; /readyz waits for it."""
     serving = get_serving(app)
+    if serving.settings.torch_threads > 0:  # the forwards' intra-op threads in this process
+        torch.set_num_threads(serving.settings.torch_threads)
     serving.start_warm_up()
     yield
     await serving.stop()
 
 
 router = APIRouter(tags=["models"], lifespan=_serving_lifespan)
+
+
+# A key checked this recently is trusted without a database read: a revoked key can still
+# predict for at most this long, and the hot path skips a thread hop and a query per request.
+OWNER_TTL_S = 2.0
+_OWNER_MEMO_MAX = 10_000
+
+
+def _lookup_owner(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
+    """deps.get_current_owner's checks (401s included) in a session closed at once: the
+    request's own session would hold a database connection while it waits in the batcher."""
+    with request.app.state.sessionmaker() as session:
+        return get_current_owner(session, credentials).id
+
+
+async def _owner_id(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    memo: dict[str, tuple[str, float]] = get_serving(request.app).recent_owners
+    digest = hash_key(credentials.credentials) if credentials is not None else ""
+    now = time.monotonic()
+    hit = memo.get(digest) if credentials is not None else None
+    if hit is not None and hit[1] > now and credentials.scheme.lower() == "bearer":
+        return hit[0]
+    owner_id = await anyio.to_thread.run_sync(_lookup_owner, request, credentials)
+    if len(memo) >= _OWNER_MEMO_MAX:
+        memo.clear()
+    memo[digest] = (owner_id, now + OWNER_TTL_S)
+    return owner_id
+
+
+OwnerId = Annotated[str, Depends(_owner_id)]
 
 DEFAULT_K = 5
 # Bodies above this are parsed in a worker thread rather than on the event loop.
@@ -192,7 +231,7 @@ async def _parse_multipart(
 async def predict(
     model_id: str,
     request: Request,
-    owner: CurrentOwner,
+    owner_id: OwnerId,
     k: Annotated[int | None, Query(ge=1, le=1000, description="Best classes to list.")] = None,
     top_k_: Annotated[
         int | None, Query(alias="top_k", ge=1, le=1000, description="Same as `k`.")
@@ -204,7 +243,7 @@ async def predict(
     concurrent calls are answered together by one forward pass (micro-batching)."""
     serving = get_serving(request.app)
     settings = serving.settings
-    entry = await _entry(request, model_id, owner.id)
+    entry = await _entry(request, model_id, owner_id)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         x, body_k = await _parse_multipart(
@@ -247,11 +286,11 @@ async def predict(
 async def export_model(
     model_id: str,
     request: Request,
-    owner: CurrentOwner,
+    owner_id: OwnerId,
     fmt: Annotated[ExportFormat, Query(alias="format")] = "onnx",
 ) -> Response:
     """The rebuilt dense network as ONNX, TorchScript or a safetensors state dict."""
-    entry = await _entry(request, model_id, owner.id)
+    entry = await _entry(request, model_id, owner_id)
     data = await anyio.to_thread.run_sync(export, entry.model, entry.info, fmt)
     media_type, suffix = MEDIA_TYPES[fmt]
     return Response(
