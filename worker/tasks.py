@@ -195,14 +195,18 @@ def load_dataset(dataset: str) -> fdata.Dataset:
         upload = session.get(UserDataset, dataset)
         if upload is None:
             try:
-                return fdata.load(dataset, cache_dir=settings.cache_dir)
+                available = fdata.get_info(dataset, cache_dir=settings.cache_dir).available
             except fdata.DatasetNotFound as exc:
                 raise JobFailed(f"data set {dataset!r} not found") from exc
-            except fdata.DatasetUnavailable as exc:
+            if not available:  # a worker downloads nothing: fetching is an operator's choice
                 raise JobFailed(
-                    f"data set {dataset!r} is not on this worker and cannot be fetched "
-                    f"(`freshnets datasets fetch {dataset}` there): {exc}"
-                ) from exc
+                    f"data set {dataset!r} is not on this worker: "
+                    f"run `freshnets datasets fetch {dataset}` there"
+                )
+            try:
+                return fdata.load(dataset, cache_dir=settings.cache_dir)
+            except fdata.DatasetUnavailable as exc:
+                raise JobFailed(f"data set {dataset!r} cannot be read here: {exc}") from exc
         path = settings.cache_dir / "uploads" / f"{upload.sha256}.npz"
         if not path.exists():
             blob = session.get(DatasetBlob, upload.id)
@@ -418,18 +422,23 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
         return False
 
     should_stop = make_should_stop(job_id, me, beat, flags)
+
+    def run(resume: bytes | None) -> freshcore.TrainResult:
+        try:
+            return freshcore.train(
+                model, dataset, config, on_epoch, should_stop=should_stop, resume=resume
+            )
+        except TrainingError as exc:
+            raise JobFailed(f"training diverged: {exc}") from exc
+
     try:
-        result = freshcore.train(
-            model, dataset, config, on_epoch, should_stop=should_stop, resume=resume
-        )
+        result = run(resume)
     except CheckpointError:
         if resume is None:
             raise
         # A checkpoint this code cannot continue (another version wrote it): start over.
         log.warning("job %s: checkpoint unusable, training from scratch", job_id, exc_info=True)
-        result = freshcore.train(model, dataset, config, on_epoch, should_stop=should_stop)
-    except TrainingError as exc:
-        raise JobFailed(f"training diverged: {exc}") from exc
+        result = run(None)
 
     if flags.lost:
         raise LostClaim(job_id)

@@ -97,21 +97,27 @@ def test_failures_end_failed_with_a_reason(stack: Any) -> None:
     from app.jobs_queue import enqueue
     from app.settings import get_settings
 
+    absent = stack.insert_job(owner, epochs=1, send=False)
     with get_sessionmaker()() as session:
         session.get(Job, missing).dataset = "no-such-dataset"
+        session.get(Job, absent).dataset = "mnist"  # known, but not in this worker's cache
         session.commit()
     enqueue(get_settings(), missing)
+    enqueue(get_settings(), absent)
     stack.start_worker("fail")
 
     job = stack.wait_state(missing, FINAL)
     assert (
         job.state == JobState.failed and "no-such-dataset" in job.error and "not found" in job.error
     )
+    job = stack.wait_state(absent, FINAL)
+    assert job.state == JobState.failed, job.error
+    assert "not on this worker" in job.error and "freshnets datasets fetch mnist" in job.error
     job = stack.wait_state(diverges, FINAL)
     assert job.state == JobState.failed and "diverged" in job.error, job.error
     job = stack.wait_state(unbuildable, FINAL)
     assert job.state == JobState.failed and "no-such-method" in job.error, job.error
-    for job_id in (missing, diverges, unbuildable):
+    for job_id in (missing, absent, diverges, unbuildable):
         assert stack.models_for(job_id) == []
         assert stack.checkpoint_epoch(job_id) is None
         assert stack.job(job_id).finished_at is not None
