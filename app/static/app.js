@@ -239,11 +239,12 @@ async function loadLaunchForm() {
   archSelect.replaceChildren(...items(presets).map((p) =>
     el("option", { value: p.name, title: p.description }, `${p.name} · ${(p.virtual_weights / 1000).toFixed(0)}k`)));
   $("#f-method").replaceChildren(...METHODS.map((m) => el("option", { value: m }, m)));
-  // Pair a data set with the preset made for its shape.
+  // Pair a data set with the preset made for its shape, else one with its channel count.
   dsSelect.addEventListener("change", () => {
     const d = items(datasets).find((x) => (x.id ?? x.name) === dsSelect.value);
     if (!d || !d.input_shape) return;
-    const fit = items(presets).find((p) => p.input_shape[0] === d.input_shape[0] && p.input_shape[1] === d.input_shape[1]);
+    const same = (p, n) => p.input_shape.slice(0, n).every((v, i) => v === d.input_shape[i]);
+    const fit = items(presets).find((p) => same(p, 3)) || items(presets).find((p) => same(p, 1));
     if (fit) archSelect.value = fit.name;
   });
   dsSelect.dispatchEvent(new Event("change"));
