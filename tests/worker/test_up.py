@@ -50,16 +50,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_up_serves_trains_and_stops_cleanly(tmp_path: Path) -> None:
+def _start_up(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """`freshnets up` in a fresh data folder; returns once it says it is up."""
     port = _free_port()
-    data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHNETS_")}
     env.update(
-        FRESHNETS_DATA_DIR=str(data_dir),
+        FRESHNETS_DATA_DIR=str(tmp_path / "data"),
         FRESHNETS_PORT=str(port),
         FRESHNETS_DEVICE="cpu",
         FRESHNETS_TORCH_THREADS="1",
+        **extra,
     )
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -67,13 +67,30 @@ def test_up_serves_trains_and_stops_cleanly(tmp_path: Path) -> None:
             [sys.executable, "-c", "from app.cli import main; main()", "up"],
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while "FreshNets is up" not in log.read_text():
+        if up.poll() is not None or time.monotonic() > deadline:
+            _kill(up, set())
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
+    return up, log, port
+
+
+def _kill(up: subprocess.Popen[bytes], children: set[int]) -> None:
+    if up.poll() is None:
+        os.kill(up.pid, signal.SIGKILL)
+        up.wait()
+    for pid in children:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_up_serves_trains_and_stops_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    up, log, port = _start_up(tmp_path)
     children: set[int] = set()
     try:
-        deadline = time.monotonic() + 90
-        while "FreshNets is up" not in log.read_text():
-            assert up.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         output = log.read_text()
         base = f"http://127.0.0.1:{port}"
         assert base in output
@@ -125,9 +142,22 @@ def test_up_serves_trains_and_stops_cleanly(tmp_path: Path) -> None:
         left = [pid for pid in children if _alive(pid)]
         assert left == [], f"orphans: {left}"
     finally:
-        if up.poll() is None:
-            os.kill(up.pid, signal.SIGKILL)
-            up.wait()
-        for pid in children:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill(up, children)
+
+
+@pytest.mark.slow
+def test_up_on_an_external_redis_stops_on_sigterm(tmp_path: Path, redis_url: str) -> None:
+    """FRESHNETS_REDIS_URL: no Redis of its own; SIGTERM stops it like Ctrl-C."""
+    up, log, port = _start_up(tmp_path, FRESHNETS_REDIS_URL=redis_url)
+    children: set[int] = set()
+    try:
+        assert f"redis: {redis_url}" in log.read_text()
+        children = _children(up.pid)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
+        assert not any(b"redis-server" in c for c in commands), commands
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=90) == 0, log.read_text()
+        assert [pid for pid in children if _alive(pid)] == []
+    finally:
+        _kill(up, children)
