@@ -50,8 +50,9 @@ def _migrate_and_key(env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Module-scoped: the processes stop as soon as this folder's tests are done."""
     data_dir = tmp_path_factory.mktemp("freshnets-dashboard")
     env = _stack_env(data_dir)
     key = _migrate_and_key(env)
