@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -244,41 +246,72 @@ class Stack:
         return job_id
 
 
+POSTGRES_ENV = "FRESHNETS_TEST_POSTGRES_URL"
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the CI's throwaway cluster, dropped afterwards."""
+    from sqlalchemy import create_engine, make_url, text
+
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set (.ci/run starts a PostgreSQL cluster)")
+    name = f"fn_worker_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
-def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    """Settings for this process and its workers; the schema made by Alembic."""
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Stack]:
+    """Settings for this process and its workers; the schema made by Alembic on SQLite (default)
+    or, parametrized with "postgres", on a PostgreSQL database of its own."""
     from app.cli.service import upgrade_database
     from app.db import engine
     from app.settings import get_settings
 
-    env_vars = {
-        "FRESHNETS_DATA_DIR": str(tmp_path / "data"),
-        "FRESHNETS_REDIS_URL": redis_url,
-        "FRESHNETS_DEVICE": "cpu",
-        "FRESHNETS_TORCH_THREADS": "1",
-        # Short enough for a test to see a dead worker's job picked up again.
-        "FRESHNETS_HEARTBEAT_TIMEOUT_S": "3",
-        "FRESHNETS_RECONCILE_INTERVAL_S": "1",
-    }
-    monkeypatch.delenv("FRESHNETS_DATABASE_URL", raising=False)
-    for key, value in env_vars.items():
-        monkeypatch.setenv(key, value)
-    caches = (get_settings, engine.get_engine, engine.get_sessionmaker)
+    backend = getattr(request, "param", "sqlite")
+    with ExitStack() as cleanup:
+        env_vars = {
+            "FRESHNETS_DATA_DIR": str(tmp_path / "data"),
+            "FRESHNETS_REDIS_URL": redis_url,
+            "FRESHNETS_DEVICE": "cpu",
+            "FRESHNETS_TORCH_THREADS": "1",
+            # Short enough for a test to see a dead worker's job picked up again.
+            "FRESHNETS_HEARTBEAT_TIMEOUT_S": "3",
+            "FRESHNETS_RECONCILE_INTERVAL_S": "1",
+            "FRESHNETS_DATABASE_URL": (
+                cleanup.enter_context(postgres_database()) if backend == "postgres" else ""
+            ),
+        }
+        for key, value in env_vars.items():
+            monkeypatch.setenv(key, value)
+        caches = (get_settings, engine.get_engine, engine.get_sessionmaker)
 
-    def clear() -> None:
-        if engine.get_engine.cache_info().currsize:
-            engine.get_engine().dispose()
-        for cached in caches:
-            cached.cache_clear()
+        def clear() -> None:
+            if engine.get_engine.cache_info().currsize:
+                engine.get_engine().dispose()
+            for cached in caches:
+                cached.cache_clear()
 
-    clear()
-    upgrade_database(get_settings())
-    env = {k: v for k, v in os.environ.items() if k != "FRESHNETS_DATABASE_URL"}
-    env.update(env_vars)
-    st = Stack(env=env, tmp=tmp_path, redis_url=redis_url)
-    try:
-        yield st
-    finally:
-        for proc in st.workers:
-            stop_pid(proc)
         clear()
+        cleanup.callback(clear)
+        upgrade_database(get_settings())
+        st = Stack(env={**os.environ, **env_vars}, tmp=tmp_path, redis_url=redis_url)
+        try:
+            yield st
+        finally:
+            for proc in st.workers:  # before the database goes
+                stop_pid(proc)

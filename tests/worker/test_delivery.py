@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from app.db.models import JobState
 
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled}
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -22,6 +23,7 @@ def _naive_utc(value: datetime) -> datetime:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stack", BACKENDS, indirect=True)
 def test_killed_worker_job_resumes_on_another_worker(stack: Any) -> None:
     owner, _ = stack.owner_key()
     first = stack.start_worker("first", wait=False)
@@ -62,6 +64,7 @@ def test_killed_worker_job_resumes_on_another_worker(stack: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stack", BACKENDS, indirect=True)
 def test_lost_and_duplicate_messages(stack: Any) -> None:
     """A queued job whose message Redis lost is re-queued by the reconciler; a job sent three
     times is trained once."""

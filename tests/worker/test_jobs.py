@@ -9,9 +9,11 @@ from fastapi.testclient import TestClient
 from app.db.models import JobState
 
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled}
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stack", BACKENDS, indirect=True)
 def test_end_to_end_through_the_api(stack: Any) -> None:
     """POST a job, poll its metrics while it runs, see the model registered, predict with it."""
     from app.main import create_app
