@@ -368,10 +368,14 @@ def register_model(job: Job, me: str, model: freshcore.FreshModel, result: Any) 
         return row.id
 
 
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
+    """CUDA raises OutOfMemoryError; torch's CPU allocator a RuntimeError that says so."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)
 
 
 def _check_finite(metrics: Any) -> None:

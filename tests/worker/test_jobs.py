@@ -1,6 +1,8 @@
 """Real jobs through a real Redis, real Celery worker processes and a real database."""
 
+import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,3 +214,44 @@ def test_uploaded_data_set_trains_from_the_database(stack: Any) -> None:
         assert pred.status_code == 200, pred.text
         names = [p["class_name"] for p in pred.json()["predictions"]]
         assert names == [classes[label] for label in y[:3]]
+
+
+def _vm_data(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmData:")[1].split()[0]) * 1024
+
+
+@pytest.mark.slow
+def test_out_of_memory_fails_the_job_and_the_worker_goes_on(stack: Any) -> None:
+    """A real allocation failure: the worker's data segment is capped (RLIMIT_DATA), then a
+    dense model of about 120 MB of weights (and as much again for gradients and momentum)."""
+    owner, _ = stack.owner_key()
+    proc = stack.start_worker("oom", wait=False)
+    warm = stack.insert_job(owner, epochs=1)  # imports and data loaded before the cap
+    stack.wait_ready(proc)
+    assert stack.wait_state(warm, FINAL).state == JobState.succeeded
+
+    cap = _vm_data(proc.pid) + 200 * 1024 * 1024
+    # A soft cap only: the hard limit stays, so the cap can be lifted again.
+    resource.prlimit(proc.pid, resource.RLIMIT_DATA, (cap, resource.RLIM_INFINITY))
+    big = {
+        "name": "too-big",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "layers": [
+            {"type": "flatten"},
+            {"type": "fc", "out_features": 400_000},
+            {"type": "relu"},
+            {"type": "fc", "out_features": 10},
+        ],
+    }
+    job_id = stack.insert_job(owner, epochs=1, spec=big, method="dense", compression=1.0)
+    job = stack.wait_state(job_id, FINAL)
+    assert job.state == JobState.failed
+    assert job.error.startswith("out of memory"), job.error
+    assert "smaller batch size" in job.error
+
+    # The worker survived it and trains the next job.
+    resource.prlimit(proc.pid, resource.RLIMIT_DATA, (resource.RLIM_INFINITY,) * 2)
+    after = stack.insert_job(owner, epochs=1)
+    assert stack.wait_state(after, FINAL).state == JobState.succeeded
