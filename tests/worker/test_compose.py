@@ -52,6 +52,10 @@ def test_services_present(services: dict[str, Any]) -> None:
 
 def test_every_freshnets_variable_is_a_setting(services: dict[str, Any]) -> None:
     fields = set(Settings.model_fields)
+    # ${FRESHNETS_...} read from the host by compose must be settings too (one meaning per name).
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in re.findall(r"\$\{(FRESHNETS_[A-Z0-9_]+)", text):
+        assert name.removeprefix("FRESHNETS_").lower() in fields, name
     seen = 0
     for name, service in services.items():
         env = _env(service)
@@ -150,3 +154,11 @@ def test_dockerfile_cpu_default_and_cuda_argument(services: dict[str, Any]) -> N
     # The image copies every package the services import.
     for package in ("freshcore", "app", "worker", "migrations"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_deployment_doc_names_only_real_settings() -> None:
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    named = set(re.findall(r"FRESHNETS_([A-Z0-9_]+)", doc))
+    assert named, "the deployment guide names no settings"
+    unknown = {n for n in named if n.lower() not in Settings.model_fields}
+    assert not unknown, f"docs/deployment.md names unknown settings: {sorted(unknown)}"
