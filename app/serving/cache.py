@@ -68,15 +68,17 @@ class CacheEntry:
 
 
 class ModelCache:
-    """`get(model_id)` returns a ready entry, loading it with `loader` (called in a thread) on a
-    miss; the least recently used entries are evicted while the total is over `budget_bytes`.
-    A model larger than the whole budget is served to the requests that loaded it but not kept."""
+    """`get(model_id, owner_id)` returns a ready entry, loading it with `loader(model_id,
+    owner_id)` (called in a thread; it raises for another owner's model) on a miss; the least
+    recently used entries are evicted while the total is over `budget_bytes`. A model larger than
+    the whole budget is served to the requests that loaded it but not kept."""
 
-    def __init__(self, budget_bytes: int, loader: Callable[[str], CacheEntry]) -> None:
+    def __init__(self, budget_bytes: int, loader: Callable[[str, str | None], CacheEntry]) -> None:
         self.budget_bytes = budget_bytes
         self._loader = loader
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
-        self._loading: dict[str, asyncio.Task[CacheEntry]] = {}
+        # One load per (model, owner): a stranger's failing attempt never fails the owner's.
+        self._loading: dict[tuple[str, str | None], asyncio.Task[CacheEntry]] = {}
         self._dropped_while_loading: set[str] = set()
         self._lock = threading.Lock()  # drop() may come from a sync route's thread
         self.total_bytes = 0
@@ -100,30 +102,33 @@ class ModelCache:
             metrics.CACHE_HITS.inc()
         return entry
 
-    async def get(self, model_id: str) -> CacheEntry:
+    async def get(self, model_id: str, owner_id: str | None = None) -> CacheEntry:
+        """The entry (the caller checks its owner on a hit; the loader does on a miss)."""
         entry = self.peek(model_id)
         if entry is not None:
             return entry
-        task = self._loading.get(model_id)
+        key = (model_id, owner_id)
+        task = self._loading.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._load(model_id))
-            self._loading[model_id] = task
+            task = asyncio.ensure_future(self._load(model_id, owner_id))
+            self._loading[key] = task
         # shield: a cancelled request (client gone) must not cancel a load others wait for.
         return await asyncio.shield(task)
 
-    async def _load(self, model_id: str) -> CacheEntry:
+    async def _load(self, model_id: str, owner_id: str | None) -> CacheEntry:
         metrics.CACHE_MISSES.inc()
         try:
             start = time.perf_counter()
-            entry = await anyio.to_thread.run_sync(self._loader, model_id)
+            entry = await anyio.to_thread.run_sync(self._loader, model_id, owner_id)
             metrics.REBUILD_SECONDS.observe(time.perf_counter() - start)
             if model_id in self._dropped_while_loading:
                 return entry  # deleted meanwhile: answer the waiters, keep nothing
             self._insert(entry)
             return entry
         finally:
-            self._loading.pop(model_id, None)
-            self._dropped_while_loading.discard(model_id)
+            self._loading.pop((model_id, owner_id), None)
+            if not any(mid == model_id for mid, _ in self._loading):
+                self._dropped_while_loading.discard(model_id)
 
     def _insert(self, entry: CacheEntry) -> None:
         if entry.nbytes > self.budget_bytes:
@@ -154,7 +159,7 @@ class ModelCache:
             entry = self._entries.pop(model_id, None)
             if entry is not None:
                 self.total_bytes -= entry.nbytes
-            loading = model_id in self._loading
+            loading = any(mid == model_id for mid, _ in self._loading)
             if loading:
                 self._dropped_while_loading.add(model_id)
         self._update_gauges()

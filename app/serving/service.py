@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 import torch
 from sqlalchemy import select
@@ -41,15 +40,19 @@ class Serving:
         # SHA-256 of an API key -> (owner id, trusted until): see routes/predict.py.
         self.recent_owners: dict[str, tuple[str, float]] = {}
 
-    def load(self, model_id: str) -> CacheEntry:
-        """Database read, `freshcore.from_bytes`, filters rebuilt once: a ready entry (blocking)."""
+    def load(self, model_id: str, owner_id: str | None = None) -> CacheEntry:
+        """Database read, `freshcore.from_bytes`, filters rebuilt once: a ready entry (blocking).
+        With `owner_id`, another owner's model is `ModelNotFound` before anything is built."""
         start = time.perf_counter()
+        query = (
+            select(Model.owner_id, ModelBlob.data)
+            .join(ModelBlob, ModelBlob.model_id == Model.id)
+            .where(Model.id == model_id)
+        )
+        if owner_id is not None:
+            query = query.where(Model.owner_id == owner_id)
         with self._sessionmaker() as session:
-            row = session.execute(
-                select(Model.owner_id, ModelBlob.data)
-                .join(ModelBlob, ModelBlob.model_id == Model.id)
-                .where(Model.id == model_id)
-            ).one_or_none()
+            row = session.execute(query).one_or_none()
         if row is None:
             raise ModelNotFound(model_id)
         try:
@@ -86,18 +89,10 @@ class Serving:
             ),
         )
 
-    def _owner_of(self, model_id: str) -> str | None:
-        with self._sessionmaker() as session:
-            return session.scalar(select(Model.owner_id).where(Model.id == model_id))
-
     async def model_for(self, model_id: str, owner_id: str) -> CacheEntry:
         """The ready model if `owner_id` owns it (else `ModelNotFound`), loading it if cold.
-        The owner is checked before a load, so nobody warms another owner's model."""
-        entry = self.cache.peek(model_id)
-        if entry is None:
-            if await anyio.to_thread.run_sync(self._owner_of, model_id) != owner_id:
-                raise ModelNotFound(model_id)
-            entry = await self.cache.get(model_id)
+        A load reads only the owner's rows, so nobody warms another owner's model."""
+        entry = await self.cache.get(model_id, owner_id)
         if entry.owner_id != owner_id:
             raise ModelNotFound(model_id)
         return entry

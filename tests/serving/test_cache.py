@@ -60,9 +60,9 @@ async def test_concurrent_first_requests_load_once(
     loads = []
     real_load = serving.load
 
-    def counting_load(mid: str):  # type: ignore[no-untyped-def]
+    def counting_load(mid: str, owner_id: str | None):  # type: ignore[no-untyped-def]
         loads.append(mid)
-        return real_load(mid)
+        return real_load(mid, owner_id)
 
     serving.cache._loader = counting_load
     entries = await asyncio.gather(*(serving.cache.get(model_id) for _ in range(8)))
