@@ -230,13 +230,14 @@ def up() -> None:
 
 
 def worker(
-    concurrency: int = typer.Option(
-        None, help="Worker processes (default: FRESHNETS_WORKER_CONCURRENCY)."
+    concurrency: int | None = typer.Option(
+        None, min=1, help="Worker processes (default: FRESHNETS_WORKER_CONCURRENCY)."
     ),
     loglevel: str = typer.Option("INFO", help="Celery log level."),
-    hostname: str = typer.Option(None, help="Celery node name (default: celery@<host>)."),
+    hostname: str | None = typer.Option(None, help="Celery node name (default: celery@<host>)."),
 ) -> None:
-    """Run one Celery worker on FRESHNETS_REDIS_URL and FRESHNETS_DATABASE_URL."""
+    """Run a Celery worker (one training job per process) on FRESHNETS_REDIS_URL and
+    FRESHNETS_DATABASE_URL."""
     from worker.celery_app import celery_app
 
     n = concurrency or get_settings().worker_concurrency
