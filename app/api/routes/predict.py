@@ -199,7 +199,8 @@ async def _parse_multipart(
     try:
         form = await request.form(max_files=max_batch + 1, max_fields=16)
     except Exception as exc:  # malformed multipart: the parser's own message
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"body: {exc}") from None
+        message = getattr(exc, "detail", None) or str(exc)
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"body: {message}") from None
     files: list[tuple[str, bytes]] = []
     k: int | None = None
     for key, value in form.multi_items():
