@@ -164,14 +164,16 @@ def plan_layers(
             f"compression {compression:g} is too small for this network: {e}"
         ) from None
     if method == "lrd":
-        ranks = _low_rank_ranks(spec, param, per_layer, budget - fixed)
+        ranks = _low_rank_ranks(param, budget - fixed)
         stored = fixed + sum(
-            r * (s.out_shape[0] + s.weights // s.out_shape[0])
+            s.weights if r is None else r * (s.out_shape[0] + s.weights // s.out_shape[0])
             for s, r in zip(param, ranks, strict=True)
         )
         _check_reach(method, compression, stored, budget)
         for s, r in zip(param, ranks, strict=True):
-            plan[s.index] = {"kind": f"lowrank-{s.type}", "rank": r}
+            plan[s.index] = (
+                {"kind": s.type} if r is None else {"kind": f"lowrank-{s.type}", "rank": r}
+            )
         return plan
     for s, k in zip(param, per_layer, strict=True):
         layer_seed = derive_seed(seed, s.index)
@@ -200,37 +202,73 @@ def _check_reach(method: str, compression: float, stored: int, budget: int) -> N
         )
 
 
-def _low_rank_ranks(
-    spec: ArchitectureSpec, param: list, per_layer: list[int], target: int
-) -> list[int]:
-    """Ranks whose stored total is closest to ``target``, starting from each layer's own budget."""
-    cost, cap = [], []
-    for s in param:
-        out = s.out_shape[0]
-        fan = s.weights // out
-        cost.append(out + fan)
-        cap.append(min(out, fan))
-    ranks = [max(1, min(c, b // k)) for b, k, c in zip(per_layer, cost, cap, strict=True)]
+def _low_rank_ranks(param: list, target: int) -> list[int | None]:
+    """Per layer a rank, or None (stored dense), for about ``target`` stored weights.
 
-    def gap(r: list[int]) -> int:
-        return abs(sum(a * b for a, b in zip(r, cost, strict=True)) - target)
+    The ranks maximise sum(log rank) (a dense layer counts its full rank): every layer gains the
+    same from doubling its rank, so a small layer such as the 10-way classifier is not cut to
+    rank 1 (which caps the logits to a line) while a large one takes most of the budget. A rank
+    whose factors would cost as much as the dense weight is not offered: the layer is stored
+    dense. Greedy on utility per stored weight, then a repair that lands within 2% of the target.
+    """
+    out = [s.out_shape[0] for s in param]
+    dense = [s.weights for s in param]
+    cost = [o + d // o for o, d in zip(out, dense, strict=True)]
+    full = [min(o, d // o) for o, d in zip(out, dense, strict=True)]
+    # options per layer, cheapest first: ranks 1..R (cheaper than dense), then dense (None)
+    options = [
+        [*range(1, min(f, (d - 1) // c) + 1), None]
+        for f, d, c in zip(full, dense, cost, strict=True)
+    ]
+    n = len(param)
 
-    def jump(r: list[int], i: int) -> list[int]:
-        rest = sum(a * b for a, b in zip(r, cost, strict=True)) - r[i] * cost[i]
-        return [*r[:i], min(cap[i], max(1, round((target - rest) / cost[i]))), *r[i + 1 :]]
+    def stored(i: int, r: int | None) -> int:
+        return dense[i] if r is None else r * cost[i]
 
-    n = len(ranks)
-    while True:  # descent on single steps, and a step of one layer re-filled by another's rank
-        trials = [jump(ranks, i) for i in range(n)]
-        for j in range(n):
-            for dj in (-1, 1):
-                stepped = [*ranks[:j], ranks[j] + dj, *ranks[j + 1 :]]
-                if 1 <= stepped[j] <= cap[j]:
-                    trials += [stepped] + [jump(stepped, i) for i in range(n) if i != j]
-        best = min(trials, key=gap)
-        if gap(best) >= gap(ranks):
-            return ranks
-        ranks = best
+    def value(i: int, r: int | None) -> float:
+        return math.log(full[i] if r is None else r)
+
+    pick = [0] * n  # index into options[i]
+    total = sum(stored(i, options[i][0]) for i in range(n))
+    while True:  # greedy: the affordable next option with the best gain per stored weight
+        best, best_rate = -1, 0.0
+        for i in range(n):
+            if pick[i] + 1 < len(options[i]):
+                a, b = options[i][pick[i]], options[i][pick[i] + 1]
+                extra = stored(i, b) - stored(i, a)
+                if total + extra <= target and (value(i, b) - value(i, a)) / extra > best_rate:
+                    best, best_rate = i, (value(i, b) - value(i, a)) / extra
+        if best < 0:
+            break
+        total += stored(best, options[best][pick[best] + 1]) - stored(
+            best, options[best][pick[best]]
+        )
+        pick[best] += 1
+    ranks = [options[i][pick[i]] for i in range(n)]
+    if abs(total - target) <= 0.02 * target:
+        return ranks
+
+    def utility(r: list[int | None]) -> float:
+        return sum(value(i, x) for i, x in enumerate(r))
+
+    def fill(r: list[int | None], j: int) -> list[int | None]:
+        rest = sum(stored(i, x) for i, x in enumerate(r) if i != j) - target
+        x = min(options[j], key=lambda o: abs(rest + stored(j, o)))
+        return [*r[:j], x, *r[j + 1 :]]
+
+    # repair: change one layer to any option and let another layer fill the gap
+    trials = [fill(ranks, j) for j in range(n)]
+    for i in range(n):
+        for o in options[i]:
+            changed = [*ranks[:i], o, *ranks[i + 1 :]]
+            trials += [fill(changed, j) for j in range(n) if j != i]
+    fits = [
+        r for r in trials
+        if abs(sum(stored(i, x) for i, x in enumerate(r)) - target) <= 0.02 * target
+    ]  # fmt: skip
+    if fits:
+        return max(fits, key=utility)
+    return min(trials, key=lambda r: abs(sum(stored(i, x) for i, x in enumerate(r)) - target))
 
 
 def _count_with_widths(spec: ArchitectureSpec, widths: dict[int, int]) -> int:

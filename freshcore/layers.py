@@ -9,6 +9,11 @@ Hashed layers gather from the table ``[w, -w, 0]`` with one signed index per vir
 ``h`` means ``+w[h]``, ``K + h`` means ``-w[h]`` and ``2K`` means a structural zero (a frequency
 band without buckets, a coefficient that low-frequency truncation drops). The gather is an
 ``index_select`` whose backward is an ``index_add`` (measured much faster than advanced indexing).
+
+A bucket is stored as the value of its members (no 1/sqrt(members) factor in the table): with that
+factor an SGD step moves the virtual weights by the dense step projected onto the hashed subspace,
+which is stable at any dense learning rate but, measured on digits, needs a ~16x larger learning
+rate to train as fast (docs/training.md, "Divergence and clipping").
 """
 
 from __future__ import annotations
@@ -36,6 +41,36 @@ def split_signed_index(index: Tensor, buckets: int) -> tuple[Tensor, Tensor]:
     sign = torch.where(index < buckets, 1, torch.where(index < 2 * buckets, -1, 0))
     bucket = torch.where(sign > 0, index, torch.where(sign < 0, index - buckets, 0))
     return bucket, sign
+
+
+def gather_table(buckets: Tensor, index: Tensor) -> Tensor:
+    """The flat virtual values: ``[w, -w, 0]`` gathered by ``index``."""
+    return torch.cat((buckets, -buckets, buckets.new_zeros(1))).index_select(0, index)
+
+
+@torch.no_grad()
+def init_buckets_(buckets: Tensor, index: Tensor, fan_in: int) -> None:
+    """Virtual values ~ U(+-bound) with the variance of PyTorch's default dense init.
+
+    Each non-zero virtual value has variance bound^2 / 3 (an orthonormal DCT keeps the mean), so
+    structural zeros (a band without buckets, truncated frequencies) are made up for by a larger
+    bound; without this ``lowfreq`` at 1/16 began with a sixteenth of the dense variance.
+    """
+    nonzero = int((index < 2 * buckets.numel()).sum())
+    bound = math.sqrt(index.numel() / max(1, nonzero) / fan_in)
+    nn.init.uniform_(buckets, -bound, bound)
+
+
+@torch.no_grad()
+def project_buckets_(buckets: Tensor, index: Tensor, values: Tensor) -> None:
+    """Least-squares buckets for flat virtual ``values``: mean of sign x value per bucket."""
+    k = buckets.numel()
+    bucket, sign = split_signed_index(index.cpu(), k)
+    used = sign != 0
+    v = values.detach().reshape(-1).double().cpu()
+    sums = torch.bincount(bucket[used], weights=sign[used] * v[used], minlength=k)
+    counts = torch.bincount(bucket[used], minlength=k).clamp_min(1)
+    buckets.copy_((sums / counts).to(buckets))
 
 
 class _Generated(nn.Module):
@@ -156,9 +191,7 @@ class _TableConv2d(_GeneratedConv2d):
         return self.buckets.numel()
 
     def rebuild_weight(self) -> Tensor:
-        w = self.buckets
-        table = torch.cat((w, -w, w.new_zeros(1)))
-        v = table.index_select(0, self.index)
+        v = gather_table(self.buckets, self.index)
         if self.idct is not None:
             v = v.view(-1, self.idct.shape[0]) @ self.idct
         return v.view(self.weight_shape)
@@ -170,20 +203,12 @@ class _TableConv2d(_GeneratedConv2d):
             v = v @ self.idct.double().T  # the DCT: the transpose of the orthonormal inverse
         return v.reshape(-1)
 
-    @torch.no_grad()
     def project(self, weight: Tensor) -> None:
         """Least-squares bucket values for a dense weight: mean of sign x coefficient per bucket."""
-        v = self.coefficients_of(weight)
-        k = self.num_buckets
-        bucket, sign = split_signed_index(self.index.cpu(), k)
-        used = sign != 0
-        sums = torch.bincount(bucket[used], weights=(sign[used] * v[used].cpu()), minlength=k)
-        counts = torch.bincount(bucket[used], minlength=k).clamp_min(1)
-        self.buckets.copy_((sums / counts).to(self.buckets))
+        project_buckets_(self.buckets, self.index, self.coefficients_of(weight))
 
     def reset_parameters(self) -> None:
-        bound = 1 / math.sqrt(self.fan_in)
-        nn.init.uniform_(self.buckets, -bound, bound)
+        init_buckets_(self.buckets, self.index, self.fan_in)
         self._reset_bias()
 
 
@@ -409,24 +434,16 @@ class HashedLinear(_GeneratedLinear):
         return self.buckets.numel()
 
     def rebuild_weight(self) -> Tensor:
-        w = self.buckets
-        table = torch.cat((w, -w, w.new_zeros(1)))
-        return table.index_select(0, self.index).view(self.out_features, self.in_features)
+        v = gather_table(self.buckets, self.index)
+        return v.view(self.out_features, self.in_features)
 
     def reset_parameters(self) -> None:
-        bound = 1 / math.sqrt(self.in_features)
-        nn.init.uniform_(self.buckets, -bound, bound)
+        init_buckets_(self.buckets, self.index, self.in_features)
         self._reset_bias()
 
-    @torch.no_grad()
     def project(self, weight: Tensor) -> None:
         """Least-squares bucket values: the mean of sign x entry over each bucket's members."""
-        k = self.num_buckets
-        bucket, sign = split_signed_index(self.index.cpu(), k)
-        v = weight.detach().reshape(-1).double().cpu()
-        sums = torch.bincount(bucket, weights=sign * v, minlength=k)
-        counts = torch.bincount(bucket, minlength=k).clamp_min(1)
-        self.buckets.copy_((sums / counts).to(self.buckets))
+        project_buckets_(self.buckets, self.index, weight)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", buckets={self.num_buckets}"

@@ -21,7 +21,7 @@ SPEC = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["freshnets", "hashednets", "lowfreq"])
+@pytest.mark.parametrize("method", ["freshnets", "hashednets", "lowfreq", "lrd"])
 def test_trains_far_above_chance_on_real_digits(method):
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
