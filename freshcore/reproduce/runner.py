@@ -167,7 +167,7 @@ def run_one(
     teacher = None
     teacher_spec = spec.teacher_spec()
     if teacher_spec is not None:
-        run_one(teacher_spec, store, data, reporter, device)
+        run_one(teacher_spec, store, data, Reporter(), device)  # not one of the plan's runs
         teacher = freshcore.load(store.model_path(teacher_spec))
     dataset = data(spec.dataset)
     config = freshcore.TrainConfig.from_dict({**spec.train, "seed": spec.seed, "device": device})
