@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     max_virtual_weights: int = 50_000_000
     max_model_bytes: int = 64 * 1024 * 1024
     max_epochs: int = 500
-    max_batch: int = 256
+    max_batch: int = 256  # samples in one predict request
+    max_train_batch: int = 4096  # a job's training.batch_size
+    max_train_threads: int = 0  # a job's training.num_threads; 0: this machine's CPU count
     max_image_pixels: int = 4096 * 4096
     max_dataset_samples: int = 2_000_000
 

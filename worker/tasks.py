@@ -41,6 +41,7 @@ from app.db.models import (
     UserDataset,
     utcnow,
 )
+from app.limits import upload_limits
 from app.settings import get_settings
 from freshcore import data as fdata
 from freshcore.train import CheckpointError, TrainingError
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 # should_stop() reads the cancel flag at most this often (seconds): it runs between batches.
 CANCEL_POLL_S = 1.0
+# Within an epoch the job's progress is written at most this often (seconds).
+PROGRESS_EVERY_S = 1.0
 
 
 class JobFailed(Exception):
@@ -111,6 +114,20 @@ def _still_mine(job_id: str, me: str) -> Any:
     return and_(Job.id == job_id, Job.worker == me, Job.state == JobState.running)
 
 
+def update_mine(session: Session, job_id: str, me: str, **values: Any) -> bool:
+    """UPDATE the job row only while `me` holds its running claim; False when it does not."""
+    result = session.execute(update(Job).where(_still_mine(job_id, me)).values(**values))
+    return result.rowcount == 1
+
+
+def touch(job_id: str, me: str, **values: Any) -> bool:
+    """`update_mine` in a transaction of its own (heartbeat, progress within an epoch)."""
+    with _session() as session:
+        mine = update_mine(session, job_id, me, **values)
+        session.commit()
+    return mine
+
+
 class Heartbeat(threading.Thread):
     """Beats the job's heartbeat while it trains, so a long epoch never looks like a dead worker."""
 
@@ -124,14 +141,7 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(self.interval):
             try:
-                with _session() as session:
-                    result = session.execute(
-                        update(Job)
-                        .where(_still_mine(self.job_id, self.me))
-                        .values(heartbeat_at=utcnow())
-                    )
-                    session.commit()
-                if result.rowcount == 0:
+                if not touch(self.job_id, self.me, heartbeat_at=utcnow()):
                     self.lost.set()
                     return
             except DBAPIError:
@@ -188,6 +198,30 @@ def make_should_stop(job_id: str, me: str, beat: Heartbeat, flags: StopFlags) ->
     return should_stop
 
 
+class BatchProgress:
+    """`on_batch`: the job's progress fraction within an epoch, written at most once per
+    `PROGRESS_EVERY_S`, so a job does not sit at 0 through its first (long) epoch."""
+
+    def __init__(self, job_id: str, me: str, total_epochs: int, flags: StopFlags) -> None:
+        self.job_id, self.me, self.flags = job_id, me, flags
+        self.total_epochs = max(1, total_epochs)
+        self.epoch = 1  # the epoch the next batches belong to
+        self._last = -math.inf
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        # The epoch's end is written with its metrics (`write_epoch`).
+        if done >= total or now - self._last < PROGRESS_EVERY_S or self.flags.any():
+            return
+        self._last = now
+        fraction = min(1.0, (self.epoch - 1 + done / total) / self.total_epochs)
+        try:
+            if not touch(self.job_id, self.me, progress=fraction, heartbeat_at=utcnow()):
+                self.flags.lost = True  # should_stop() ends the run at the next batch
+        except DBAPIError:  # progress is a courtesy: a database hiccup must not end training
+            log.warning("progress of job %s not written", self.job_id, exc_info=True)
+
+
 def load_dataset(dataset: str) -> fdata.Dataset:
     """A built-in data set by name, or an upload (by id) cached on disk under its sha256."""
     settings = get_settings()
@@ -215,11 +249,8 @@ def load_dataset(dataset: str) -> fdata.Dataset:
             _write_verified(path, blob.data, upload.sha256)
         name = upload.name
     try:
-        # The bounds the API checked the upload against (app/api/routes/datasets.py).
-        limits = fdata.UploadLimits(
-            max_bytes=settings.max_upload_bytes, max_samples=settings.max_dataset_samples
-        )
-        return fdata.load_npz(path, name=name, limits=limits)
+        # The bounds the API checked the upload against.
+        return fdata.load_npz(path, name=name, limits=upload_limits(settings))
     except fdata.UploadError as exc:
         raise JobFailed(f"the uploaded data set {name!r} is invalid: {exc}") from exc
 
@@ -258,17 +289,16 @@ def write_epoch(job_id: str, me: str, metrics: Any, checkpoint: bytes, total_epo
         "created_at": now,
     }
     with _session() as session:
-        moved = session.execute(
-            update(Job)
-            .where(_still_mine(job_id, me))
-            .values(
-                epoch=metrics.epoch,
-                total_epochs=total_epochs,
-                progress=min(1.0, metrics.epoch / max(1, total_epochs)),
-                heartbeat_at=now,
-            )
+        moved = update_mine(
+            session,
+            job_id,
+            me,
+            epoch=metrics.epoch,
+            total_epochs=total_epochs,
+            progress=min(1.0, metrics.epoch / max(1, total_epochs)),
+            heartbeat_at=now,
         )
-        if moved.rowcount == 0:
+        if not moved:
             session.rollback()
             raise LostClaim(job_id)
         row = session.scalar(
@@ -292,26 +322,18 @@ def write_epoch(job_id: str, me: str, metrics: Any, checkpoint: bytes, total_epo
 def finish(job_id: str, me: str, state: JobState, error: str | None = None) -> bool:
     """Final state (not succeeded: see `register_model`), only if we still hold the claim."""
     with _session() as session:
-        done = session.execute(
-            update(Job)
-            .where(_still_mine(job_id, me))
-            .values(state=state, error=error, finished_at=utcnow(), heartbeat_at=None)
+        done = update_mine(
+            session, job_id, me, state=state, error=error, finished_at=utcnow(), heartbeat_at=None
         )
-        if done.rowcount:
+        if done:
             session.execute(Checkpoint.__table__.delete().where(Checkpoint.job_id == job_id))
         session.commit()
-        return bool(done.rowcount)
+        return done
 
 
 def release(job_id: str, me: str) -> None:
     """Hand the job back (this worker is shutting down): queued again, checkpoint kept."""
-    with _session() as session:
-        session.execute(
-            update(Job)
-            .where(_still_mine(job_id, me))
-            .values(state=JobState.queued, worker=None, heartbeat_at=None)
-        )
-        session.commit()
+    touch(job_id, me, state=JobState.queued, worker=None, heartbeat_at=None)
 
 
 def register_model(job: Job, me: str, model: freshcore.FreshModel, result: Any) -> str:
@@ -326,18 +348,17 @@ def register_model(job: Job, me: str, model: freshcore.FreshModel, result: Any) 
     report = freshcore.size_report(model)
     now = utcnow()
     with _session() as session:
-        done = session.execute(
-            update(Job)
-            .where(_still_mine(job.id, me))
-            .values(
-                state=JobState.succeeded,
-                progress=1.0,
-                finished_at=now,
-                heartbeat_at=None,
-                error=None,
-            )
+        done = update_mine(
+            session,
+            job.id,
+            me,
+            state=JobState.succeeded,
+            progress=1.0,
+            finished_at=now,
+            heartbeat_at=None,
+            error=None,
         )
-        if done.rowcount == 0:
+        if not done:
             session.rollback()
             raise LostClaim(job.id)
         row = Model(
@@ -395,6 +416,7 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
         assert job is not None  # we hold its claim
         ckpt = session.get(Checkpoint, job_id)
         resume = ckpt.data if ckpt is not None else None
+        resume_epoch = ckpt.epoch if ckpt is not None else 0
         session.expunge_all()
 
     settings = get_settings()
@@ -419,18 +441,27 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
     config = train_config(job)
 
     flags = StopFlags()
+    progress = BatchProgress(job_id, me, config.epochs, flags)
 
     def on_epoch(metrics: Any, checkpoint: Callable[[], bytes]) -> bool:
         _check_finite(metrics)
         write_epoch(job_id, me, metrics, checkpoint(), config.epochs)
+        progress.epoch = metrics.epoch + 1
         return False
 
     should_stop = make_should_stop(job_id, me, beat, flags)
 
     def run(resume: bytes | None) -> freshcore.TrainResult:
+        progress.epoch = (resume_epoch if resume is not None else 0) + 1
         try:
             return freshcore.train(
-                model, dataset, config, on_epoch, should_stop=should_stop, resume=resume
+                model,
+                dataset,
+                config,
+                on_epoch,
+                should_stop=should_stop,
+                on_batch=progress,
+                resume=resume,
             )
         except TrainingError as exc:
             raise JobFailed(f"training diverged: {exc}") from exc

@@ -37,6 +37,9 @@ BAD_JOBS = [
     ({"compression": "1/0"}, "body.compression"),
     ({"compression": "lots"}, "body.compression"),
     ({"compression": "2/1"}, "body.compression"),
+    # A compression the method cannot reach on this network (freshcore's plan refuses it).
+    ({"compression": "1/64"}, "body.compression"),
+    ({"method": "lrd", "compression": "1/8"}, "body.compression"),
     # A kernel larger than its 4x4 input (layer 0 pads an 8x8 to 8x8, the pool halves it).
     ({"architecture": {**SPEC, "layers": [*SPEC["layers"][:3],
       {"type": "conv", "out_channels": 2, "kernel_size": 7}, *SPEC["layers"][3:]]}},
@@ -53,6 +56,8 @@ BAD_JOBS = [
     ({"training": {"optimizer": "magic"}}, "body.training.optimizer"),
     ({"training": {"lr": "fast"}}, "body.training.lr"),
     ({"training": {"bogus": 1}}, "body.training.bogus"),
+    ({"training": {"batch_size": 4097}}, "body.training.batch_size"),  # FRESHNETS_MAX_TRAIN_BATCH
+    ({"training": {"num_threads": 100_000}}, "body.training.num_threads"),  # over the CPU count
     ({"seed": -1}, "body.seed"),
     ({"seed": "abc"}, "body.seed"),
     ({"extra": 1}, "body.extra"),
@@ -99,6 +104,55 @@ def test_spec_over_the_size_cap(
     assert response.status_code == 422
     assert "body.architecture" in detail_text(response)
     assert "50" in detail_text(response)
+
+
+def test_model_over_the_size_limit(
+    make_client: Callable[..., TestClient], upload: Callable[..., dict]
+) -> None:
+    """SPEC stores 235 values (940 bytes) dense, 29 (116 bytes) at 1/8: a 500-byte limit."""
+    from .conftest import auth_for
+
+    client = make_client(max_model_bytes=500)
+    alice = auth_for(client, "alice")
+    files = {"file": ("tiny.npz", npz_bytes(), "application/octet-stream")}
+    dataset = client.post("/v1/datasets", headers=alice, files=files).json()["id"]
+    for overrides, field in (
+        ({"compression": 1}, "body.compression"),
+        ({"method": "dense"}, "body.architecture"),  # dense ignores the compression
+    ):
+        response = client.post("/v1/jobs", headers=alice, json=job_body(dataset, **overrides))
+        assert response.status_code == 422, response.text
+        text = detail_text(response)
+        assert field in text and "FRESHNETS_MAX_MODEL_BYTES" in text and "940" in text, text
+    with new_session(client) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+    response = client.post("/v1/jobs", headers=alice, json=job_body(dataset))  # 1/8: 116 bytes
+    assert response.status_code == 202, response.text
+
+
+def test_training_batch_and_threads_limits_are_settings(
+    make_client: Callable[..., TestClient], upload: Callable[..., dict]
+) -> None:
+    from .conftest import auth_for
+
+    client = make_client(max_train_batch=32, max_train_threads=3)
+    alice = auth_for(client, "alice")
+    files = {"file": ("tiny.npz", npz_bytes(), "application/octet-stream")}
+    dataset = client.post("/v1/datasets", headers=alice, files=files).json()["id"]
+    for training, field, setting in (
+        ({"batch_size": 33}, "body.training.batch_size", "FRESHNETS_MAX_TRAIN_BATCH"),
+        ({"num_threads": 4}, "body.training.num_threads", "FRESHNETS_MAX_TRAIN_THREADS"),
+    ):
+        response = client.post(
+            "/v1/jobs",
+            headers=alice,
+            json=job_body(dataset, training={"epochs": 1, "batch_size": 16, **training}),
+        )
+        assert response.status_code == 422, response.text
+        assert field in detail_text(response) and setting in detail_text(response)
+    ok = {"epochs": 1, "batch_size": 32, "num_threads": 3}
+    response = client.post("/v1/jobs", headers=alice, json=job_body(dataset, training=ok))
+    assert response.status_code == 202, response.text
 
 
 BAD_UPLOADS = [

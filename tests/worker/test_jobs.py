@@ -90,6 +90,32 @@ def test_end_to_end_through_the_api(stack: Any) -> None:
 
 
 @pytest.mark.slow
+def test_progress_moves_within_the_first_epoch(stack: Any) -> None:
+    """on_batch writes the progress fraction during an epoch (throttled): polled while epoch 1
+    runs, it lies strictly between 0 and 1/epochs; it never goes back and ends at 1."""
+    owner, _ = stack.owner_key()
+    epochs = 2
+    # Batches of 1: over 1,000 steps, seconds per epoch, so epoch 1 outlasts the 1 s throttle.
+    job_id = stack.insert_job(owner, epochs=epochs, batch_size=1, training={"lr": 0.01})
+    stack.start_worker("progress")
+    seen: list[tuple[int, float]] = []  # (epoch done, progress) while running
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        job = stack.job(job_id)
+        if job.state in FINAL:
+            break
+        if job.state == JobState.running:
+            seen.append((job.epoch, job.progress))
+        time.sleep(0.02)
+    assert job.state == JobState.succeeded, f"{job.error}\n{stack.worker_logs()}"
+    assert job.progress == 1.0
+    during_first = [p for epoch, p in seen if epoch == 0]
+    assert any(0 < p < 1 / epochs for p in during_first), during_first
+    progress = [p for _, p in seen]
+    assert progress == sorted(progress), progress  # never backwards
+
+
+@pytest.mark.slow
 def test_failures_end_failed_with_a_reason(stack: Any) -> None:
     """A missing data set, a diverging loss, a model that cannot be built: failed, and why."""
     owner, _ = stack.owner_key()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 import freshcore.data as fdata
 from app.api.deps import CurrentOwner, ResourceId, SessionDep, SettingsDep
 from app.db.models import FINAL_STATES, DatasetBlob, Job, Owner, UserDataset
+from app.limits import upload_limits
 from app.schemas import NO_NUL, DatasetOut
 from app.settings import Settings
 
@@ -89,13 +90,6 @@ def get_dataset(
     return found
 
 
-def _upload_limits(settings: Settings) -> "fdata.UploadLimits":
-    # The per-image bounds (side, channels, classes) are freshcore's own defaults.
-    return fdata.UploadLimits(
-        max_bytes=settings.max_upload_bytes, max_samples=settings.max_dataset_samples
-    )
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -127,7 +121,7 @@ def upload_dataset(
     from_file = PurePath((file.filename or "").replace("\x00", "")).stem
     name = (name or "").strip() or from_file or "upload"
     try:
-        dataset = fdata.load_npz(data, name=name, limits=_upload_limits(settings))
+        dataset = fdata.load_npz(data, name=name, limits=upload_limits(settings))
     except ValueError as exc:  # UploadError names the array and the problem
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"file: {exc}") from exc
     row = UserDataset(

@@ -15,6 +15,7 @@ from app.api.deps import CurrentOwner, ResourceId, SessionDep, SettingsDep
 from app.api.errors import invalid
 from app.api.routes.datasets import find_dataset
 from app.db.models import EpochMetric, Job, JobState, Model, Owner
+from app.limits import expected_model_bytes, max_train_threads
 from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
 from app.settings import Settings
 
@@ -75,6 +76,26 @@ def _spec(
     return spec
 
 
+def _check_model_size(
+    spec: Any, method: str, compression: float, seed: int, settings: Settings
+) -> None:
+    """A model that would be over FRESHNETS_MAX_MODEL_BYTES, or a compression the method cannot
+    reach on this network, is refused now rather than after training."""
+    try:
+        expected = expected_model_bytes(spec, method, compression, seed)
+    except ValueError as exc:
+        raise invalid(("body", "compression"), str(exc)) from exc
+    if expected > settings.max_model_bytes:
+        # `dense` ignores the compression: only the architecture can make it smaller.
+        field = "architecture" if method == "dense" else "compression"
+        raise invalid(
+            ("body", field),
+            f"the model would store about {expected:,} bytes, over FRESHNETS_MAX_MODEL_BYTES "
+            f"({settings.max_model_bytes:,}); ask for a stronger compression or a smaller "
+            "architecture",
+        )
+
+
 def _training(body: JobCreate, settings: Settings) -> dict[str, Any]:
     try:
         config = freshcore.TrainConfig.from_dict(body.training)
@@ -86,6 +107,18 @@ def _training(body: JobCreate, settings: Settings) -> dict[str, Any]:
         raise invalid(
             ("body", "training", "epochs"),
             f"{config.epochs} is over FRESHNETS_MAX_EPOCHS ({settings.max_epochs})",
+        )
+    if config.batch_size > settings.max_train_batch:
+        raise invalid(
+            ("body", "training", "batch_size"),
+            f"{config.batch_size} is over FRESHNETS_MAX_TRAIN_BATCH ({settings.max_train_batch})",
+        )
+    threads = max_train_threads(settings)
+    if config.num_threads is not None and config.num_threads > threads:
+        raise invalid(
+            ("body", "training", "num_threads"),
+            f"{config.num_threads} is over the {threads} allowed "
+            "(FRESHNETS_MAX_TRAIN_THREADS, else the CPU count)",
         )
     return config.to_dict()
 
@@ -186,6 +219,7 @@ def create_job(
     compression = _compression(body.compression)
     assert dataset.input_shape is not None and dataset.num_classes is not None
     spec = _spec(body, dataset.input_shape, dataset.num_classes, settings)
+    _check_model_size(spec, body.method, compression, body.seed, settings)
     training = _training(body, settings)
     job = Job(
         owner_id=owner.id,
