@@ -129,6 +129,7 @@ def plot_errors(
 ) -> Path | None:
     """One panel per data set: test error (%) against compression factor, one line per method."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -165,6 +166,9 @@ def plot_errors(
         ax.minorticks_off()
         if len(factors) == 1:
             ax.set_xlim(float(Fraction(factors[0])) / 2, float(Fraction(factors[0])) * 2)
+        ax.set_yscale("log")  # errors span 0.5% to tens of %: keep the small gaps readable
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_title(dataset)
         ax.set_xlabel("compression factor")
         ax.set_ylabel("test error (%)")
