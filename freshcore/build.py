@@ -205,11 +205,16 @@ def _check_reach(method: str, compression: float, stored: int, budget: int) -> N
 def _low_rank_ranks(param: list, target: int) -> list[int | None]:
     """Per layer a rank, or None (stored dense), for about ``target`` stored weights.
 
-    The ranks maximise sum(log rank) (a dense layer counts its full rank): every layer gains the
-    same from doubling its rank, so a small layer such as the 10-way classifier is not cut to
-    rank 1 (which caps the logits to a line) while a large one takes most of the budget. A rank
-    whose factors would cost as much as the dense weight is not offered: the layer is stored
-    dense. Greedy on utility per stored weight, then a repair that lands within 2% of the target.
+    Rank 1 is degenerate (one feature; a rank-1 classifier's logits lie on a line, so at most two
+    classes can win), so every layer is first raised to rank 2 where the budget allows, the most
+    expensive first. The rest goes where it buys the most sum(log rank) per stored weight (a
+    dense layer counts its full rank), which takes cheap layers such as the classifier to full
+    rank. A rank whose factors would cost as much as the dense weight is not offered: the layer
+    is stored dense. A repair then lands within 2% of the target. Measured (MNIST, 3 epochs on
+    5,000 images, test accuracy): at 1/64 these ranks [3, 1, 2, 2] 0.54 and [1, 1, 2, 2] 0.64,
+    log rank alone [dense, 3, 1, 8] 0.34, the earlier per-layer-budget ranks [6, 1, 2, 1] 0.25;
+    at 1/16 [dense, 19, 4, dense] 0.94 and [dense, 8, 7, dense] 0.95; digits 1/16 [dense, 2, 4,
+    9] 0.88, [3, 4, 3, 4] (raising the narrowest layer throughout) 0.71. One seed each.
     """
     out = [s.out_shape[0] for s in param]
     dense = [s.weights for s in param]
@@ -228,18 +233,23 @@ def _low_rank_ranks(param: list, target: int) -> list[int | None]:
     def value(i: int, r: int | None) -> float:
         return math.log(full[i] if r is None else r)
 
+    def rank(i: int, r: int | None) -> int:
+        return full[i] if r is None else r
+
     pick = [0] * n  # index into options[i]
     total = sum(stored(i, options[i][0]) for i in range(n))
-    while True:  # greedy: the affordable next option with the best gain per stored weight
-        best, best_rate = -1, 0.0
+    while True:  # rank 1 -> 2 first (most expensive first), then the most log rank per weight
+        steps = []
         for i in range(n):
             if pick[i] + 1 < len(options[i]):
                 a, b = options[i][pick[i]], options[i][pick[i] + 1]
                 extra = stored(i, b) - stored(i, a)
-                if total + extra <= target and (value(i, b) - value(i, a)) / extra > best_rate:
-                    best, best_rate = i, (value(i, b) - value(i, a)) / extra
-        if best < 0:
+                if total + extra <= target:
+                    gain = (value(i, b) - value(i, a)) / extra
+                    steps.append((rank(i, a) >= 2, -extra if rank(i, a) < 2 else -gain, i))
+        if not steps:
             break
+        best = min(steps)[2]
         total += stored(best, options[best][pick[best] + 1]) - stored(
             best, options[best][pick[best]]
         )
@@ -248,19 +258,22 @@ def _low_rank_ranks(param: list, target: int) -> list[int | None]:
     if abs(total - target) <= 0.02 * target:
         return ranks
 
-    def utility(r: list[int | None]) -> float:
-        return sum(value(i, x) for i, x in enumerate(r))
+    def utility(r: list[int | None]) -> tuple[int, float]:
+        narrow = sum(rank(i, x) < 2 for i, x in enumerate(r))
+        return -narrow, sum(value(i, x) for i, x in enumerate(r))
 
     def fill(r: list[int | None], j: int) -> list[int | None]:
-        rest = sum(stored(i, x) for i, x in enumerate(r) if i != j) - target
-        x = min(options[j], key=lambda o: abs(rest + stored(j, o)))
+        need = target - sum(stored(i, x) for i, x in enumerate(r) if i != j)
+        top = len(options[j]) - 1  # options[j][top] is None (dense); ranks are 1..top
+        near = min(top, max(1, round(need / cost[j]))) if top else None
+        x = min({near, None}, key=lambda o: abs(need - stored(j, o)))
         return [*r[:j], x, *r[j + 1 :]]
 
-    # repair: change one layer to any option and let another layer fill the gap
+    # repair: move one layer a few options from the greedy pick, let another fill the gap
     trials = [fill(ranks, j) for j in range(n)]
     for i in range(n):
-        for o in options[i]:
-            changed = [*ranks[:i], o, *ranks[i + 1 :]]
+        for p in range(max(0, pick[i] - 3), min(len(options[i]), pick[i] + 4)):
+            changed = [*ranks[:i], options[i][p], *ranks[i + 1 :]]
             trials += [fill(changed, j) for j in range(n) if j != i]
     fits = [
         r for r in trials

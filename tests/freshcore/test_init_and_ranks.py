@@ -63,9 +63,11 @@ def test_lrd_ranks_are_useful_and_fit_the_budget(input_shape, compression):
             assert entry["rank"] * (rows + cols) < rows * cols
         else:
             assert entry["kind"] in ("conv", "fc")
-    classifier = _ranks(model)[-1][0]
-    # the 10-way classifier is not squeezed through rank 1 or 2 (its logits would lie on a line)
-    assert classifier.get("rank", 10) >= 8, classifier
+    ranks = [entry.get("rank", min(rows, cols)) for entry, rows, cols in _ranks(model)]
+    # a rank-1 classifier's logits lie on a line (two classes at most can win): never chosen
+    assert ranks[-1] >= 2, ranks
+    if compression == "1/16":  # enough budget for rank >= 2 everywhere and a full classifier
+        assert min(ranks) >= 2 and ranks[-1] >= 9, ranks
 
 
 def test_lrd_with_dense_layers_round_trips():
