@@ -44,6 +44,7 @@ from freshcore.reproduce.report import (
     selection_table,
 )
 from freshcore.reproduce.runner import (
+    CODE_VERSION,
     DataCache,
     Reporter,
     RunStore,
@@ -204,6 +205,7 @@ def write_report(
     summary: dict[str, Any] = {
         "command": command,
         "machine": machine,
+        "code": CODE_VERSION,
         "wall_s": wall_s,
         "run_seconds_total": sum(r["result"]["seconds"] for r in records),
         "runs_finished": len(records),

@@ -67,10 +67,38 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
     }
 
 
+def code_version() -> dict[str, Any]:
+    """The git commit of the source tree the runs come from (None outside a checkout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "freshcore"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "freshcore_modified": None}
+    return {"git_commit": commit, "freshcore_modified": bool(dirty)}
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+CODE_VERSION = code_version()  # taken at import: the code this process runs
 
 
 class RunStore:
@@ -233,6 +261,7 @@ def run_one(
         "size": freshcore.size_report(model).to_dict(),
         "history": history,
         "machine": machine_info(device),
+        "code": CODE_VERSION,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     freshcore.save(model, store.model_path(spec))
