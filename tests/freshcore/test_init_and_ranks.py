@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import freshcore as fc
-from freshcore.layers import FreshConv2d, HashedConv2d, HashedLinear, LowFreqConv2d
+from freshcore.layers import (
+    FreshConv2d,
+    HashedConv2d,
+    HashedLinear,
+    LowFreqConv2d,
+    LowRankConv2d,
+    LowRankLinear,
+)
 
 
 def _layers():
@@ -14,6 +21,8 @@ def _layers():
         FreshConv2d(64, 64, 5, band_buckets=[400, 300, 200, 100, 50, 0, 0, 0, 0], seed=3),
         HashedConv2d(64, 64, 5, buckets=1000, seed=4),
         HashedLinear(1024, 150, buckets=2000, seed=5),
+        LowRankConv2d(64, 64, 5, rank=4),
+        LowRankLinear(1024, 150, rank=2),
     ]
 
 
