@@ -13,7 +13,8 @@ band without buckets, a coefficient that low-frequency truncation drops). The ga
 A bucket is stored as the value of its members (no 1/sqrt(members) factor in the table): with that
 factor an SGD step moves the virtual weights by the dense step projected onto the hashed subspace,
 which is stable at any dense learning rate but, measured on digits, needs a ~16x larger learning
-rate to train as fast (docs/training.md, "Divergence and clipping").
+rate to train as fast and then hurts FreshNets' barely shared low bands (docs/training.md, why
+clipping is on by default).
 """
 
 from __future__ import annotations
