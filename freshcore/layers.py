@@ -20,6 +20,7 @@ clipping is on by default).
 from __future__ import annotations
 
 import math
+from typing import TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -75,11 +76,31 @@ def project_buckets_(buckets: Tensor, index: Tensor, values: Tensor) -> None:
 
 
 class _Generated(nn.Module):
-    """Caching of the rebuilt weight (``materialize``) shared by every generated layer."""
+    """What every generated layer shares: the rebuilt weight's shape, bias init and its cache.
+
+    A subclass sets ``weight_shape`` (out, fan-in dims...) and ``bias`` before anything else, and
+    defines ``rebuild_weight``; ``materialize`` caches the rebuilt weight for eval forwards.
+    """
+
+    weight_shape: tuple[int, ...]
+    bias: nn.Parameter | None
 
     def __init__(self) -> None:
         super().__init__()
         self._cache: tuple[Tensor, tuple[tuple[int, int], ...]] | None = None
+
+    @property
+    def virtual_weights(self) -> int:
+        return math.prod(self.weight_shape)
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight_shape[1:])
+
+    def _reset_bias(self) -> None:
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def rebuild_weight(self) -> Tensor:
         raise NotImplementedError
@@ -116,6 +137,88 @@ class _Generated(nn.Module):
         return super()._apply(fn, recurse)
 
 
+class _BucketTable(_Generated):
+    """A weight gathered from the stored ``buckets`` through ``[w, -w, 0]`` by a signed ``index``.
+
+    Shared by the hashed, FreshNets and low-frequency layers, conv or fc; a conv table may work
+    in the DCT domain (``_TableConv2d`` overrides the coefficient mapping).
+    """
+
+    buckets: nn.Parameter
+    index: Tensor
+
+    def _init_table(self, buckets: int, index: Tensor) -> None:
+        """Store ``buckets`` values gathered by ``index`` and initialise them (and the bias)."""
+        self.buckets = nn.Parameter(torch.empty(int(buckets)))
+        self.register_buffer("index", index, persistent=False)
+        self.reset_parameters()
+
+    @property
+    def num_buckets(self) -> int:
+        return self.buckets.numel()
+
+    def rebuild_weight(self) -> Tensor:
+        return gather_table(self.buckets, self.index).view(self.weight_shape)
+
+    def coefficients_of(self, weight: Tensor) -> Tensor:
+        """The virtual values (flat, in ``index`` order) of a dense weight."""
+        return weight.detach().reshape(-1).double()
+
+    def project(self, weight: Tensor) -> None:
+        """Least-squares bucket values for a dense weight: mean of sign x value per bucket."""
+        project_buckets_(self.buckets, self.index, self.coefficients_of(weight))
+
+    def reset_parameters(self) -> None:
+        init_buckets_(self.buckets, self.index, self.fan_in)
+        self._reset_bias()
+
+
+class _LowRank(_Generated):
+    """A weight whose (out, fan_in) matrix is the product u @ v of rank ``rank``."""
+
+    def _init_factors(self, rank: int) -> None:
+        """Store u (out, rank) and v (rank, fan_in) and initialise them (and the bias)."""
+        out, fan_in = self.weight_shape[0], self.fan_in
+        if not 1 <= rank <= min(out, fan_in):
+            raise ValueError(f"rank must be in [1, {min(out, fan_in)}], got {rank}")
+        self.rank = int(rank)
+        self.u = nn.Parameter(torch.empty(out, rank))
+        self.v = nn.Parameter(torch.empty(rank, fan_in))
+        self.reset_parameters()
+
+    def rebuild_weight(self) -> Tensor:
+        return (self.u @ self.v).view(self.weight_shape)
+
+    def reset_parameters(self) -> None:
+        # var(u @ v) = rank * var(u) * var(v) = 1 / (3 fan_in), the default dense init's variance
+        bound = (3.0 / (self.rank * self.fan_in)) ** 0.25
+        nn.init.uniform_(self.u, -bound, bound)
+        nn.init.uniform_(self.v, -bound, bound)
+        self._reset_bias()
+
+    @torch.no_grad()
+    def project(self, weight: Tensor) -> None:
+        """The best rank-r approximation (truncated SVD) of a dense weight."""
+        matrix = weight.detach().reshape(self.weight_shape[0], -1).double().cpu()
+        uu, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        root = s[: self.rank].sqrt()
+        self.u.copy_((uu[:, : self.rank] * root).to(self.u))
+        self.v.copy_((root[:, None] * vh[: self.rank]).to(self.v))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rank={self.rank}"
+
+
+class ConvOptions(TypedDict, total=False):
+    """The options of a conv besides its channels and kernel, as ``nn.Conv2d`` takes them."""
+
+    stride: int | tuple[int, int]
+    padding: int | tuple[int, int]
+    dilation: int | tuple[int, int]
+    groups: int
+    bias: bool
+
+
 class _GeneratedConv2d(_Generated):
     """A conv2d whose (out, in/groups, kh, kw) weight comes from ``rebuild_weight``."""
 
@@ -143,19 +246,6 @@ class _GeneratedConv2d(_Generated):
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
 
-    @property
-    def virtual_weights(self) -> int:
-        return math.prod(self.weight_shape)
-
-    @property
-    def fan_in(self) -> int:
-        return math.prod(self.weight_shape[1:])
-
-    def _reset_bias(self) -> None:
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
-
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(
             x, self.weight_for_forward(), self.bias, self.stride, self.padding, self.dilation,
@@ -176,20 +266,22 @@ class _GeneratedConv2d(_Generated):
         return s + f", bias={self.bias is not None}"
 
 
-class _TableConv2d(_GeneratedConv2d):
+class _TableConv2d(_BucketTable, _GeneratedConv2d):
     """Conv whose coefficients gather from ``[w, -w, 0]``; optionally in the DCT domain."""
 
-    def __init__(self, *args, dct: bool, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        dct: bool,
+        **options: Unpack[ConvOptions],
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, **options)
         kh, kw = self.kernel_size
-        self.register_buffer("index", torch.empty(0, dtype=torch.int64), persistent=False)
         self.register_buffer(
             "idct", idct2_matrix(kh, kw, torch.float32) if dct else None, persistent=False
         )
-
-    @property
-    def num_buckets(self) -> int:
-        return self.buckets.numel()
 
     def rebuild_weight(self) -> Tensor:
         v = gather_table(self.buckets, self.index)
@@ -203,14 +295,6 @@ class _TableConv2d(_GeneratedConv2d):
         if self.idct is not None:
             v = v @ self.idct.double().T  # the DCT: the transpose of the orthonormal inverse
         return v.reshape(-1)
-
-    def project(self, weight: Tensor) -> None:
-        """Least-squares bucket values for a dense weight: mean of sign x coefficient per bucket."""
-        project_buckets_(self.buckets, self.index, self.coefficients_of(weight))
-
-    def reset_parameters(self) -> None:
-        init_buckets_(self.buckets, self.index, self.fan_in)
-        self._reset_bias()
 
 
 class FreshConv2d(_TableConv2d):
@@ -227,16 +311,9 @@ class FreshConv2d(_TableConv2d):
         kernel_size: int | tuple[int, int],
         band_buckets: list[int],
         seed: int,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            dct=True,
-        )  # fmt: skip
+        super().__init__(in_channels, out_channels, kernel_size, dct=True, **options)
         kh, kw = self.kernel_size
         if len(band_buckets) != kh + kw - 1:
             raise ValueError(f"need {kh + kw - 1} band bucket counts, got {len(band_buckets)}")
@@ -245,9 +322,7 @@ class FreshConv2d(_TableConv2d):
             raise ValueError("band bucket counts must be non-negative with a positive total")
         self.band_buckets = [int(k) for k in band_buckets]
         self.seed = int(seed)
-        self.buckets = nn.Parameter(torch.empty(total))
-        self.index = self._make_index()
-        self.reset_parameters()
+        self._init_table(total, self._make_index())
 
     def band_sizes(self) -> list[int]:
         kh, kw = self.kernel_size
@@ -278,21 +353,12 @@ class HashedConv2d(_TableConv2d):
         kernel_size: int | tuple[int, int],
         buckets: int,
         seed: int,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            dct=False,
-        )  # fmt: skip
+        super().__init__(in_channels, out_channels, kernel_size, dct=False, **options)
         self.seed = int(seed)
-        self.buckets = nn.Parameter(torch.empty(int(buckets)))
         index = signed_bucket_index(self.seed, self.virtual_weights, int(buckets))
-        self.index = torch.from_numpy(index)
-        self.reset_parameters()
+        self._init_table(buckets, torch.from_numpy(index))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", buckets={self.num_buckets}"
@@ -307,35 +373,26 @@ class LowFreqConv2d(_TableConv2d):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         kept: int,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            dct=True,
-        )  # fmt: skip
+        super().__init__(in_channels, out_channels, kernel_size, dct=True, **options)
         kh, kw = self.kernel_size
         n = self.virtual_weights
         if not 1 <= kept <= n:
             raise ValueError(f"kept must be in [1, {n}], got {kept}")
-        self.buckets = nn.Parameter(torch.empty(int(kept)))
         band = np.tile(band_of(kh, kw), n // (kh * kw))
         order = np.argsort(band, kind="stable")[:kept]  # band, then slice, then position
         bucket = np.zeros(n, dtype=np.int64)
         sign = np.zeros(n, dtype=np.int8)
         bucket[order] = np.arange(kept)
         sign[order] = 1
-        self.index = signed_index(bucket, sign, int(kept))
-        self.reset_parameters()
+        self._init_table(kept, signed_index(bucket, sign, int(kept)))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", kept={self.num_buckets}"
 
 
-class LowRankConv2d(_GeneratedConv2d):
+class LowRankConv2d(_LowRank, _GeneratedConv2d):
     """Conv whose filter matrix (out, in/groups * kh * kw) is the product u @ v of rank ``rank``."""
 
     def __init__(
@@ -344,51 +401,10 @@ class LowRankConv2d(_GeneratedConv2d):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         rank: int,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
+        **options: Unpack[ConvOptions],
     ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
-        )
-        if not 1 <= rank <= min(out_channels, self.fan_in):
-            raise ValueError(f"rank must be in [1, {min(out_channels, self.fan_in)}], got {rank}")
-        self.rank = int(rank)
-        self.u = nn.Parameter(torch.empty(out_channels, rank))
-        self.v = nn.Parameter(torch.empty(rank, self.fan_in))
-        self.reset_parameters()
-
-    def rebuild_weight(self) -> Tensor:
-        return (self.u @ self.v).view(self.weight_shape)
-
-    def reset_parameters(self) -> None:
-        _reset_low_rank(self.u, self.v, self.fan_in)
-        self._reset_bias()
-
-    @torch.no_grad()
-    def project(self, weight: Tensor) -> None:
-        """The best rank-r approximation (truncated SVD) of a dense weight."""
-        _project_low_rank(self.u, self.v, weight.reshape(self.out_channels, -1))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", rank={self.rank}"
-
-
-def _reset_low_rank(u: Tensor, v: Tensor, fan_in: int) -> None:
-    # var(u @ v) = rank * var(u) * var(v) = 1 / (3 fan_in), the default dense init's variance
-    bound = (3.0 / (u.shape[1] * fan_in)) ** 0.25
-    nn.init.uniform_(u, -bound, bound)
-    nn.init.uniform_(v, -bound, bound)
-
-
-def _project_low_rank(u: Tensor, v: Tensor, matrix: Tensor) -> None:
-    r = u.shape[1]
-    uu, s, vh = torch.linalg.svd(matrix.detach().double().cpu(), full_matrices=False)
-    root = s[:r].sqrt()
-    u.copy_((uu[:, :r] * root).to(u))
-    v.copy_((root[:, None] * vh[:r]).to(v))
+        super().__init__(in_channels, out_channels, kernel_size, **options)
+        self._init_factors(rank)
 
 
 class _GeneratedLinear(_Generated):
@@ -396,16 +412,8 @@ class _GeneratedLinear(_Generated):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
+        self.weight_shape = (out_features, in_features)
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-
-    @property
-    def virtual_weights(self) -> int:
-        return self.in_features * self.out_features
-
-    def _reset_bias(self) -> None:
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_for_forward(), self.bias)
@@ -417,7 +425,7 @@ class _GeneratedLinear(_Generated):
         )
 
 
-class HashedLinear(_GeneratedLinear):
+class HashedLinear(_BucketTable, _GeneratedLinear):
     """HashedNets fully connected layer: V[i, j] = xi(i, j) * w[h(i, j)] with ``buckets`` values."""
 
     def __init__(
@@ -425,56 +433,19 @@ class HashedLinear(_GeneratedLinear):
     ) -> None:
         super().__init__(in_features, out_features, bias)
         self.seed = int(seed)
-        self.buckets = nn.Parameter(torch.empty(int(buckets)))
         index = signed_bucket_index(self.seed, self.virtual_weights, int(buckets))
-        self.register_buffer("index", torch.from_numpy(index), persistent=False)
-        self.reset_parameters()
-
-    @property
-    def num_buckets(self) -> int:
-        return self.buckets.numel()
-
-    def rebuild_weight(self) -> Tensor:
-        v = gather_table(self.buckets, self.index)
-        return v.view(self.out_features, self.in_features)
-
-    def reset_parameters(self) -> None:
-        init_buckets_(self.buckets, self.index, self.in_features)
-        self._reset_bias()
-
-    def project(self, weight: Tensor) -> None:
-        """Least-squares bucket values: the mean of sign x entry over each bucket's members."""
-        project_buckets_(self.buckets, self.index, weight)
+        self._init_table(buckets, torch.from_numpy(index))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", buckets={self.num_buckets}"
 
 
-class LowRankLinear(_GeneratedLinear):
+class LowRankLinear(_LowRank, _GeneratedLinear):
     """Fully connected layer with weight u @ v of rank ``rank``."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
-        if not 1 <= rank <= min(in_features, out_features):
-            raise ValueError(f"rank must be in [1, {min(in_features, out_features)}], got {rank}")
-        self.rank = int(rank)
-        self.u = nn.Parameter(torch.empty(out_features, rank))
-        self.v = nn.Parameter(torch.empty(rank, in_features))
-        self.reset_parameters()
-
-    def rebuild_weight(self) -> Tensor:
-        return self.u @ self.v
-
-    def reset_parameters(self) -> None:
-        _reset_low_rank(self.u, self.v, self.in_features)
-        self._reset_bias()
-
-    @torch.no_grad()
-    def project(self, weight: Tensor) -> None:
-        _project_low_rank(self.u, self.v, weight)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", rank={self.rank}"
+        self._init_factors(rank)
 
 
 class Normalize(nn.Module):
