@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from torch import Tensor, nn
 
 from freshcore.budget import (
@@ -91,21 +91,24 @@ def parse_allocation(allocation: Any, method: str) -> dict[str, Any] | None:
         return UniformShape().model_dump()
     if method != "freshnets":
         return None
-    if allocation is None:
-        return DEFAULT_ALLOCATION.model_dump()
-    try:
-        return _ALLOCATION.validate_python(_as_dict(allocation, "shape")).model_dump()
-    except ValidationError as e:
-        raise ValueError(f"invalid allocation: {_first_error(e)}") from None
+    return _parse_option(_ALLOCATION, allocation, DEFAULT_ALLOCATION, "shape", "allocation")
 
 
 def parse_budget_policy(policy: Any) -> dict[str, Any]:
-    if policy is None:
-        return DEFAULT_POLICY.model_dump()
+    return _parse_option(_POLICY, policy, DEFAULT_POLICY, "kind", "budget_policy")
+
+
+def _parse_option(
+    adapter: TypeAdapter[Any], value: Any, default: BaseModel, key: str, name: str
+) -> dict[str, Any]:
+    """A tagged-union option (a tag string, a dict or a model; None: ``default``) as a JSON dict;
+    a ``ValueError`` naming ``name`` and the first problem when it does not validate."""
+    if value is None:
+        return default.model_dump()
     try:
-        return _POLICY.validate_python(_as_dict(policy, "kind")).model_dump()
+        return adapter.validate_python(_as_dict(value, key)).model_dump()
     except ValidationError as e:
-        raise ValueError(f"invalid budget_policy: {_first_error(e)}") from None
+        raise ValueError(f"invalid {name}: {_first_error(e)}") from None
 
 
 def _as_dict(value: Any, key: str) -> Any:
