@@ -24,6 +24,8 @@ from app.main import create_app
 from app.security import create_api_key, owner_for_key
 from app.settings import Settings
 
+from ..owners import bearer
+
 POSTGRES_ENV = "FRESHNETS_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -124,7 +126,7 @@ def new_session(client: TestClient) -> Session:
 
 def auth_for(client: TestClient, owner: str) -> dict[str, str]:
     with new_session(client) as session:
-        return {"Authorization": f"Bearer {create_api_key(session, owner)}"}
+        return bearer(create_api_key(session, owner))
 
 
 def owner_id(client: TestClient, headers: dict[str, str]) -> str:

@@ -11,6 +11,8 @@ from sqlalchemy import create_engine, inspect
 from app.main import create_app
 from app.settings import Settings
 
+from ..owners import bearer
+
 FRESHNETS = Path(sys.executable).parent / "freshnets"
 
 
@@ -40,9 +42,9 @@ def test_db_upgrade_and_keys_create_from_any_folder(tmp_path: Path) -> None:
 
     app = create_app(Settings(_env_file=None, data_dir=data_dir))  # type: ignore[call-arg]
     client = TestClient(app)
-    assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert client.get("/v1/jobs", headers=bearer(key)).status_code == 200
     assert run(["keys", "revoke", key], data_dir, elsewhere).returncode == 0
-    assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert client.get("/v1/jobs", headers=bearer(key)).status_code == 401
     app.state.sessionmaker.kw["bind"].dispose()
 
     refused = run(["keys", "create", " "], data_dir, elsewhere)

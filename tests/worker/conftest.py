@@ -191,17 +191,12 @@ class Stack:
 
     def owner_key(self, name: str = "tester") -> tuple[str, str]:
         """A new owner and key: (owner id, key)."""
-        from sqlalchemy import select
-
         from app.db.engine import get_sessionmaker
-        from app.db.models import Owner
-        from app.security import create_api_key
+
+        from ..owners import new_owner_key
 
         with get_sessionmaker()() as session:
-            key = create_api_key(session, name)
-            owner_id = session.scalar(select(Owner.id).where(Owner.name == name))
-        assert owner_id is not None
-        return owner_id, key
+            return new_owner_key(session, name)
 
     def insert_job(
         self,

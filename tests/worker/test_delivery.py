@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 
 from app.db.models import JobState
 
+from ..owners import bearer
+
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled}
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -110,7 +112,7 @@ def test_cancel_stops_a_running_job_between_batches(stack: Any) -> None:
         time.sleep(0.05)
 
     with TestClient(create_app()) as client:
-        resp = client.post(f"/v1/jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {key}"})
+        resp = client.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(key))
         assert resp.status_code == 200, resp.text
     asked = time.monotonic()
     job = stack.wait_state(job_id, FINAL, timeout_s=30)

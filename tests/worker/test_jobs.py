@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 
 from app.db.models import JobState
 
+from ..owners import bearer
+
 FINAL = {JobState.succeeded, JobState.failed, JobState.cancelled}
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -22,7 +24,7 @@ def test_end_to_end_through_the_api(stack: Any) -> None:
 
     _, key = stack.owner_key()
     stack.start_worker("e2e")
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = bearer(key)
     with TestClient(create_app()) as client:
         epochs = 4
         resp = client.post(
@@ -194,7 +196,7 @@ def test_uploaded_data_set_trains_from_the_database(stack: Any) -> None:
     blob = buf.getvalue()
 
     _, key = stack.owner_key()
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = bearer(key)
     worker = stack.start_worker("upload", wait=False)
     with TestClient(create_app()) as client:
         resp = client.post("/v1/datasets", headers=headers, files={"file": ("bars.npz", blob)})

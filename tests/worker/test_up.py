@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..owners import bearer
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -110,7 +112,7 @@ def test_up_serves_trains_and_stops_cleanly(tmp_path: Path) -> None:
         assert any(b"celery" in c and b"worker" in c for c in commands.values()), commands
         assert any(b"uvicorn" in c for c in commands.values()), commands
 
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = bearer(key)
         assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
         resp = httpx.post(
             f"{base}/v1/jobs",
