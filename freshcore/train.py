@@ -28,7 +28,7 @@ from torch import nn
 CHECKPOINT_FORMAT = "freshnets-train-checkpoint"
 CHECKPOINT_VERSION = 1
 _META_KEY = "freshnets_checkpoint"
-_DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+_DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3}
 _NAN_CHECK_EVERY = 32  # batches between host syncs that look for a non-finite loss
 
 
@@ -56,7 +56,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """How to train. ``lr=None`` picks 0.05 for SGD and 1e-3 for Adam (AdamW-style decay)."""
+    """How to train. ``lr=None`` picks 0.02 for SGD and 1e-3 for Adam (AdamW-style decay)."""
 
     epochs: int = 10
     batch_size: int = 128

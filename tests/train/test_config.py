@@ -12,7 +12,7 @@ from freshcore.train import TrainConfig, TrainConfigError, learning_rate_at
 
 def test_defaults_and_round_trip() -> None:
     config = TrainConfig()
-    assert config.optimizer == "sgd" and config.nesterov and config.effective_lr == 0.05
+    assert config.optimizer == "sgd" and config.nesterov and config.effective_lr == 0.02
     assert TrainConfig(optimizer="adam").effective_lr == 1e-3
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert TrainConfig.from_dict({"lr": 1, "momentum": 0}).lr == 1  # JSON integers are numbers
