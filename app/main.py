@@ -76,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app, settings)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware)
-    for module in (health, datasets, architectures, jobs, models, predict):
+    # predict first: routes are matched in order, and the predict path is the hot one.
+    for module in (predict, health, datasets, architectures, jobs, models):
         app.include_router(module.router)
     if STATIC_DIR.is_dir():
         # Last, so that every API route matches first; "/" serves the dashboard's index.html.

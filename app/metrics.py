@@ -7,6 +7,7 @@ scrape time than to keep current (a cache's size, say) go in a function given to
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -70,6 +71,9 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled children, kept: `labels()` validates and locks on every call.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,5 +93,13 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"]
-            HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            HTTP_LATENCY.labels(method=method, route=route).observe(time.perf_counter() - start)
+            counter = self._counters.get((method, route, status))
+            if counter is None:
+                counter = HTTP_REQUESTS.labels(method=method, route=route, status=str(status))
+                self._counters[method, route, status] = counter
+            counter.inc()
+            timer = self._timers.get((method, route))
+            if timer is None:
+                timer = HTTP_LATENCY.labels(method=method, route=route)
+                self._timers[method, route] = timer
+            timer.observe(time.perf_counter() - start)

@@ -39,6 +39,7 @@ class Serving:
         self._warmup_task: asyncio.Task[None] | None = None
         # SHA-256 of an API key -> (owner id, trusted until): see routes/predict.py.
         self.recent_owners: dict[str, tuple[str, float]] = {}
+        self.owner_lookups: dict[str, asyncio.Future[str]] = {}  # in flight, by key digest
 
     def load(self, model_id: str, owner_id: str | None = None) -> CacheEntry:
         """Database read, `freshcore.from_bytes`, filters rebuilt once: a ready entry (blocking).
