@@ -36,6 +36,7 @@ def test_query_k_and_key_are_checked(
     assert r.status_code == 200 and len(r.json()["predictions"][0]["top_k"]) == 2
     r = client.post(url + "?k=3&top_k=2", json=BODY, headers=headers)
     assert len(r.json()["predictions"][0]["top_k"]) == 3
+    assert client.post(url + "?k=3&top_k=x", json=BODY, headers=headers).status_code == 422
     r = client.post(url, json={**BODY, "k": 4}, headers=headers)
     assert len(r.json()["predictions"][0]["top_k"]) == 4
     assert client.post(url, json=BODY).status_code == 401

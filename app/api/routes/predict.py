@@ -186,6 +186,7 @@ def _query_k(request: Request) -> int | None:
     if not request.scope.get("query_string"):
         return None
     params = request.query_params
+    found: list[int] = []
     for name in ("k", "top_k"):
         value = params.get(name)
         if value is None:
@@ -196,8 +197,8 @@ def _query_k(request: Request) -> int | None:
             raise errors.invalid(("query", name), f"{name} must be an integer") from None
         if not 1 <= k <= 1000:
             raise errors.invalid(("query", name), f"{name} must be between 1 and 1000")
-        return k
-    return None
+        found.append(k)
+    return found[0] if found else None
 
 
 def _input_error(exc: InputError) -> Exception:
