@@ -34,4 +34,4 @@ VOLUME ["/data"]
 EXPOSE 8000
 
 # The API by default; docker-compose.yml gives the worker and the migration their own commands.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
