@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
 CHECKPOINT_FORMAT = "freshnets-train-checkpoint"
@@ -718,7 +719,7 @@ def _checkpoint_bytes(
         },
         "config": config.to_dict(),
     }
-    return safetensors.torch.save(tensors, metadata={_META_KEY: json.dumps(meta)})
+    return st_save(tensors, metadata={_META_KEY: json.dumps(meta)})
 
 
 def read_checkpoint_metadata(data: bytes) -> dict[str, Any]:
@@ -756,7 +757,7 @@ def _restore(
 ) -> None:
     meta = read_checkpoint_metadata(data)
     try:
-        tensors = safetensors.torch.load(bytes(data))
+        tensors = st_load(bytes(data))
     except Exception as exc:  # the Rust reader raises its own error type
         raise CheckpointError(f"checkpoint tensors cannot be read: {exc}") from exc
     try:
