@@ -537,7 +537,7 @@ function showFrontier() {
               },
             },
           },
-          y: { title: { display: true, text: "test accuracy" }, max: 1, ticks: { callback: (v) => fmtPct(v, 0) } },
+          y: { title: { display: true, text: "test accuracy" }, max: 1, ticks: { callback: (v) => fmtPct(v, Number.isInteger(Math.round(1e6 * v) / 1e4) ? 0 : 1) } },
         },
         plugins: {
           legend: { position: "bottom", labels: { usePointStyle: true, boxWidth: 8, boxHeight: 8 } },
