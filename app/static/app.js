@@ -227,10 +227,18 @@ $("#signout").addEventListener("click", () => signOut());
 
 // ---------------------------------------------------------------- jobs
 
-let formLoaded = false;
+// One fill per page: two quick route changes must not refill (and reset) a form being edited.
+let formLoading = null;
 
-async function loadLaunchForm() {
-  if (formLoaded) return;
+function loadLaunchForm() {
+  formLoading ??= fillLaunchForm().catch((err) => {
+    formLoading = null;
+    throw err;
+  });
+  return formLoading;
+}
+
+async function fillLaunchForm() {
   const [datasets, presets] = await Promise.all([api("/v1/datasets"), api("/v1/architectures")]);
   const dsSelect = $("#f-dataset");
   dsSelect.replaceChildren(...items(datasets).map((d) =>
@@ -248,7 +256,6 @@ async function loadLaunchForm() {
     if (fit) archSelect.value = fit.name;
   });
   dsSelect.dispatchEvent(new Event("change"));
-  formLoaded = true;
 }
 
 function clearFieldErrors(form) {
