@@ -4,6 +4,7 @@ Outside the HTTP layer on purpose: the worker imports this module, never `app.ap
 """
 
 import os
+from typing import Any
 
 import freshcore
 from app.settings import Settings
@@ -27,15 +28,23 @@ def max_train_threads(settings: Settings) -> int:
 
 
 def expected_model_bytes(
-    spec: freshcore.ArchitectureSpec, method: str, compression: float, seed: int = 0
+    spec: freshcore.ArchitectureSpec,
+    method: str,
+    compression: float,
+    seed: int = 0,
+    allocation: Any = None,
+    budget_policy: Any = None,
 ) -> int:
     """The trained model's tensor bytes (4 per stored value), without building the model.
 
-    freshcore's plan is cheap (no hash indices are made) and lands within 2% of its budget,
-    round(compression x virtual parameters), or raises ValueError naming why it cannot (e.g. `lrd`
-    at 1/128); `dense` stores everything. The worker still checks the real file's size.
+    freshcore's plan (with the job's allocation and budget policy, in freshcore's JSON form) is
+    cheap (no hash indices are made) and lands within 2% of its budget, round(compression x
+    virtual parameters), or raises ValueError naming why it cannot (e.g. `lrd` at 1/128); `dense`
+    stores everything. The options move stored values between layers and bands, not the total.
+    The worker still checks the real file's size.
     """
     c = 1.0 if method == "dense" else compression
-    plan_layers(spec, method, c, seed, parse_allocation(None, method), parse_budget_policy(None))
+    alloc, policy = parse_allocation(allocation, method), parse_budget_policy(budget_policy)
+    plan_layers(spec, method, c, seed, alloc, policy)
     virtual = sum(s.weights + s.biases for s in spec.check())
     return 4 * round(c * virtual)

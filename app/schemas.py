@@ -48,6 +48,28 @@ class ArchitectureOut(BaseModel):
     virtual_weights: int
 
 
+class ModelOptions(BaseModel):
+    """How freshcore spreads a job's budget; checked by freshcore's own parsers at request time.
+
+    Both are JSON in freshcore's form (see `freshcore.build_model`): a name or an object. A job
+    stores them as freshcore parsed them, so it records exactly what the worker builds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    allocation: str | dict[str, Any] | None = Field(
+        None,
+        description="Buckets per frequency band (freshnets only; other methods ignore it): "
+        '"uniform", "exponential", "beta" or e.g. {"shape": "exponential", "decay": 0.5}. '
+        "None: exponential decay 0.5.",
+    )
+    budget_policy: str | dict[str, Any] | None = Field(
+        None,
+        description='Budget split across layers: None (the same factor per layer), "conv-boost" or '
+        '{"kind": "conv-boost", "conv_factor": 4} (conv rate = factor x fc rate, capped at 1).',
+    )
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +91,9 @@ class JobCreate(BaseModel):
         description="TrainConfig fields (epochs, batch_size, optimizer, lr...); omitted: defaults.",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    model_options: ModelOptions | None = Field(
+        None, description="Allocation and budget split; omitted: freshcore's defaults."
+    )
 
 
 class EpochMetricOut(BaseModel):
@@ -94,6 +119,9 @@ class JobOut(BaseModel):
     compression: float
     training: dict[str, Any]
     seed: int
+    model_options: ModelOptions | None = Field(
+        description="As freshcore parsed them (null: none given, freshcore's defaults)."
+    )
     progress: float = Field(description="Fraction of the planned epochs done, in [0, 1].")
     epoch: int
     total_epochs: int

@@ -81,14 +81,13 @@ def parse_compression(value: str | float | int) -> float:
 def parse_allocation(allocation: Any, method: str) -> dict[str, Any] | None:
     """The allocation shape as a JSON dict (None for methods without frequency bands)."""
     if method == "freshnets-uniform":
-        if (
-            allocation is not None
-            and _ALLOCATION.validate_python(_as_dict(allocation, "shape")) != UniformShape()
-        ):
+        uniform = UniformShape().model_dump()
+        # Parsed like any allocation first, so a malformed one gets the same one-line message.
+        if _parse_option(_ALLOCATION, allocation, UniformShape(), "shape", "allocation") != uniform:
             raise ValueError(
                 "freshnets-uniform uses the uniform allocation; use method 'freshnets'"
             )
-        return UniformShape().model_dump()
+        return uniform
     if method != "freshnets":
         return None
     return _parse_option(_ALLOCATION, allocation, DEFAULT_ALLOCATION, "shape", "allocation")

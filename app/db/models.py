@@ -124,6 +124,10 @@ class Job(Base):
     compression: Mapped[float] = mapped_column(Float)
     training: Mapped[dict[str, Any]] = mapped_column(default=dict)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    # freshcore's parsed allocation and budget policy; NULL (not JSON null): none given.
+    model_options: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
 
     state: Mapped[JobState] = mapped_column(
         Enum(JobState, native_enum=False, length=16), default=JobState.queued, index=True

@@ -1,10 +1,22 @@
-"""Alembic is the only way the schema is made: the migrated schema is exactly the ORM's."""
+"""Alembic is the only way the schema is made: the migrated schema is exactly the ORM's, and each
+revision downgrades without losing the rows it did not add."""
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.orm import Session
 
-from app.db.models import Base
+from app.db.engine import make_engine
+from app.db.migrate import alembic_config, upgrade
+from app.db.models import Base, EpochMetric, Job, Owner
+
+from ..postgres import postgres_database
+from .conftest import BACKENDS
 
 
 def test_migration_matches_the_models(database_url: str) -> None:
@@ -18,3 +30,53 @@ def test_migration_matches_the_models(database_url: str) -> None:
         engine.dispose()
     assert diff == [], diff
     assert tables == set(Base.metadata.tables) | {"alembic_version"}
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database nothing has migrated yet (the shared fixtures' are already at head)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    with postgres_database("fn_migrate") as url:
+        yield url
+
+
+def test_0002_model_options_up_down_up_keeps_the_jobs(empty_url: str) -> None:
+    """Down to 0001 drops only the column: the job and its metrics stay (a table copy on SQLite
+    with foreign keys on would have cascaded them away)."""
+    upgrade(empty_url)
+    engine = make_engine(empty_url)  # the app's engine: SQLite foreign keys on
+    try:
+        with Session(engine) as session:
+            owner = Owner(name="alice")
+            session.add(owner)
+            session.flush()
+            job = Job(
+                owner_id=owner.id, dataset="digits", architecture={"layers": []},
+                method="freshnets", compression=0.125,
+                model_options={"allocation": None, "budget_policy": {"kind": "conv-boost"}},
+            )  # fmt: skip
+            session.add(job)
+            session.flush()
+            session.add(
+                EpochMetric(
+                    job_id=job.id, epoch=1, train_loss=1.0, train_accuracy=0.5,
+                    learning_rate=0.1, seconds=1.0,
+                )
+            )  # fmt: skip
+            session.commit()
+            job_id = job.id
+
+        command.downgrade(alembic_config(empty_url), "0001")
+        with engine.connect() as conn:
+            assert "model_options" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
+            assert conn.scalar(text("SELECT count(*) FROM jobs")) == 1
+            assert conn.scalar(text("SELECT count(*) FROM epoch_metrics")) == 1
+
+        upgrade(empty_url)
+        with Session(engine) as session:
+            assert session.scalar(select(Job.model_options).where(Job.id == job_id)) is None
+            assert session.scalar(select(EpochMetric.job_id)) == job_id
+    finally:
+        engine.dispose()

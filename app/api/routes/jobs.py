@@ -18,6 +18,7 @@ from app.db.models import EpochMetric, Job, JobState, Model, Owner
 from app.limits import expected_model_bytes, max_train_threads
 from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
 from app.settings import Settings
+from freshcore.build import parse_allocation, parse_budget_policy
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -76,13 +77,39 @@ def _spec(
     return spec
 
 
+def _model_options(body: JobCreate) -> dict[str, Any] | None:
+    """The options as freshcore parses them, so the row says exactly what the worker builds;
+    None when none were given (freshcore's defaults). A 422 naming the option otherwise."""
+    options = body.model_options
+    if options is None:
+        return None
+    loc = ("body", "model_options")
+    try:
+        allocation = parse_allocation(options.allocation, body.method)
+    except ValueError as exc:
+        raise invalid((*loc, "allocation"), str(exc)) from exc
+    try:
+        budget_policy = parse_budget_policy(options.budget_policy)
+    except ValueError as exc:
+        raise invalid((*loc, "budget_policy"), str(exc)) from exc
+    return {"allocation": allocation, "budget_policy": budget_policy}
+
+
 def _check_model_size(
-    spec: Any, method: str, compression: float, seed: int, settings: Settings
+    spec: Any,
+    method: str,
+    compression: float,
+    seed: int,
+    options: dict[str, Any] | None,
+    settings: Settings,
 ) -> None:
     """A model that would be over FRESHNETS_MAX_MODEL_BYTES, or a compression the method cannot
     reach on this network, is refused now rather than after training."""
+    options = options or {}
     try:
-        expected = expected_model_bytes(spec, method, compression, seed)
+        expected = expected_model_bytes(
+            spec, method, compression, seed, options.get("allocation"), options.get("budget_policy")
+        )
     except ValueError as exc:
         raise invalid(("body", "compression"), str(exc)) from exc
     if expected > settings.max_model_bytes:
@@ -160,6 +187,7 @@ def job_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
             compression=job.compression,
             training=job.training,
             seed=job.seed,
+            model_options=job.model_options,
             progress=job.progress,
             epoch=job.epoch,
             total_epochs=job.total_epochs,
@@ -217,9 +245,10 @@ def create_job(
         known = ", ".join(freshcore.METHODS)
         raise invalid(("body", "method"), f"unknown method {body.method!r}; one of: {known}")
     compression = _compression(body.compression)
+    options = _model_options(body)
     assert dataset.input_shape is not None and dataset.num_classes is not None
     spec = _spec(body, dataset.input_shape, dataset.num_classes, settings)
-    _check_model_size(spec, body.method, compression, body.seed, settings)
+    _check_model_size(spec, body.method, compression, body.seed, options, settings)
     training = _training(body, settings)
     job = Job(
         owner_id=owner.id,
@@ -230,6 +259,7 @@ def create_job(
         compression=compression,
         training=training,
         seed=body.seed,
+        model_options=options,
         state=JobState.queued,
         total_epochs=training["epochs"],
     )
