@@ -425,6 +425,7 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
 
     dataset = load_dataset(job.dataset)
     info = dataset.info
+    options = job.model_options or {}  # none given: freshcore's defaults
     try:
         model = freshcore.build_model(
             job.architecture,
@@ -433,6 +434,8 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
             seed=job.seed,
             input_shape=tuple(info.input_shape),
             num_classes=info.num_classes,
+            allocation=options.get("allocation"),
+            budget_policy=options.get("budget_policy"),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise JobFailed(f"cannot build the model for {info.name!r}: {exc}") from exc
