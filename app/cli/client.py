@@ -8,6 +8,7 @@ message, or a local validation error).
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import time
@@ -166,6 +167,21 @@ def _compression_arg(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+def _json_option(text: str | None, flag: str) -> str | dict[str, Any] | None:
+    """A JSON object, or a bare name (freshcore's short form); the server checks the contents."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("{"):
+            fail(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos})", 2)
+        return text.strip()  # a name such as conv-boost
+    if not isinstance(value, str | dict):
+        fail(f"{flag}: give a name or a JSON object, got {text!r}", 2)
+    return value
 
 
 def _metrics_text(m: dict[str, Any] | None) -> str:
@@ -398,6 +414,20 @@ def submit(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    allocation: Annotated[
+        str | None,
+        typer.Option(
+            help="Buckets per frequency band (freshnets): uniform, exponential, beta, or JSON "
+            """such as '{"shape": "exponential", "decay": 0.5}' (default: that one)."""
+        ),
+    ] = None,
+    budget_policy: Annotated[
+        str | None,
+        typer.Option(
+            help="Budget split across layers: conv-boost, or JSON such as "
+            """'{"kind": "conv-boost", "conv_factor": 4}' (default: the same factor per layer)."""
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option(help="Follow the job's progress until it ends.")] = True,
     poll: Annotated[float, typer.Option(help="Seconds between progress polls.")] = 1.0,
     url: UrlOpt = DEFAULT_URL,
@@ -407,6 +437,14 @@ def submit(
     training = {
         k: v
         for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items()
+        if v is not None
+    }
+    options = {
+        k: v
+        for k, v in {
+            "allocation": _json_option(allocation, "--allocation"),
+            "budget_policy": _json_option(budget_policy, "--budget-policy"),
+        }.items()
         if v is not None
     }
     with _api(url, api_key) as client:
@@ -422,6 +460,8 @@ def submit(
         "training": training,
         "seed": seed,
     }
+    if options:  # none given: the server's defaults, exactly as before
+        body["model_options"] = options
     with _api(url, api_key) as client:
         job = client.post("/v1/jobs", json=body)
         console.print(f"Queued job [bold]{job['id']}[/]", highlight=False)

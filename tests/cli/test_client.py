@@ -4,6 +4,7 @@ them: real processes, real exit codes, and clean messages instead of tracebacks.
 import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -102,9 +103,36 @@ def test_bad_arguments_show_the_api_message(cli, stack) -> None:
     clean_failure(result, 2, "compression", "(0, 1]")
     result = cli("submit", "--dataset", "digits", "--method", "magic", *auth)
     clean_failure(result, 2, "method", "magic")
+    policy = '{"kind": "conv-boost", "conv_factor": 0.5}'
+    result = cli("submit", "--dataset", "digits", "--budget-policy", policy, *auth)
+    clean_failure(result, 2, "model_options.budget_policy", "conv_factor")
+    result = cli("submit", "--dataset", "digits", "--allocation", '{"shape": "exp', *auth)
+    clean_failure(result, 2, "--allocation", "not valid JSON")
+    result = cli("submit", "--dataset", "digits", "--allocation", "5", *auth)
+    clean_failure(result, 2, "--allocation", "a name or a JSON object")
     result = cli("predict", "0" * 32, __file__, *auth)
     clean_failure(result, 2, "no model")
     clean_failure(cli("predict", "0" * 32, "/no/such.png", *auth), 2, "/no/such.png")
+
+
+def test_submit_sends_the_model_options(cli, stack) -> None:
+    """--allocation and --budget-policy (a name or JSON) reach the job as freshcore parses them."""
+    auth = ["--url", stack.url, "--api-key", stack.key]
+    result = cli(
+        "submit", "--dataset", "digits", "--compression", "1/8", "--epochs", "1", "--no-follow",
+        "--budget-policy", "conv-boost", "--allocation", '{"shape": "beta", "a": 1, "b": 4}',
+        *auth,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    job_id = re.search(r"Queued job (\w+)", result.stdout).group(1)
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers) as client:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["model_options"] == {
+            "allocation": {"shape": "beta", "a": 1.0, "b": 4.0},
+            "budget_policy": {"kind": "conv-boost", "conv_factor": 4.0},
+        }
+        client.post(f"/v1/jobs/{job_id}/cancel")  # the worker's time is for the other tests
 
 
 @pytest.mark.slow
