@@ -71,6 +71,7 @@ class TrainConfig:
     step_size: int | None = None  # "step": epochs between decays (None: a third of the run)
     step_gamma: float = 0.1
     label_smoothing: float = 0.0
+    dropout: float | None = None  # rate for every dropout layer (None: the architecture's own)
     max_grad_norm: float | None = 5.0  # clip the global gradient norm (None: no clipping)
     patience: int | None = None  # epochs without a better validation accuracy before stopping
     seed: int = 0
@@ -137,7 +138,7 @@ def _check_type(name: str, value: Any) -> None:
         raise TrainConfigError(name, f"must be an integer or null, got {value!r}")
     if name in _FLOAT_FIELDS and not is_number:
         raise TrainConfigError(name, f"must be a number, got {value!r}")
-    if name in ("lr", "max_grad_norm") and value is not None and not is_number:
+    if name in ("lr", "max_grad_norm", "dropout") and value is not None and not is_number:
         raise TrainConfigError(name, f"must be a number or null, got {value!r}")
     if name in _BOOL_FIELDS and not isinstance(value, bool):
         raise TrainConfigError(name, f"must be true or false, got {value!r}")
@@ -168,6 +169,7 @@ def _validate(c: TrainConfig) -> None:
     need(c.step_size is None or c.step_size >= 1, "step_size", "must be at least 1")
     need(0 < c.step_gamma <= 1, "step_gamma", "must be in (0, 1]")
     need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    need(c.dropout is None or 0 <= c.dropout < 1, "dropout", "must be in [0, 1) or null")
     need(c.patience is None or c.patience >= 1, "patience", "must be at least 1 or null")
     need(0 <= c.seed < 2**63, "seed", "must be a non-negative 63-bit integer")
     need(0 <= c.distill_alpha <= 1, "distill_alpha", "must be in [0, 1]")
@@ -455,6 +457,10 @@ def train(
         if getattr(dataset, "mean", None) is None or getattr(dataset, "std", None) is None:
             raise ValueError("dataset has no per-channel mean/std for the model's normalisation")
         model.set_normalization(list(dataset.mean), list(dataset.std))
+    if config.dropout is not None:  # a small compressed network may train better without it
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = config.dropout
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)

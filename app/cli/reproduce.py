@@ -123,6 +123,13 @@ def register(cli: typer.Typer) -> None:
         lrs: Annotated[
             str, typer.Option(help="Learning rates tried on the tuning seed (comma-separated).")
         ] = "0.05,0.02",
+        dropouts: Annotated[
+            str,
+            typer.Option(
+                help="Dropout rates tried with every learning rate (comma-separated; "
+                "empty: the architecture's own rate)."
+            ),
+        ] = "",
         batch_size: Annotated[int, typer.Option(min=1)] = 64,
         max_train_samples: Annotated[
             int | None, typer.Option(help="Train on a subset (None: all).")
@@ -172,6 +179,12 @@ def register(cli: typer.Typer) -> None:
                 lr_values = tuple(float(x) for x in lrs.split(",") if x.strip())
             except ValueError as exc:
                 raise typer.BadParameter(f"--lrs {lrs!r}: {exc}") from exc
+            try:
+                dropout_values = tuple(float(x) for x in dropouts.split(",") if x.strip())
+            except ValueError as exc:
+                raise typer.BadParameter(f"--dropouts {dropouts!r}: {exc}") from exc
+            if any(not 0 <= d < 1 for d in dropout_values):
+                raise typer.BadParameter(f"--dropouts {dropouts!r}: every rate must be in [0, 1)")
             options = rp.Options(
                 datasets=_split(datasets) or rp.default_datasets(),
                 methods=_split(methods) or list(rp.ALL_METHODS),
@@ -184,6 +197,7 @@ def register(cli: typer.Typer) -> None:
                     max_train_samples=max_train_samples,
                     device=device,
                     batch_size=batch_size,
+                    dropouts=dropout_values,
                 ),
                 table=table,
                 ablations=ablations,

@@ -115,8 +115,10 @@ def default_protocol(
     max_train_samples: int | None = None,
     device: str = "auto",
     batch_size: int = 64,
+    dropouts: tuple[float, ...] = (),
 ) -> Protocol:
-    """SGD with momentum and a cosine schedule; the learning rate is the tuned knob."""
+    """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
+    dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned)."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -129,7 +131,12 @@ def default_protocol(
         "augment": False,
         "max_train_samples": max_train_samples,
     }
-    return Protocol(base=base, grid=[{"lr": lr} for lr in lrs], device=device)
+    grid = (
+        [{"lr": lr, "dropout": d} for lr in lrs for d in dropouts]
+        if dropouts
+        else [{"lr": lr} for lr in lrs]
+    )
+    return Protocol(base=base, grid=grid, device=device)
 
 
 def quick_protocol(device: str = "cpu") -> Protocol:

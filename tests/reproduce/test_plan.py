@@ -37,6 +37,17 @@ def test_device_is_not_part_of_the_key() -> None:
     assert cpu.base == gpu.base
 
 
+def test_dropout_grid_crosses_every_learning_rate() -> None:
+    assert default_protocol(lrs=(0.05, 0.02)).grid == [{"lr": 0.05}, {"lr": 0.02}]
+    grid = default_protocol(lrs=(0.05, 0.02), dropouts=(0.5, 0.0)).grid
+    assert grid == [
+        {"lr": 0.05, "dropout": 0.5},
+        {"lr": 0.05, "dropout": 0.0},
+        {"lr": 0.02, "dropout": 0.5},
+        {"lr": 0.02, "dropout": 0.0},
+    ]
+
+
 @pytest.mark.parametrize("bad", ["0", "2", "abc", "1/0", "-1/16"])
 def test_bad_factor_is_named(bad: str) -> None:
     with pytest.raises(ValueError, match="factor"):

@@ -101,6 +101,15 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
     assert "pruning" in result.output
 
 
+@pytest.mark.parametrize("bad", ["1.0", "half"])
+def test_bad_dropout_rate_is_refused_by_name(tmp_path: Path, bad: str) -> None:
+    args = ["reproduce", "--datasets", "digits", "--dropouts", f"0.5,{bad}", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "--dropouts" in result.output
+    assert not (tmp_path / "runs").exists()  # refused before anything trained
+
+
 def test_diverged_run_is_recorded_and_never_chosen(tmp_path: Path) -> None:
     store, data = RunStore(tmp_path), DataCache()
     base = {**quick_options(tmp_path).protocol.base, "epochs": 1}

@@ -39,6 +39,8 @@ def test_defaults_and_round_trip() -> None:
         ({"distill_temperature": 0}, "distill_temperature"),
         ({"max_train_samples": 0}, "max_train_samples"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": "0.5"}, "dropout"),
         ({"max_grad_norm": 0}, "max_grad_norm"),
         ({"augment": "yes"}, "augment"),
         ({"seed": -1}, "seed"),

@@ -219,6 +219,19 @@ def test_augmentation_trains(digits, small) -> None:
     assert result.test_accuracy > 0.85
 
 
+def test_dropout_setting_overrides_the_architectures_rate(digits, small) -> None:
+    """Training a dropout-0.9 network with ``dropout=0`` is training a dropout-free one."""
+    overridden, plain = small(dropout=0.9), small(dropout=0.0)
+    train(overridden, digits, cfg(epochs=2, dropout=0.0))
+    train(plain, digits, cfg(epochs=2))
+    assert all(m.p == 0.0 for m in overridden.modules() if isinstance(m, nn.Dropout))
+    for a, b in zip(overridden.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+    kept = small(dropout=0.9)
+    train(kept, digits, cfg(epochs=1))  # None: the architecture's rate stays
+    assert [m.p for m in kept.modules() if isinstance(m, nn.Dropout)] == [0.9]
+
+
 def test_bad_labels_and_shapes_are_refused(digits, small, with_data) -> None:
     bad = with_data(digits, y_val=digits.y_val + 5)
     with pytest.raises(ValueError, match=r"y_val has labels in \[5, 14\] but the model has 10"):
