@@ -88,6 +88,17 @@ function fmtCompression(c) {
   const inv = 1 / c;
   return Math.abs(inv - Math.round(inv)) < 0.05 ? `1/${Math.round(inv)}` : `1/${inv.toFixed(1)}`;
 }
+// A job's model options as freshcore parsed them (null: none given, freshcore's defaults).
+function fmtOptions(o) {
+  if (!o) return "defaults";
+  const p = o.budget_policy;
+  const parts = [p?.kind === "conv-boost" ? `conv-boost ×${p.conv_factor}` : "same factor per layer"];
+  const a = o.allocation;
+  if (a?.shape === "exponential") parts.push(`exponential ${a.decay}`);
+  else if (a?.shape === "beta") parts.push(`beta a=${a.a} b=${a.b}`);
+  else if (a) parts.push(a.shape);
+  return parts.join(" · ");
+}
 function fmtTime(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
@@ -246,7 +257,12 @@ async function fillLaunchForm() {
   const archSelect = $("#f-architecture");
   archSelect.replaceChildren(...items(presets).map((p) =>
     el("option", { value: p.name, title: p.description }, `${p.name} · ${(p.virtual_weights / 1000).toFixed(0)}k`)));
-  $("#f-method").replaceChildren(...METHODS.map((m) => el("option", { value: m }, m)));
+  const methodSelect = $("#f-method");
+  methodSelect.replaceChildren(...METHODS.map((m) => el("option", { value: m }, m)));
+  // Only freshnets spreads buckets over frequency bands.
+  methodSelect.addEventListener("change", () => {
+    $("#f-allocation").disabled = methodSelect.value !== "freshnets";
+  });
   // Pair a data set with the preset made for its shape, else one with its channel count.
   dsSelect.addEventListener("change", () => {
     const d = items(datasets).find((x) => (x.id ?? x.name) === dsSelect.value);
@@ -267,7 +283,7 @@ function clearFieldErrors(form) {
 
 // Map an API error to the form: 422 `loc` -> field; a string naming a field goes next to it.
 function showFieldErrors(form, err) {
-  const fields = ["dataset", "architecture", "method", "compression", "epochs"];
+  const fields = ["dataset", "architecture", "method", "compression", "budget_policy", "allocation", "epochs"];
   const put = (field, msg) => {
     const box = field ? form.querySelector(`[data-error-for="${field}"]`) : null;
     const target = box || $("#launch-error");
@@ -310,6 +326,11 @@ $("#launch-form").addEventListener("submit", async (ev) => {
     compression: compressionValue(form.compression.value),
     training: { epochs: epochsText === "" ? null : Number(epochsText) },
   };
+  // The selects hold freshcore's JSON; "" is freshcore's default, sent as nothing (as before).
+  const options = {};
+  if (form.budget_policy.value) options.budget_policy = JSON.parse(form.budget_policy.value);
+  if (!form.allocation.disabled && form.allocation.value) options.allocation = JSON.parse(form.allocation.value);
+  if (Object.keys(options).length) body.model_options = options;
   const button = $("#launch-submit");
   button.disabled = true;
   try {
@@ -436,6 +457,7 @@ function showJob(jobId) {
       fact("preset", job.architecture_name || "custom"),
       fact("method", job.method),
       fact("compression", fmtCompression(job.compression)),
+      fact("model options", fmtOptions(job.model_options)),
       fact("epochs", `${job.epoch} / ${job.total_epochs || job.training?.epochs || "?"}`),
       fact("val. accuracy", fmtPct(job.latest_metrics?.val_accuracy)),
       fact("run time", job.run_seconds == null ? "–" : `${job.run_seconds.toFixed(1)} s`),
