@@ -3,7 +3,7 @@
 # 8 epochs, lr 0.02, and the dropout rate of fc-150 chosen on validation from {0.5, 0} for every
 # cell (a 3-epoch screen found a 1/64 network underfits with dropout 0.5). Same model options as
 # table.sh. Two processes, one per core, with their own stores (no shared file is written twice);
-# the last step merges them into runs/table2 and writes the report. Resumable: rerun to continue.
+# table2-report.sh merges them into runs/table2 and writes the report. Resumable: rerun to continue.
 cd "$(dirname "$0")/../.."  # the repository root
 COMMON="--datasets mnist --factors 1/16,1/64 --seeds 3 --epochs 8 --lrs 0.02 --dropouts 0.5,0 \
   --threads 1 --device auto --allocation {\"shape\":\"exponential\",\"decay\":0.5} \
@@ -12,16 +12,4 @@ nice -n 5 .venv/bin/freshnets reproduce $COMMON --methods dense,freshnets --out 
 nice -n 5 .venv/bin/freshnets reproduce $COMMON --out runs/table2b \
   --methods freshnets-uniform,hashednets,equivalent,lowfreq,lrd &
 wait
-mkdir -p runs/table2/runs
-cp runs/table2a/runs/*.json runs/table2b/runs/*.json runs/table2/runs/
-.venv/bin/python - <<'PY'
-import json, pathlib
-merged = {}
-for part in ("runs/table2a", "runs/table2b"):
-    path = pathlib.Path(part, "selection.json")
-    if path.exists():
-        merged.update(json.loads(path.read_text()))
-pathlib.Path("runs/table2/selection.json").write_text(json.dumps(merged, indent=1))
-PY
-.venv/bin/freshnets reproduce $COMMON --out runs/table2 --report-only \
-  --methods dense,freshnets,freshnets-uniform,hashednets,equivalent,lowfreq,lrd
+sh docs/results/table2-report.sh
