@@ -101,6 +101,25 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
     assert "pruning" in result.output
 
 
+def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
+    """Without options the harness runs table v2's protocol (docs/results.md); null restores
+    freshcore's own model defaults."""
+    args = ["reproduce", "--datasets", "digits", "--out", str(tmp_path), "--report-only"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    options = json.loads((tmp_path / "results.json").read_text())["options"]
+    assert options["protocol"]["base"]["epochs"] == 8
+    assert options["protocol"]["grid"] == [
+        {"lr": 0.02, "dropout": 0.5},
+        {"lr": 0.02, "dropout": 0.0},
+    ]
+    assert options["allocation"] == {"shape": "exponential", "decay": 0.5}
+    assert options["budget_policy"] == {"kind": "conv-boost", "conv_factor": 4}
+    nulls = [*args, "--allocation", "null", "--budget-policy", "null"]
+    assert CliRunner().invoke(cli, nulls).exit_code == 0
+    options = json.loads((tmp_path / "results.json").read_text())["options"]
+    assert options["allocation"] is None and options["budget_policy"] is None
+
+
 @pytest.mark.parametrize("bad", ["1.0", "half"])
 def test_bad_dropout_rate_is_refused_by_name(tmp_path: Path, bad: str) -> None:
     args = ["reproduce", "--datasets", "digits", "--dropouts", f"0.5,{bad}", "--out", str(tmp_path)]
