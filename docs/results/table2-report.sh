@@ -1,22 +1,27 @@
 #!/bin/sh
-# Merge the stores of table2.sh (runs/table2a, runs/table2b) and table2-rot.sh (runs/table2rot)
-# into runs/table2 and write its report (results.md, results.json, errors.png). No training:
+# Merge every store of table v2 (runs/table2a and runs/table2b from table2.sh, runs/table2rot
+# from table2-rot.sh, any other runs/table2<name> made with the same protocol) into runs/table2
+# and write its report (results.md, results.json, errors.png) for the data sets that have runs. No training:
 # run it any time for a report of what has finished.
 cd "$(dirname "$0")/../.."  # the repository root
 mkdir -p runs/table2/runs
-for part in runs/table2a runs/table2b runs/table2rot; do
-  [ -d "$part/runs" ] && find "$part/runs" -name '*.json' -exec cp {} runs/table2/runs/ \;
-done
-.venv/bin/python - <<'PY'
-import json, pathlib
-merged = {}
-for part in ("runs/table2a", "runs/table2b", "runs/table2rot"):
-    path = pathlib.Path(part, "selection.json")
-    if path.exists():
-        merged.update(json.loads(path.read_text()))
+DATASETS=$(.venv/bin/python - <<'PY'
+import glob, json, pathlib
+merged, datasets = {}, []
+for part in sorted(glob.glob("runs/table2?*/")):
+    for run in pathlib.Path(part, "runs").glob("*.json"):
+        pathlib.Path("runs/table2/runs", run.name).write_bytes(run.read_bytes())
+    selection = pathlib.Path(part, "selection.json")
+    if selection.exists():
+        merged.update(json.loads(selection.read_text()))
 pathlib.Path("runs/table2/selection.json").write_text(json.dumps(merged, indent=1))
+for entry in merged.values():
+    if entry["dataset"] not in datasets:
+        datasets.append(entry["dataset"])
+print(",".join(datasets) or "mnist")
 PY
-.venv/bin/freshnets reproduce --datasets mnist,mnist-rot --factors 1/16,1/64 --seeds 3 \
+)
+.venv/bin/freshnets reproduce --datasets "$DATASETS" --factors 1/16,1/64 --seeds 3 \
   --epochs 8 --lrs 0.02 --dropouts 0.5,0 --threads 1 --device auto \
   --allocation '{"shape":"exponential","decay":0.5}' \
   --budget-policy '{"kind":"conv-boost","conv_factor":4}' \
