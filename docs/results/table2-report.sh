@@ -1,8 +1,8 @@
 #!/bin/sh
 # Merge every store of table v2 (runs/table2a and runs/table2b from table2.sh, runs/table2rot
 # from table2-rot.sh, any other runs/table2<name> made with the same protocol) into runs/table2
-# and write its report (results.md, results.json, errors.png) for the data sets that have runs. No training:
-# run it any time for a report of what has finished.
+# and write its report (results.md, results.json, errors.png) for the data sets that have runs.
+# No training: run it any time for a report of what has finished.
 cd "$(dirname "$0")/../.."  # the repository root
 mkdir -p runs/table2/runs
 DATASETS=$(.venv/bin/python - <<'PY'
