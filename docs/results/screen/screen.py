@@ -7,7 +7,7 @@ import sys
 import torch
 
 from freshcore.presets import resolve_spec
-from freshcore.reproduce.plan import RunSpec
+from freshcore.reproduce.plan import RunSpec, default_protocol
 from freshcore.reproduce.runner import DataCache, RunStore, run_one
 
 torch.set_num_threads(1)
@@ -20,16 +20,7 @@ if float(dropout) != 0.5:  # the screen predates TrainConfig.dropout: it edits t
             layer["p"] = float(dropout)
     arch = spec
 train = {
-    "epochs": int(epochs),
-    "batch_size": 64,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "patience": None,
-    "augment": False,
-    "max_train_samples": None,
+    **default_protocol(epochs=int(epochs)).base,  # the table's training, with lr 0.02
     "lr": 0.02,
     **json.loads(train_json),
 }
