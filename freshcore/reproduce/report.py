@@ -156,7 +156,8 @@ def plot_errors(
             ys = [100 * p[1]["mean"] for p in points]
             es = [100 * p[1]["std"] for p in points]
             style = {"lw": 2.2} if method == "freshnets" else {"lw": 1.2}
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, **style)
+            colour = f"C{ALL_METHODS.index(method)}"  # the same colour in every panel
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method, color=colour, **style)
         ax.set_xscale("log", base=2)
         factors = sorted(
             {c["factor"] for c in cells.values() if c["dataset"] == dataset} - {DENSE_FACTOR},
@@ -175,7 +176,12 @@ def plot_errors(
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(datasets) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    legend: dict[str, Any] = {}  # every method of every panel, in ALL_METHODS order
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    labels = [m for m in ALL_METHODS if m in legend]
+    axes.flat[0].legend([legend[m] for m in labels], labels, fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
