@@ -173,6 +173,7 @@ def register(cli: typer.Typer) -> None:
         import torch
 
         from freshcore import reproduce as rp
+        from freshcore.train import TrainConfig, TrainConfigError
 
         if threads:
             torch.set_num_threads(threads)
@@ -188,8 +189,11 @@ def register(cli: typer.Typer) -> None:
                 dropout_values = tuple(float(x) for x in dropouts.split(",") if x.strip())
             except ValueError as exc:
                 raise typer.BadParameter(f"--dropouts {dropouts!r}: {exc}") from exc
-            if any(not 0 <= d < 1 for d in dropout_values):
-                raise typer.BadParameter(f"--dropouts {dropouts!r}: every rate must be in [0, 1)")
+            for rate in dropout_values:  # TrainConfig holds the rule for a valid rate
+                try:
+                    TrainConfig(dropout=rate)
+                except TrainConfigError as exc:
+                    raise typer.BadParameter(f"--dropouts {dropouts!r}: {exc}") from exc
             options = rp.Options(
                 datasets=_split(datasets) or rp.default_datasets(),
                 methods=_split(methods) or list(rp.ALL_METHODS),
