@@ -25,6 +25,10 @@ console = Console(stderr=True)
 # own defaults (the same factor for every layer).
 DEFAULT_ALLOCATION = '{"shape": "exponential", "decay": 0.5}'
 DEFAULT_BUDGET_POLICY = '{"kind": "conv-boost", "conv_factor": 4}'
+# freshnets allocations tried on the tuning seed (table v3): from gentle to nearly low-pass
+DEFAULT_ALLOCATIONS = json.dumps(
+    [{"shape": "exponential", "decay": d} for d in (0.25, 0.5, 1.0, 2.0)]
+)
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -44,6 +48,25 @@ def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
     if value is not None and not isinstance(value, dict):
         raise typer.BadParameter("must be a JSON object or null", param_hint=name)
     return value
+
+
+def _allocations_option(text: str) -> tuple[dict[str, Any], ...]:
+    """`--allocations`: a JSON list of allocations, each checked by freshcore's own parser."""
+    from freshcore.build import parse_allocation
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--allocations") from exc
+    if not isinstance(value, list) or not all(isinstance(a, dict) for a in value):
+        raise typer.BadParameter("must be a JSON list of objects", param_hint="--allocations")
+    parsed = []
+    for i, allocation in enumerate(value):
+        try:  # the parsed form (decay 1 -> 1.0), so one allocation always has one run key
+            parsed.append(parse_allocation(allocation, "freshnets"))
+        except ValueError as exc:
+            raise typer.BadParameter(f"item {i}: {exc}", param_hint="--allocations") from exc
+    return tuple(parsed)
 
 
 def _pick_ablations(rp: Any, names: list[str] | None) -> list[Any]:
@@ -101,6 +124,9 @@ class _RichReporter:
                 f"(val {100 * r['val_error']:.2f}%, {r['seconds']:.0f} s)"
             )
 
+    def advance(self, runs: int) -> None:
+        self.progress.advance(self.runs, runs)
+
     def failed(self, spec: Any, error: BaseException) -> None:
         self.progress.advance(self.runs)
         self.progress.console.print(
@@ -141,6 +167,14 @@ def register(cli: typer.Typer) -> None:
         ] = None,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Processes training side by side, sharing --out (one torch thread each "
+                "when over 1). On a GPU several keep it busier than one.",
+            ),
+        ] = 1,
         table: Annotated[bool, typer.Option("--table/--no-table", help="Run the table.")] = True,
         ablations: Annotated[
             bool, typer.Option("--ablations/--no-ablations", help="Run the ablations.")
@@ -163,6 +197,13 @@ def register(cli: typer.Typer) -> None:
                 help='Budget split as JSON, e.g. \'{"kind": "conv-boost", "conv_factor": 16}\'.'
             ),
         ] = DEFAULT_BUDGET_POLICY,
+        allocations: Annotated[
+            str,
+            typer.Option(
+                help="freshnets allocations tried on the tuning seed, as a JSON list "
+                "('[]': only --allocation)."
+            ),
+        ] = DEFAULT_ALLOCATIONS,
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
@@ -180,6 +221,7 @@ def register(cli: typer.Typer) -> None:
         command = "freshnets " + shlex.join(sys.argv[1:])
         if quick:
             options = rp.quick_options(out, device="cpu" if device == "auto" else device)
+            options.workers = workers
         else:
             try:
                 lr_values = tuple(float(x) for x in lrs.split(",") if x.strip())
@@ -207,7 +249,9 @@ def register(cli: typer.Typer) -> None:
                     device=device,
                     batch_size=batch_size,
                     dropouts=dropout_values,
+                    allocations=_allocations_option(allocations),
                 ),
+                workers=workers,
                 table=table,
                 ablations=ablations,
                 ablation_datasets=_split(ablation_datasets),

@@ -22,6 +22,7 @@ from freshcore.reproduce.ablations import (
     default_ablations,
     quick_ablations,
 )
+from freshcore.reproduce.parallel import run_parallel
 from freshcore.reproduce.plan import (
     ALL_METHODS,
     COMPRESSED_METHODS,
@@ -39,6 +40,7 @@ from freshcore.reproduce.plan import (
 from freshcore.reproduce.report import (
     ablation_rows,
     collect_cells,
+    describe_point,
     markdown_table,
     plot_errors,
     selection_table,
@@ -65,6 +67,7 @@ __all__ = [
     "Reporter",
     "RunSpec",
     "RunStore",
+    "ablation_plan",
     "default_ablations",
     "default_datasets",
     "default_protocol",
@@ -87,6 +90,7 @@ class Options:
     # build_model keywords of the table (None: the library's default, not written into keys)
     allocation: dict[str, Any] | None = None
     budget_policy: dict[str, Any] | None = None
+    workers: int = 1  # processes training side by side (one torch thread each when > 1)
     table: bool = True
     ablations: bool = False
     ablation_datasets: list[str] | None = None  # default: the first data set
@@ -176,11 +180,28 @@ def reproduce(
             options.allocation,
             options.budget_policy,
         )
-        failures += run_groups(groups, options.protocol, seeds, store, data, reporter)
+        if options.workers > 1:
+            protocol = options.protocol
+            extra = len([s for s in seeds if s != protocol.tune_seed])
+            reporter.begin(sum(len(protocol.points(g.method)) + extra for g in groups))
+            failures += run_parallel(
+                protocol, store.root, options.workers, groups, seeds, advance=reporter.advance
+            )
+        else:
+            failures += run_groups(groups, options.protocol, seeds, store, data, reporter)
     if options.ablations:
         plan = ablation_plan(options, store)
         unique = list({spec.key(): spec for *_, spec in plan}.values())
         reporter.begin(len(unique))
+        if options.workers > 1:
+            failures += run_parallel(
+                options.protocol,
+                store.root,
+                options.workers,
+                specs=unique,
+                advance=reporter.advance,
+            )
+            unique = []
         for spec in unique:
             try:
                 run_one(spec, store, data, reporter, options.protocol.device)
@@ -230,7 +251,11 @@ def write_report(
         "Protocol: "
         + ", ".join(f"{k}={v}" for k, v in options.protocol.base.items())
         + "; grid: "
-        + "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in options.protocol.grid)
+        + "; ".join(describe_point(g) for g in options.protocol.grid)
+        + "".join(
+            f"; {method} also tries: " + "; ".join(describe_point({"model": m}) for m in models)
+            for method, models in options.protocol.model_grid.items()
+        )
         + f"; tuning seed {options.protocol.tune_seed}; seeds 0..{options.seeds - 1}.",
         "",
         "Hyper-parameters are chosen on the validation split only: " + summary["procedure"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from freshcore.reproduce.plan import RunSpec
+from freshcore.reproduce.plan import RunSpec, split_point
 from freshcore.reproduce.runner import RunStore, dense_teacher
 
 
@@ -101,13 +101,16 @@ def ablation_spec(
     base_model: dict[str, Any] | None = None,
 ) -> RunSpec:
     """The run for one variant: the table's chosen freshnets training (or the fallback) and
-    model options (``base_model``), with the variant's knob changed.
+    model options (``base_model``, then what the table chose), with the variant's knob changed.
 
     A teacher is the table's dense run for the same data set and seed (the fallback training if
     the table has not chosen one yet).
     """
     entry = store.selection().get(f"{dataset}/freshnets/{factor}")
-    train = {**entry["base"], **entry["chosen"]} if entry else dict(fallback_train)
+    train, chosen_model = dict(fallback_train), {}
+    if entry:
+        chosen_train, chosen_model = split_point(entry["chosen"])
+        train = {**entry["base"], **chosen_train}
     teacher = None
     if ablation.teacher:
         teacher_spec = dense_teacher(store, dataset, seed) or RunSpec(
@@ -123,7 +126,7 @@ def ablation_spec(
         seed=seed,
         arch=arch,
         train={**train, **ablation.train},
-        model={**(base_model or {}), **ablation.model},
+        model={**(base_model or {}), **chosen_model, **ablation.model},
         init=ablation.init,
         teacher=teacher,
     )

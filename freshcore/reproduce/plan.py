@@ -35,10 +35,10 @@ TABLE_DATASETS = (
 DEFAULT_FACTORS = ("1/16", "1/64")
 DENSE_FACTOR = "1"
 PROCEDURE = (
-    "for each (data set, method, factor) every point of the grid (learning rates by default) is "
-    "trained on the tuning seed; the point with the lowest validation error is kept and the other "
-    "seeds are trained with it (the tuning seed's run with that point is its result). The test "
-    "split is never used to choose."
+    "for each (data set, method, factor) every point of the grid (learning rates by default, "
+    "crossed with the method's model alternatives if any) is trained on the tuning seed; the "
+    "point with the lowest validation error is kept and the other seeds are trained with it (the "
+    "tuning seed's run with that point is its result). The test split is never used to choose."
 )
 
 
@@ -95,18 +95,33 @@ class Protocol:
     """How every run of a table is trained and how its hyper-parameters are chosen.
 
     `base` holds the TrainConfig fields every run shares; `grid` the alternatives tried on
-    `tune_seed` for each (data set, method, factor). The candidate with the best validation
-    accuracy (ties: the earlier one) is kept and reused for the other seeds; the test split
-    never takes part in the choice.
+    `tune_seed` for each (data set, method, factor); `model_grid` per method, alternatives of
+    build_model keywords (a freshnets allocation, say) crossed with `grid`. The candidate with
+    the best validation accuracy (ties: the earlier one) is kept and reused for the other seeds;
+    the test split never takes part in the choice.
     """
 
     base: dict[str, Any]
     grid: list[dict[str, Any]]
     tune_seed: int = 0
     device: str = "auto"  # where to train; not part of a run's key (results do not depend on it)
+    model_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def points(self, method: str) -> list[dict[str, Any]]:
+        """The candidates of a method: each grid point, with a "model" entry per alternative."""
+        models = self.model_grid.get(method) or [{}]
+        return [
+            {**point, "model": dict(m)} if m else dict(point) for point in self.grid for m in models
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def split_point(point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A candidate as (TrainConfig overrides, build_model overrides)."""
+    train = {k: v for k, v in point.items() if k != "model"}
+    return train, dict(point.get("model") or {})
 
 
 def default_protocol(
@@ -116,9 +131,12 @@ def default_protocol(
     device: str = "auto",
     batch_size: int = 64,
     dropouts: tuple[float, ...] = (),
+    allocations: tuple[dict[str, Any], ...] = (),
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
-    dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned)."""
+    dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
+    ``allocations``: freshnets frequency allocations tried with every point (empty: the table's
+    one allocation, untuned); the other methods have no allocation to tune."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -136,7 +154,10 @@ def default_protocol(
         if dropouts
         else [{"lr": lr} for lr in lrs]
     )
-    return Protocol(base=base, grid=grid, device=device)
+    model_grid = (
+        {"freshnets": [{"allocation": dict(a)} for a in allocations]} if allocations else {}
+    )
+    return Protocol(base=base, grid=grid, device=device, model_grid=model_grid)
 
 
 def quick_protocol(device: str = "cpu") -> Protocol:
@@ -165,7 +186,10 @@ class Group:
     def name(self) -> str:
         return f"{self.dataset}/{self.method}/{self.factor}"
 
-    def spec(self, seed: int, train: dict[str, Any]) -> RunSpec:
+    def spec(
+        self, seed: int, train: dict[str, Any], model: dict[str, Any] | None = None
+    ) -> RunSpec:
+        """The run of one seed; ``model`` overrides the group's build_model keywords it names."""
         return RunSpec(
             dataset=self.dataset,
             method=self.method,
@@ -173,8 +197,13 @@ class Group:
             seed=seed,
             arch=self.arch,
             train=dict(train),
-            model=dict(self.model),
+            model={**self.model, **(model or {})},
         )
+
+    def point_spec(self, seed: int, base: dict[str, Any], point: dict[str, Any]) -> RunSpec:
+        """The run of one seed at a candidate of `Protocol.points` on top of the base training."""
+        train, model = split_point(point)
+        return self.spec(seed, {**base, **train}, model)
 
 
 BUDGETED_METHODS = ("lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")

@@ -17,6 +17,7 @@ from freshcore.reproduce.plan import (
     COMPRESSED_METHODS,
     DENSE_FACTOR,
     RunSpec,
+    split_point,
 )
 from freshcore.reproduce.runner import RunStore, final_specs
 
@@ -110,13 +111,26 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def describe_point(point: dict[str, Any]) -> str:
+    """A grid candidate in words: `lr=0.02, dropout=0.0, allocation=exponential decay=0.25`."""
+    train, model = split_point(point)
+    words = [f"{k}={v}" for k, v in train.items()]
+    for key, value in model.items():
+        if isinstance(value, dict):
+            value = " ".join(
+                str(v) if k in ("shape", "kind") else f"{k}={v}" for k, v in value.items()
+            )
+        words.append(f"{key}={value}")
+    return ", ".join(words)
+
+
 def selection_table(store: RunStore) -> str:
     """The grid value each cell chose, with every candidate's validation error."""
     lines = ["| cell | chosen | candidates (validation error %) |", "|---|---|---|"]
     for name, entry in sorted(store.selection().items()):
-        chosen = ", ".join(f"{k}={v}" for k, v in entry["chosen"].items())
+        chosen = describe_point(entry["chosen"])
         cands = "; ".join(
-            ", ".join(f"{k}={v}" for k, v in c["overrides"].items())
+            describe_point(c["overrides"])
             + (f": {100 * c['val_error']:.2f}" if c["val_error"] is not None else ": diverged")
             for c in entry["candidates"]
         )

@@ -42,6 +42,9 @@ class Reporter:
 
     def failed(self, spec: RunSpec, error: BaseException) -> None: ...
 
+    def advance(self, runs: int) -> None:
+        """``runs`` runs finished (or were skipped) in other processes (`run_parallel`)."""
+
 
 def machine_info(device: str = "auto") -> dict[str, Any]:
     """CPU and GPU names, torch version, threads: what a reader needs to weigh a timing."""
@@ -133,9 +136,14 @@ class RunStore:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def put_selection(self, name: str, entry: dict[str, Any]) -> None:
-        selection = self.selection()
-        selection[name] = entry
-        _write_atomic(self.root / "selection.json", json.dumps(selection, indent=1).encode())
+        """Read, change and write under a file lock: parallel workers share one selection."""
+        import fcntl
+
+        with open(self.root / "selection.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            selection = self.selection()
+            selection[name] = entry
+            _write_atomic(self.root / "selection.json", json.dumps(selection, indent=1).encode())
 
 
 class DataCache:
@@ -314,7 +322,7 @@ def run_groups(
     reporter = reporter or Reporter()
     groups = list(groups)
     extra_seeds = [s for s in seeds if s != protocol.tune_seed]
-    reporter.begin(len(groups) * (len(protocol.grid) + len(extra_seeds)))
+    reporter.begin(sum(len(protocol.points(g.method)) + len(extra_seeds) for g in groups))
     failures: list[tuple[RunSpec, BaseException]] = []
 
     def attempt(spec: RunSpec) -> dict[str, Any] | None:
@@ -329,12 +337,12 @@ def run_groups(
         chosen: dict[str, dict[str, Any]] = {}
         for group in (g for g in groups if g.dataset == dataset):
             candidates = []
-            for overrides in protocol.grid:
-                spec = group.spec(protocol.tune_seed, {**protocol.base, **overrides})
-                record = attempt(spec)
+            points = protocol.points(group.method)
+            for point in points:
+                record = attempt(group.point_spec(protocol.tune_seed, protocol.base, point))
                 if record is not None:
-                    candidates.append((overrides, record))
-            if len(candidates) < len(protocol.grid):
+                    candidates.append((point, record))
+            if len(candidates) < len(points):
                 continue  # not chosen until its whole grid has run
             chosen[group.name] = choose(candidates)
             store.put_selection(
@@ -362,7 +370,7 @@ def run_groups(
             if group.name not in chosen:
                 continue
             for seed in extra_seeds:
-                attempt(group.spec(seed, {**protocol.base, **chosen[group.name]}))
+                attempt(group.point_spec(seed, protocol.base, chosen[group.name]))
     return failures
 
 
@@ -372,8 +380,7 @@ def final_specs(store: RunStore, seeds: list[int]) -> dict[str, list[RunSpec]]:
     for name, entry in store.selection().items():
         group = Group(entry["dataset"], entry["method"], entry["factor"], entry["arch"])
         group.model = entry.get("model", {})
-        train = {**entry["base"], **entry["chosen"]}
-        out[name] = [group.spec(seed, train) for seed in seeds]
+        out[name] = [group.point_spec(seed, entry["base"], entry["chosen"]) for seed in seeds]
     return out
 
 
@@ -382,5 +389,5 @@ def dense_teacher(store: RunStore, dataset: str, seed: int) -> RunSpec | None:
     entry = store.selection().get(f"{dataset}/dense/{DENSE_FACTOR}")
     if entry is None:
         return None
-    group = Group(dataset, "dense", DENSE_FACTOR, entry["arch"])
-    return group.spec(seed, {**entry["base"], **entry["chosen"]})
+    group = Group(dataset, "dense", DENSE_FACTOR, entry["arch"], entry.get("model", {}))
+    return group.point_spec(seed, entry["base"], entry["chosen"])

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from freshcore.reproduce.plan import RunSpec, default_protocol, factor_value, table_groups
+from freshcore.reproduce.plan import (
+    RunSpec,
+    default_protocol,
+    factor_value,
+    split_point,
+    table_groups,
+)
 from freshcore.reproduce.report import collect_cells, markdown_table
 from freshcore.reproduce.runner import RunStore, choose
 
@@ -137,3 +143,27 @@ def test_table_from_disk_bolds_best_compressed_and_counts_seeds(tmp_path: Path) 
     assert "**1.10 ± 0.14 (n=2)**" in row  # freshnets, best compressed, two of three seeds
     assert "**0.60" not in row  # dense is a reference, never bold
     assert "2.50 ± 0.71 (n=2)" in row
+
+
+def test_allocation_grid_is_freshnets_only_and_keeps_the_tables_keys() -> None:
+    """A model grid crosses the training grid for freshnets alone; its point at the table's own
+    allocation is the very run (same key) the table trained without a grid."""
+    steep, table = {"shape": "exponential", "decay": 2.0}, {"shape": "exponential", "decay": 0.5}
+    protocol = default_protocol(lrs=(0.02,), dropouts=(0.5, 0.0), allocations=(steep, table))
+    fresh = protocol.points("freshnets")
+    assert fresh == [
+        {"lr": 0.02, "dropout": 0.5, "model": {"allocation": steep}},
+        {"lr": 0.02, "dropout": 0.5, "model": {"allocation": table}},
+        {"lr": 0.02, "dropout": 0.0, "model": {"allocation": steep}},
+        {"lr": 0.02, "dropout": 0.0, "model": {"allocation": table}},
+    ]
+    assert protocol.points("hashednets") == protocol.grid
+    assert split_point(fresh[0]) == ({"lr": 0.02, "dropout": 0.5}, {"allocation": steep})
+    (group,) = table_groups(
+        ["mnist"], ["freshnets"], ["1/16"], {"mnist": "mnist-cnn"}, table, {"kind": "uniform"}
+    )
+    without_grid = group.spec(0, {**protocol.base, "lr": 0.02, "dropout": 0.0})
+    assert group.point_spec(0, protocol.base, fresh[3]).key() == without_grid.key()
+    steep_spec = group.point_spec(0, protocol.base, fresh[2])
+    assert steep_spec.model == {"budget_policy": {"kind": "uniform"}, "allocation": steep}
+    assert steep_spec.key() != without_grid.key()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,16 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from freshcore.reproduce import Reporter, RunSpec, RunStore, quick_options, reproduce
+from freshcore.reproduce import (
+    Reporter,
+    RunSpec,
+    RunStore,
+    ablation_plan,
+    default_ablations,
+    default_protocol,
+    quick_options,
+    reproduce,
+)
 from freshcore.reproduce.runner import DataCache, run_one
 
 
@@ -114,6 +125,8 @@ def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
     ]
     assert options["allocation"] == {"shape": "exponential", "decay": 0.5}
     assert options["budget_policy"] == {"kind": "conv-boost", "conv_factor": 4}
+    tried = options["protocol"]["model_grid"]["freshnets"]
+    assert [m["allocation"]["decay"] for m in tried] == [0.25, 0.5, 1.0, 2.0]
     nulls = [*args, "--allocation", "null", "--budget-policy", "null"]
     assert CliRunner().invoke(cli, nulls).exit_code == 0
     options = json.loads((tmp_path / "results.json").read_text())["options"]
@@ -140,3 +153,83 @@ def test_diverged_run_is_recorded_and_never_chosen(tmp_path: Path) -> None:
     counting = Counting()
     assert run_one(spec, store, data, counting, device="cpu") == record
     assert counting.skipped == [spec.key()]  # a diverged grid point is not retried
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ('{"shape": "uniform"}', "list"),
+        ("[1]", "list of objects"),
+        ('[{"shape": "exponential", "decay": -1}]', "item 0"),
+        ("[{", "not JSON"),
+    ],
+)
+def test_bad_allocations_are_refused_by_name(tmp_path: Path, bad: str, says: str) -> None:
+    args = ["reproduce", "--datasets", "digits", "--allocations", bad, "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "--allocations" in result.output and says in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_allocation_grid_is_tuned_on_validation_and_reused(tmp_path: Path) -> None:
+    """freshnets tries each allocation on the tuning seed; the other seed, the report and the
+    ablations use the one validation chose."""
+    steep, gentle = {"shape": "exponential", "decay": 2.0}, {"shape": "exponential", "decay": 0.25}
+    options = quick_options(tmp_path)
+    options.methods, options.seeds, options.ablations = ["freshnets"], 2, False
+    options.protocol = default_protocol(
+        epochs=1,
+        lrs=(0.05,),
+        max_train_samples=600,
+        device="cpu",
+        batch_size=16,
+        allocations=(steep, gentle),
+    )
+    counting = Counting()
+    summary = reproduce(options, counting)
+    assert len(counting.trained) == 3  # two allocations on seed 0, the chosen one on seed 1
+    entry = RunStore(tmp_path).selection()["digits/freshnets/1/16"]
+    vals = [c["val_error"] for c in entry["candidates"]]
+    chosen = steep if vals[0] <= vals[1] else gentle
+    assert entry["chosen"]["model"] == {"allocation": chosen}
+    records = [r for r in RunStore(tmp_path).records() if r["spec"]["seed"] == 1]
+    assert [r["spec"]["model"]["allocation"] for r in records] == [chosen]
+    assert summary["cells"]["digits/freshnets/1/16"]["test_error"]["n"] == 2
+    md = (tmp_path / "results.md").read_text()
+    assert f"allocation=exponential decay={chosen['decay']}" in md
+    plan = ablation_plan(
+        replace(options, ablation_variants=default_ablations()[:1]), RunStore(tmp_path)
+    )
+    assert plan[0][3].model["allocation"] == chosen  # the ablations start from the choice
+
+
+def test_workers_share_one_store_and_a_serial_rerun_skips_everything(tmp_path: Path) -> None:
+    """`--workers 2`: the table's cells and the ablations run in two processes writing one
+    output directory; every run lands once and the serial command then finds them all."""
+    out = tmp_path / "par"
+    result = CliRunner().invoke(cli, ["reproduce", "--quick", "--workers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["failures"] == [] and summary["runs_finished"] == 5
+    assert set(RunStore(out).selection()) == {"digits/dense/1", "digits/freshnets/1/16"}
+    counting = Counting()
+    reproduce(quick_options(out), counting, command="serial")
+    assert counting.trained == [] and len(counting.skipped) >= 5
+
+
+def _select_many(root: str, prefix: str) -> None:
+    store = RunStore(root)
+    for i in range(40):
+        store.put_selection(f"{prefix}/{i}", {"i": i})
+
+
+def test_selection_writes_from_two_processes_are_never_lost(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_select_many, args=(str(tmp_path), p)) for p in "ab"]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert len(RunStore(tmp_path).selection()) == 80
