@@ -593,6 +593,7 @@ def compress_dense(
 
     Hashed layers get the least-squares bucket values (mean of sign x coefficient per bucket),
     low-rank layers the truncated SVD; biases, batchnorm, normalisation and class names are copied.
+    The result lives on the dense model's device (the projection itself runs on the CPU).
     """
     if not isinstance(dense_model, FreshModel) or dense_model.method != "dense":
         raise ValueError("compress_dense needs a FreshModel built with method='dense'")
@@ -609,4 +610,4 @@ def compress_dense(
                 dst.bias.copy_(src.bias)
         else:
             dst.load_state_dict(src.state_dict())
-    return model
+    return model.to(dense_model.input_mean.device)

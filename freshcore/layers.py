@@ -165,7 +165,12 @@ class _BucketTable(_Generated):
         return weight.detach().reshape(-1).double()
 
     def project(self, weight: Tensor) -> None:
-        """Least-squares bucket values for a dense weight: mean of sign x value per bucket."""
+        """Least-squares bucket values for a dense weight: mean of sign x value per bucket.
+
+        ``weight`` may live on another device (a dense model on CUDA): it is brought to this
+        layer's, where the DCT matrix is, before the coefficients are taken.
+        """
+        weight = weight.detach().to(self.index.device)
         project_buckets_(self.buckets, self.index, self.coefficients_of(weight))
 
     def reset_parameters(self) -> None:
