@@ -1,0 +1,21 @@
+#!/bin/sh
+# Gather what device.sh needs beside the checkout, in two git-ignored folders (see
+# .git/info/exclude): wheels for the GPU machine's Python 3.12, the MNIST cache and three
+# generated variants (so their bytes are the CPU machine's), and the runs already done on CPU.
+set -eu
+cd "$(dirname "$0")/../../.."
+grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
+grep -qx '/.devcarry/' .git/info/exclude || echo '/.devcarry/' >>.git/info/exclude
+mkdir -p .whl .devcarry/store/runs
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated_types==0.8.0 typing_inspection==0.4.5 \
+  typing_extensions==4.16.0 pydantic-settings==2.16.3 python-dotenv==1.2.4 typer==0.29.2 \
+  rich==15.0.0 click==8.5.1
+.venv/bin/python -c "from freshcore.data import load; [load(n) for n in ('mnist', 'mnist-rot', 'rectangles', 'convex')]"
+CACHE=${FRESHNETS_DATA_DIR:-$HOME/.freshnets}
+tar -C "$CACHE" -czf .devcarry/cache-mnist.tar.gz cache/mnist
+tar -C "$CACHE" -czf .devcarry/cache-extra.tar.gz cache/mnist-rot.npz cache/convex.npz cache/rectangles.npz
+cp docs/results/table2-runs/*_s[0-9]_*.json .devcarry/store/runs/
+cp docs/results/table2-runs/selection.json .devcarry/store/
+du -sh .whl .devcarry
