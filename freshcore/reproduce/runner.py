@@ -204,7 +204,14 @@ def run_one(
     teacher_spec = spec.teacher_spec()
     if teacher_spec is not None:
         run_one(teacher_spec, store, data, Reporter(), device)  # not one of the plan's runs
-        teacher = freshcore.load(store.model_path(teacher_spec))
+        path = store.model_path(teacher_spec)
+        if not path.exists():  # its record was copied here without the model
+            raise FileNotFoundError(
+                f"run {spec.key()} needs its teacher's trained model {path}, which is missing "
+                f"though {store.run_path(teacher_spec)} is there: copy the model from the "
+                "machine that trained it, or delete that record to train the teacher again"
+            )
+        teacher = freshcore.load(path)
     dataset = data(spec.dataset)
     config = freshcore.TrainConfig.from_dict({**spec.train, "seed": spec.seed, "device": device})
     device = str(resolve_device(device))

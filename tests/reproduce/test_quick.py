@@ -233,3 +233,22 @@ def test_selection_writes_from_two_processes_are_never_lost(tmp_path: Path) -> N
         proc.join(60)
         assert proc.exitcode == 0
     assert len(RunStore(tmp_path).selection()) == 80
+
+
+def test_teacher_record_without_its_model_is_named(tmp_path: Path) -> None:
+    """Records copied from another machine without models: a run needing that teacher says
+    which file is missing and how to proceed, and nothing is overwritten."""
+    out = tmp_path / "q"
+    assert CliRunner().invoke(cli, ["reproduce", "--quick", "--out", str(out)]).exit_code == 0
+    store = RunStore(out)
+    project = next(spec for name, *_, spec in ablation_plan(quick_options(out), store)
+                   if name == "project dense")  # fmt: skip
+    teacher = project.teacher_spec()
+    assert teacher is not None
+    store.model_path(teacher).unlink()
+    store.run_path(project).unlink()
+    record = store.run_path(teacher).read_bytes()
+    with pytest.raises(FileNotFoundError, match="teacher's trained model") as info:
+        run_one(project, store, DataCache(), Counting(), device="cpu")
+    assert str(store.model_path(teacher)) in str(info.value)
+    assert store.run_path(teacher).read_bytes() == record
