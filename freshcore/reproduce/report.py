@@ -181,9 +181,18 @@ def plot_errors(
         ax.minorticks_off()
         if len(factors) == 1:
             ax.set_xlim(float(Fraction(factors[0])) / 2, float(Fraction(factors[0])) * 2)
-        ax.set_yscale("log")  # errors span 0.5% to tens of %: keep the small gaps readable
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        means = [
+            100 * c["test_error"]["mean"]
+            for c in cells.values()
+            if c["dataset"] == dataset and c["method"] in methods and c["test_error"]["n"]
+        ]
+        if min(means) >= 0.05:  # errors span 0.5% to tens of %: keep the small gaps readable
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            if max(means) / min(means) < 20:  # within about a decade: label the minor ticks too
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        else:  # an error of (nearly) 0% has no place on a log axis
+            ax.set_ylim(bottom=0)
         ax.set_title(dataset)
         ax.set_xlabel("compression factor")
         ax.set_ylabel("test error (%)")
