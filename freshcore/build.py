@@ -134,8 +134,12 @@ def plan_layers(
     seed: int,
     allocation: dict[str, Any] | None,
     budget_policy: dict[str, Any],
+    balanced: bool = False,
 ) -> list[dict[str, Any] | None]:
-    """Per spec layer: None (no parameters to compress) or the dict that fixes its structure."""
+    """Per spec layer: None (no parameters to compress) or the dict that fixes its structure.
+
+    ``balanced`` (FreshNets conv layers only) is written into their entries only when set, so the
+    plans of existing files keep their meaning."""
     shapes = spec.check()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -193,6 +197,8 @@ def plan_layers(
             sizes = [int(n) * slices for n in torch.bincount(torch.from_numpy(band_of(kh, kw)))]
             bands = band_buckets(sizes, k, _ALLOCATION.validate_python(allocation))
             plan[s.index] = {"kind": "fresh-conv", "bands": bands, "seed": layer_seed}
+            if balanced:
+                plan[s.index]["balanced"] = True
     return plan
 
 
@@ -385,7 +391,13 @@ def build_body(
             if kind == "conv":
                 mod: nn.Module = nn.Conv2d(*args, **kw)
             elif kind == "fresh-conv":
-                mod = FreshConv2d(*args, band_buckets=p["bands"], seed=p["seed"], **kw)
+                mod = FreshConv2d(
+                    *args,
+                    band_buckets=p["bands"],
+                    seed=p["seed"],
+                    balanced=p.get("balanced", False),
+                    **kw,
+                )
             elif kind == "hashed-conv":
                 mod = HashedConv2d(*args, buckets=p["buckets"], seed=p["seed"], **kw)
             elif kind == "lowfreq-conv":
@@ -521,12 +533,14 @@ def build_model(
     num_classes: int | None = None,
     allocation: Any = None,
     budget_policy: Any = None,
+    balanced: bool = False,
 ) -> FreshModel:
     """Build a model; ``allocation`` (freshnets only) and ``budget_policy`` shape the budget.
 
     ``allocation``: None (exponential decay 0.5), a name ("uniform", "exponential", "beta") or a
     dict like ``{"shape": "beta", "a": 1, "b": 3}``. ``budget_policy``: None (same factor for every
-    layer), "conv-boost" or ``{"kind": "conv-boost", "conv_factor": 8}``.
+    layer), "conv-boost" or ``{"kind": "conv-boost", "conv_factor": 8}``. ``balanced``: FreshNets
+    conv layers deal each band's coefficients evenly to its buckets (`FreshConv2d`).
     """
     spec = resolve_spec(spec_or_preset_name, input_shape, num_classes)
     if method not in METHODS:
@@ -536,7 +550,11 @@ def build_model(
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     alloc = parse_allocation(allocation, method)
     policy = parse_budget_policy(budget_policy)
-    plan = plan_layers(spec, method, c, seed, alloc, policy)
+    if not isinstance(balanced, bool):
+        raise ValueError(f"balanced must be true or false, got {balanced!r}")
+    if balanced and method not in ("freshnets", "freshnets-uniform"):
+        raise ValueError(f"balanced applies to FreshNets conv layers; method {method!r} has none")
+    plan = plan_layers(spec, method, c, seed, alloc, policy, balanced)
     return model_from_plan(spec, method, c, seed, plan, alloc, policy)
 
 

@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from freshcore.dct import band_of, idct2_matrix
-from freshcore.hashing import bucket_and_sign, signed_bucket_index
+from freshcore.hashing import bucket_and_sign, hash64, mix64, signed_bucket_index
+
+_DEAL = 0x5BD1_E995  # salts the hash that orders a band's coefficients in a balanced FreshConv2d
 
 
 def signed_index(bucket: np.ndarray, sign: np.ndarray, buckets: int) -> Tensor:
@@ -307,6 +309,10 @@ class FreshConv2d(_TableConv2d):
 
     ``band_buckets[b]`` buckets serve band b = j1 + j2 (0 buckets: that band is zero). A coefficient
     of slice s at position p has flat index s * kh * kw + p; its bucket is hashed within its band.
+    ``balanced``: instead of hashing each coefficient independently (some buckets then get many
+    members and about 1/e of them none), a hashed permutation of each band deals its coefficients
+    out to the band's buckets in turn, so every bucket has N_b / K_b members, give or take one, and
+    a band with as many buckets as coefficients stores each one exactly, as `LowFreqConv2d` does.
     """
 
     def __init__(
@@ -316,6 +322,7 @@ class FreshConv2d(_TableConv2d):
         kernel_size: int | tuple[int, int],
         band_buckets: list[int],
         seed: int,
+        balanced: bool = False,
         **options: Unpack[ConvOptions],
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dct=True, **options)
@@ -327,6 +334,7 @@ class FreshConv2d(_TableConv2d):
             raise ValueError("band bucket counts must be non-negative with a positive total")
         self.band_buckets = [int(k) for k in band_buckets]
         self.seed = int(seed)
+        self.balanced = bool(balanced)
         self._init_table(total, self._make_index())
 
     def band_sizes(self) -> list[int]:
@@ -341,11 +349,21 @@ class FreshConv2d(_TableConv2d):
         band = np.tile(band_of(kh, kw), self.virtual_weights // (kh * kw))
         n = k_b[band]
         local, sign = bucket_and_sign(self.seed, band.size, np.maximum(n, 1))
+        if self.balanced:  # deal each band's coefficients, in hashed order, to its buckets in turn
+            order = np.lexsort((hash64(mix64(self.seed ^ _DEAL), np.arange(band.size)), band))
+            start = np.searchsorted(band[order], np.arange(len(k_b)))
+            rank = np.arange(band.size) - start[band[order]]
+            local[order] = rank % np.maximum(n[order], 1)
         sign[n == 0] = 0
         return signed_index(local + offset[band], sign, int(k_b.sum()))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", buckets={self.num_buckets}, bands={self.band_buckets}"
+        balanced = ", balanced=True" if self.balanced else ""
+        return (
+            super().extra_repr()
+            + f", buckets={self.num_buckets}, bands={self.band_buckets}"
+            + balanced
+        )
 
 
 class HashedConv2d(_TableConv2d):

@@ -194,6 +194,10 @@ def _check_plan(spec: ArchitectureSpec, plan: Any, max_virtual_weights: int | No
             counts = value if isinstance(value, list) else [value]
             if key == "kind" or key == "seed":
                 continue
+            if key == "balanced":
+                if not isinstance(value, bool):
+                    raise ValueError(f"plan entry {s.index}: balanced={value!r} is not a boolean")
+                continue
             limit = s.out_shape[0] if key == "width" else s.weights
             if not all(isinstance(c, int) and 0 <= c <= limit for c in counts):
                 raise ValueError(f"plan entry {s.index}: {key}={value!r} outside [0, {limit}]")

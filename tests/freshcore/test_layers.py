@@ -150,3 +150,29 @@ def test_materialize_inside_inference_mode_still_allows_input_gradients():
     assert x.grad is not None and layer.buckets.grad is None
     layer.double()  # a dtype or device move drops the cache
     assert layer._cache is None
+
+
+def test_balanced_fresh_conv_deals_each_band_evenly():
+    """Every bucket of a band gets N_b / K_b members give or take one (hashing leaves about 1/e
+    of them empty), a full band stores each coefficient alone, and the layer stays seeded."""
+    bands = [16, 32, 20, 9, 3, 1, 0]  # 4x4 kernel, 16 slices: band sizes 16, 32, 48, 64, 48, 32, 16
+    layer = FreshConv2d(4, 4, 4, band_buckets=bands, seed=7, balanced=True)
+    bucket, sign = split_signed_index(layer.index, layer.num_buckets)
+    band = np.tile(band_of(4, 4), 16)
+    offsets = np.concatenate(([0], np.cumsum(bands)))
+    for b, k in enumerate(bands):
+        members = torch.from_numpy(band == b)
+        if k == 0:
+            assert (sign[members] == 0).all()
+            continue
+        counts = torch.bincount(bucket[members] - int(offsets[b]), minlength=k)
+        assert len(counts) == k and counts.max() - counts.min() <= 1
+    assert len(bucket[torch.from_numpy(band <= 1)].unique()) == 16 + 32  # bands 0, 1: exact
+    again = FreshConv2d(4, 4, 4, band_buckets=bands, seed=7, balanced=True)
+    assert torch.equal(again.index, layer.index)
+    other = FreshConv2d(4, 4, 4, band_buckets=bands, seed=8, balanced=True)
+    assert not torch.equal(other.index, layer.index)
+    hashed = FreshConv2d(4, 4, 4, band_buckets=bands, seed=7)
+    hashed_bucket, _ = split_signed_index(hashed.index, hashed.num_buckets)
+    assert len(hashed_bucket[torch.from_numpy(band == 1)].unique()) < 32  # collisions
+    assert "balanced=True" in repr(layer) and "balanced" not in repr(hashed)

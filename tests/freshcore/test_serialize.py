@@ -114,12 +114,16 @@ def test_refuses_inconsistent_files():
     def bad_plan(h, r):
         h["plan"] = h["plan"][:2]
 
+    def bad_balanced(h, r):
+        h["plan"][0]["balanced"] = 1
+
     for edit, match in [
         (more_buckets, "shape"),
         (other_spec, "shape"),
         (bad_layer, "layer 1"),
         (bad_names, "class_names"),
         (bad_plan, "cannot rebuild"),
+        (bad_balanced, "balanced=1 is not a boolean"),
     ]:
         with pytest.raises(ModelFormatError, match=match):
             fc.from_bytes(_replace_header(data, edit))
