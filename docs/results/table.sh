@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."  # the repository root
 COMMON="--methods dense,freshnets,freshnets-uniform,hashednets,equivalent,lowfreq,lrd \
   --factors 1/16,1/64 --seeds 3 --epochs 5 --lrs 0.05,0.02 --threads 1 --device auto \
   --allocation {\"shape\":\"exponential\",\"decay\":0.5} \
-  --budget-policy {\"kind\":\"conv-boost\",\"conv_factor\":4} --out runs/table"
+  --budget-policy {\"kind\":\"conv-boost\",\"conv_factor\":4} --allocations [] --out runs/table"
 nice -n 19 .venv/bin/freshnets reproduce --datasets mnist $COMMON
 nice -n 19 .venv/bin/freshnets reproduce --datasets mnist-rot $COMMON
 nice -n 19 .venv/bin/freshnets reproduce --datasets mnist,mnist-rot $COMMON --no-table \

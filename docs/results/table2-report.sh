@@ -24,6 +24,6 @@ PY
 .venv/bin/freshnets reproduce --datasets "$DATASETS" --factors 1/16,1/64 --seeds 3 \
   --epochs 8 --lrs 0.02 --dropouts 0.5,0 --threads 1 --device auto \
   --allocation '{"shape":"exponential","decay":0.5}' \
-  --budget-policy '{"kind":"conv-boost","conv_factor":4}' \
+  --budget-policy '{"kind":"conv-boost","conv_factor":4}' --allocations '[]' \
   --methods dense,freshnets,freshnets-uniform,hashednets,equivalent,lowfreq,lrd \
   --out runs/table2 --report-only

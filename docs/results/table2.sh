@@ -7,7 +7,7 @@
 cd "$(dirname "$0")/../.."  # the repository root
 COMMON="--datasets mnist --factors 1/16,1/64 --seeds 3 --epochs 8 --lrs 0.02 --dropouts 0.5,0 \
   --threads 1 --device auto --allocation {\"shape\":\"exponential\",\"decay\":0.5} \
-  --budget-policy {\"kind\":\"conv-boost\",\"conv_factor\":4}"
+  --budget-policy {\"kind\":\"conv-boost\",\"conv_factor\":4} --allocations []"
 nice -n 5 .venv/bin/freshnets reproduce $COMMON --methods dense,freshnets --out runs/table2a &
 nice -n 5 .venv/bin/freshnets reproduce $COMMON --out runs/table2b \
   --methods freshnets-uniform,hashednets,equivalent,lowfreq,lrd &
