@@ -1,23 +1,24 @@
 """Run a plan in several processes that share one output directory.
 
-A table cell (a `Group`: its grid on the tuning seed, then its other seeds) or a single run
-(an ablation) is one task; worker processes take tasks from a pool. Run files are keyed and
-written atomically and `RunStore.put_selection` takes a file lock, so workers never lose each
-other's results. On one GPU, several small trainings side by side keep it busier than one, and
-on a CPU each worker takes one core.
+Every task is one run. A table cell (a `Group`) first contributes its grid on the tuning seed;
+when the last of those runs is back, this process chooses the point (validation only, as
+`run_groups` does) and hands out the cell's other seeds. Single runs (ablations) are tasks of
+their own. Run files are keyed and written atomically and `RunStore.put_selection` takes a file
+lock, so processes never lose each other's results. On one GPU, several small trainings side by
+side keep it busier than one, and on a CPU each worker takes one core.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from freshcore.reproduce.plan import Group, Protocol, RunSpec
-from freshcore.reproduce.runner import DataCache, Reporter, RunStore, run_groups, run_one
+from freshcore.reproduce.runner import DataCache, Reporter, RunStore, run_one, select
 
 _DATA: DataCache | None = None  # one per worker process: each data set is parsed once
 
@@ -36,9 +37,6 @@ class _LineReporter(Reporter):
         what = "diverged" if r.get("diverged") else f"test error {100 * r['test_error']:.2f}%"
         print(f"{spec.key()}: {what} ({r['seconds']:.0f} s)", flush=True)
 
-    def failed(self, spec: RunSpec, error: BaseException) -> None:
-        print(f"{spec.key()}: FAILED {error!r}", flush=True)
-
 
 def _init_worker(threads: int) -> None:
     import torch
@@ -48,24 +46,10 @@ def _init_worker(threads: int) -> None:
     _DATA = DataCache()
 
 
-def _run_task(
-    kind: str, item: dict[str, Any], protocol: dict[str, Any], seeds: list[int], out: str
-) -> tuple[int, list[tuple[dict[str, Any], str]]]:
-    """One group or one spec in a worker: (runs it accounts for, failures as (spec, error))."""
+def _run_task(spec: dict[str, Any], out: str, device: str) -> dict[str, Any]:
+    """One run in a worker: its record (a skipped run's too)."""
     assert _DATA is not None, "worker not initialised"
-    store, reporter = RunStore(out), _LineReporter()
-    if kind == "group":
-        group, proto = Group(**item), Protocol(**protocol)
-        failures = run_groups([group], proto, seeds, store, _DATA, reporter)
-        runs = len(proto.points(group.method)) + len([s for s in seeds if s != proto.tune_seed])
-        return runs, [(s.to_dict(), repr(e)) for s, e in failures]
-    spec = RunSpec.from_dict(item)
-    try:
-        run_one(spec, store, _DATA, reporter, protocol["device"])
-    except Exception as exc:  # reported, not fatal: retried the next time the command runs
-        reporter.failed(spec, exc)
-        return 1, [(spec.to_dict(), repr(exc))]
-    return 1, []
+    return run_one(RunSpec.from_dict(spec), RunStore(out), _DATA, _LineReporter(), device)
 
 
 def run_parallel(
@@ -79,36 +63,55 @@ def run_parallel(
     advance: Callable[[int], None] | None = None,
 ) -> list[tuple[RunSpec, BaseException]]:
     """Run ``groups`` (each tuned, then its other ``seeds``) and single ``specs`` on ``workers``
-    processes of ``threads`` torch threads each, in the order given. ``advance(n)`` is called as
-    tasks finish with the number of runs each accounts for. Returns the failures."""
-    from dataclasses import asdict
-
-    tasks: list[tuple[str, dict[str, Any]]] = [("group", asdict(g)) for g in groups]
-    tasks += [("spec", s.to_dict()) for s in specs]
+    processes of ``threads`` torch threads each, roughly in the order given. ``advance(1)`` is
+    called as each run finishes. Returns the failures (a group with a failed grid run is not
+    chosen, so its other seeds wait for the next invocation, as with `run_groups`)."""
+    store, groups = RunStore(out), list(groups)  # the directories exist before workers race
+    extra = [s for s in seeds or [protocol.tune_seed] if s != protocol.tune_seed]
     failures: list[tuple[RunSpec, BaseException]] = []
-    if not tasks:
-        return failures
-    RunStore(out)  # make the directories once, before the workers race to
+    # per group: its grid points and the records of those back so far (None: failed)
+    grids: dict[str, tuple[list[dict[str, Any]], dict[int, dict[str, Any] | None]]] = {}
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     with ProcessPoolExecutor(workers, context, _init_worker, (threads,)) as pool:
-        futures = {
-            pool.submit(_run_task, kind, item, protocol.to_dict(), seeds or [0], str(out)): item
-            for kind, item in tasks
-        }
-        for future in as_completed(futures):
+        pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int]] = {}
+
+        def submit(spec: RunSpec, group: Group | None = None, point: int = -1) -> None:
             try:
-                runs, failed = future.result()
-            except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
-                failures.append((_spec_of(futures[future]), exc))
-                continue
-            failures += [(RunSpec.from_dict(s), TaskFailed(e)) for s, e in failed]
-            if advance is not None:
-                advance(runs)
+                future = pool.submit(_run_task, spec.to_dict(), str(store.root), protocol.device)
+            except BrokenProcessPool as exc:  # a worker died: the rest waits for the next time
+                failures.append((spec, exc))
+                return
+            pending[future] = (spec, group, point)
+
+        for group in groups:
+            points = protocol.points(group.method)
+            grids[group.name] = (points, {})
+            for i, point in enumerate(points):
+                submit(group.point_spec(protocol.tune_seed, protocol.base, point), group, i)
+        for spec in specs:
+            submit(spec)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec, group, point = pending.pop(future)
+                try:
+                    record: dict[str, Any] | None = future.result()
+                except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
+                    failures.append((spec, exc))
+                    record = None
+                except Exception as exc:  # reported, not fatal: retried the next time
+                    failures.append((spec, TaskFailed(repr(exc))))
+                    print(f"{spec.key()}: FAILED {exc!r}", flush=True)
+                    record = None
+                if advance is not None:
+                    advance(1)
+                if group is None or point < 0:
+                    continue
+                points, back = grids[group.name]
+                back[point] = record
+                if len(back) == len(points) and all(r is not None for r in back.values()):
+                    candidates = [(points[i], back[i]) for i in range(len(points))]
+                    chosen = select(group, protocol, candidates, store)  # type: ignore[arg-type]
+                    for seed in extra:
+                        submit(group.point_spec(seed, protocol.base, chosen))
     return failures
-
-
-def _spec_of(item: dict[str, Any]) -> RunSpec:
-    """The spec a task stands for in a failure report (a group: its tuning-seed run)."""
-    if "seed" in item:
-        return RunSpec.from_dict(item)
-    return Group(**item).spec(0, {})

@@ -312,6 +312,35 @@ def choose(candidates: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str,
     return best_overrides
 
 
+def select(
+    group: Group,
+    protocol: Protocol,
+    candidates: list[tuple[dict[str, Any], dict[str, Any]]],
+    store: RunStore,
+) -> dict[str, Any]:
+    """Choose a group's point from its tuning-seed runs (validation only) and record the choice
+    with every candidate's validation error in the store's selection."""
+    chosen = choose(candidates)
+    store.put_selection(
+        group.name,
+        {
+            "dataset": group.dataset,
+            "method": group.method,
+            "factor": group.factor,
+            "arch": group.arch,
+            "model": group.model,
+            "base": protocol.base,
+            "tune_seed": protocol.tune_seed,
+            "chosen": chosen,
+            "candidates": [
+                {"overrides": o, "key": r["key"], "val_error": r["result"]["val_error"]}
+                for o, r in candidates
+            ],
+        },
+    )
+    return chosen
+
+
 def run_groups(
     groups: Iterable[Group],
     protocol: Protocol,
@@ -351,28 +380,7 @@ def run_groups(
                     candidates.append((point, record))
             if len(candidates) < len(points):
                 continue  # not chosen until its whole grid has run
-            chosen[group.name] = choose(candidates)
-            store.put_selection(
-                group.name,
-                {
-                    "dataset": group.dataset,
-                    "method": group.method,
-                    "factor": group.factor,
-                    "arch": group.arch,
-                    "model": group.model,
-                    "base": protocol.base,
-                    "tune_seed": protocol.tune_seed,
-                    "chosen": chosen[group.name],
-                    "candidates": [
-                        {
-                            "overrides": o,
-                            "key": r["key"],
-                            "val_error": r["result"]["val_error"],
-                        }
-                        for o, r in candidates
-                    ],
-                },
-            )
+            chosen[group.name] = select(group, protocol, candidates, store)
         for group in (g for g in groups if g.dataset == dataset):
             if group.name not in chosen:
                 continue
