@@ -10,7 +10,11 @@ side keep it busier than one, and on a CPU each worker takes one core.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +25,7 @@ from freshcore.reproduce.plan import Group, Protocol, RunSpec
 from freshcore.reproduce.runner import DataCache, Reporter, RunStore, run_one, select
 
 _DATA: DataCache | None = None  # one per worker process: each data set is parsed once
+_PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 
 
 class TaskFailed(RuntimeError):
@@ -38,10 +43,14 @@ class _LineReporter(Reporter):
         print(f"{spec.key()}: {what} ({r['seconds']:.0f} s)", flush=True)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     import torch
 
     global _DATA
+    if sys.platform.startswith("linux"):  # SIGTERM when the command dies: no orphaned training
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
     torch.set_num_threads(threads)
     _DATA = DataCache()
 
@@ -72,7 +81,7 @@ def run_parallel(
     # per group: its grid points and the records of those back so far (None: failed)
     grids: dict[str, tuple[list[dict[str, Any]], dict[int, dict[str, Any] | None]]] = {}
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-    with ProcessPoolExecutor(workers, context, _init_worker, (threads,)) as pool:
+    with ProcessPoolExecutor(workers, context, _init_worker, (threads, os.getpid())) as pool:
         pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int]] = {}
 
         def submit(spec: RunSpec, group: Group | None = None, point: int = -1) -> None:

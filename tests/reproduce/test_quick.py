@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -256,3 +259,51 @@ def test_teacher_record_without_its_model_is_named(tmp_path: Path) -> None:
         run_one(project, store, DataCache(), Counting(), device="cpu")
     assert str(store.model_path(teacher)) in str(info.value)
     assert store.run_path(teacher).read_bytes() == record
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killed_command_leaves_no_worker_training(tmp_path: Path) -> None:
+    """SIGKILL the command while its workers train: they end too (not orphaned, still training)."""
+    code = "from app.cli import main; main()"
+    args = ["reproduce", "--quick", "--workers", "2", "--out", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = {c for c in _children(proc.pid) if "spawn_main" in _cmdline(c)}
+            time.sleep(0.2)
+        assert len(workers) == 2, "the workers never started"
+    finally:
+        proc.kill()
+        proc.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
