@@ -14,6 +14,7 @@ Resumable like every `freshnets reproduce` store.
 from __future__ import annotations
 
 import argparse
+import time
 
 from freshcore import reproduce as rp
 from freshcore.reproduce.parallel import run_parallel
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cells", default=CELLS, help="data set:factor pairs, in run order")
     args = parser.parse_args()
+    started = time.perf_counter()
     protocol = rp.default_protocol(epochs=8, lrs=(0.02,), dropouts=(0.0,), device=args.device)
     protocol.model_grid = {
         "freshnets": [
@@ -53,7 +55,8 @@ def main() -> None:
         protocol=protocol,
         **MODEL,
     )
-    summary = rp.write_report(options, "docs/results/balanced/run.py " + args.cells, 0.0, failures)
+    command = "docs/results/balanced/run.py --cells " + args.cells
+    summary = rp.write_report(options, command, time.perf_counter() - started, failures)
     for name, cell in summary["cells"].items():
         print(name, cell["chosen"], cell["test_error"], flush=True)
 
