@@ -181,11 +181,14 @@ def reproduce(
             options.budget_policy,
         )
         if options.workers > 1:
-            protocol = options.protocol
-            extra = len([s for s in seeds if s != protocol.tune_seed])
-            reporter.begin(sum(len(protocol.points(g.method)) + extra for g in groups))
+            reporter.begin(options.protocol.runs(groups, seeds))
             failures += run_parallel(
-                protocol, store.root, options.workers, groups, seeds, advance=reporter.advance
+                options.protocol,
+                store.root,
+                options.workers,
+                groups,
+                seeds,
+                advance=reporter.advance,
             )
         else:
             failures += run_groups(groups, options.protocol, seeds, store, data, reporter)
@@ -201,13 +204,13 @@ def reproduce(
                 specs=unique,
                 advance=reporter.advance,
             )
-            unique = []
-        for spec in unique:
-            try:
-                run_one(spec, store, data, reporter, options.protocol.device)
-            except Exception as exc:  # one broken variant must not stop the others
-                failures.append((spec, exc))
-                reporter.failed(spec, exc)
+        else:
+            for spec in unique:
+                try:
+                    run_one(spec, store, data, reporter, options.protocol.device)
+                except Exception as exc:  # one broken variant must not stop the others
+                    failures.append((spec, exc))
+                    reporter.failed(spec, exc)
     return write_report(options, command, time.perf_counter() - started, failures)
 
 

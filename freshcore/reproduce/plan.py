@@ -114,6 +114,11 @@ class Protocol:
             {**point, "model": dict(m)} if m else dict(point) for point in self.grid for m in models
         ]
 
+    def runs(self, groups: list[Group], seeds: list[int]) -> int:
+        """How many runs ``groups`` take: every point on the tuning seed, one per other seed."""
+        extra = len([s for s in seeds if s != self.tune_seed])
+        return sum(len(self.points(g.method)) + extra for g in groups)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -358,7 +358,7 @@ def run_groups(
     reporter = reporter or Reporter()
     groups = list(groups)
     extra_seeds = [s for s in seeds if s != protocol.tune_seed]
-    reporter.begin(sum(len(protocol.points(g.method)) + len(extra_seeds) for g in groups))
+    reporter.begin(protocol.runs(groups, seeds))
     failures: list[tuple[RunSpec, BaseException]] = []
 
     def attempt(spec: RunSpec) -> dict[str, Any] | None:
