@@ -60,7 +60,8 @@ class ModelOptions(BaseModel):
     allocation: str | dict[str, Any] | None = Field(
         None,
         description="Buckets per frequency band (freshnets only; other methods ignore it): "
-        '"uniform", "exponential", "beta" or e.g. {"shape": "exponential", "decay": 0.5}. '
+        '"uniform", "exponential", "beta" or e.g. {"shape": "exponential", "decay": 0.5}; '
+        '"min_rate": 0.1 also gives no buckets to the bands whose rate would fall under 0.1. '
         "None: exponential decay 0.5.",
     )
     budget_policy: str | dict[str, Any] | None = Field(

@@ -3,7 +3,8 @@
 Two decisions live here:
 - the *allocation* inside a FreshNets conv layer: bucket counts per band b = j1 + j2 whose rates
   K_b / N_b are non-increasing in b and capped at 1 (the excess of a capped band is handed on to the
-  others: water-filling), shaped by a family (uniform, exponential decay, beta survival);
+  others: water-filling), shaped by a family (uniform, exponential decay, beta survival), and
+  optionally cut off: bands whose rate would fall below ``min_rate`` get no buckets at all;
 - the *budget policy* across layers: the same factor everywhere, or a larger share for conv filters.
 """
 
@@ -13,7 +14,7 @@ import math
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from scipy.special import betainc
 
 
@@ -24,22 +25,42 @@ class UniformShape(BaseModel):
     shape: Literal["uniform"] = "uniform"
 
 
-class ExponentialShape(BaseModel):
-    """Rate of band b proportional to exp(-decay * b)."""
+class _CutOff(BaseModel):
+    """``min_rate``: a band whose rate would fall below it gets no buckets, its share going to the
+    lower bands (water-filled again), except where those cannot hold the budget.
+
+    Why: a band hashed at a very low rate (say 100 coefficients per bucket) adds little signal and
+    a lot of collision noise; dropping it keeps the lower bands exact for longer. With a cut-off the
+    family reaches from "hash every band" (0) to low-frequency truncation (a steep decay and 1),
+    and validation picks the point between.
+    0 (the default) is left out of the dumped dict, so allocations without it read as before.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    min_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_cut_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data = handler(self)
+        if self.min_rate == 0:
+            data.pop("min_rate", None)
+        return data
+
+
+class ExponentialShape(_CutOff):
+    """Rate of band b proportional to exp(-decay * b)."""
+
     shape: Literal["exponential"] = "exponential"
     decay: float = Field(0.5, ge=0.0, le=20.0)
 
 
-class BetaShape(BaseModel):
+class BetaShape(_CutOff):
     """Rate of band b proportional to the beta survival function 1 - I_t(a, b), t = (b + 1/2) / B.
 
     The survival function is non-increasing for every (a, b), so the rates always are; a < b front-
     loads the budget on low frequencies, a = b = 1 is a linear decay.
     """
 
-    model_config = ConfigDict(extra="forbid")
     shape: Literal["beta"] = "beta"
     a: float = Field(1.0, gt=0.0, le=100.0)
     b: float = Field(2.0, gt=0.0, le=100.0)
@@ -100,6 +121,24 @@ def water_fill(sizes: np.ndarray, weights: np.ndarray, total: float) -> np.ndarr
         capped |= over
 
 
+def cut_off_rates(
+    sizes: np.ndarray, weights: np.ndarray, total: float, min_rate: float
+) -> np.ndarray:
+    """`water_fill` over the lowest bands only: the highest bands whose rate would be under
+    ``min_rate`` are dropped (rate 0) until every kept band reaches it, or until dropping one more
+    would leave the kept bands too small to hold ``total``."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    # The fewest leading bands that can hold the total: never drop below this.
+    floor = int(np.searchsorted(np.cumsum(sizes), total - 1e-9)) + 1
+    keep = len(sizes)
+    while True:
+        rates = water_fill(sizes[:keep], weights[:keep], total)
+        below = int((rates < min_rate).sum())  # a suffix: the rates are non-increasing
+        if below == 0 or keep <= floor:
+            return np.concatenate((rates, np.zeros(len(sizes) - keep)))
+        keep = max(floor, keep - below)
+
+
 def band_buckets(
     band_sizes: np.ndarray,
     total: int,
@@ -109,7 +148,8 @@ def band_buckets(
     n = np.asarray(band_sizes, dtype=np.int64)
     if not 1 <= total <= n.sum():
         raise ValueError(f"bucket total {total} outside [1, {int(n.sum())}]")
-    target = water_fill(n, shape_weights(allocation, len(n)), total) * n
+    min_rate = getattr(allocation, "min_rate", 0.0)
+    target = cut_off_rates(n, shape_weights(allocation, len(n)), total, min_rate) * n
     k = np.minimum(np.floor(target + 0.5).astype(np.int64), n)
     for b in range(1, len(n)):  # repair monotonicity: K_b / N_b <= K_{b-1} / N_{b-1}
         k[b] = min(k[b], (k[b - 1] * n[b]) // n[b - 1])
@@ -118,7 +158,8 @@ def band_buckets(
         best, best_gap = -1, -math.inf
         for b in range(len(n)):
             if short:
-                ok = k[b] < n[b] and (b == 0 or (k[b] + 1) * n[b - 1] <= k[b - 1] * n[b])
+                ok = target[b] > 0 and k[b] < n[b]  # a cut-off band stays empty
+                ok = ok and (b == 0 or (k[b] + 1) * n[b - 1] <= k[b - 1] * n[b])
                 gap = target[b] - k[b]
             else:
                 ok = k[b] > 0 and (b == len(n) - 1 or (k[b] - 1) * n[b + 1] >= k[b + 1] * n[b])

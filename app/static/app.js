@@ -97,6 +97,7 @@ function fmtOptions(o) {
   if (a?.shape === "exponential") parts.push(`exponential ${a.decay}`);
   else if (a?.shape === "beta") parts.push(`beta a=${a.a} b=${a.b}`);
   else if (a) parts.push(a.shape);
+  if (a?.min_rate) parts.push(`bands under ${a.min_rate} cut off`);
   return parts.join(" · ");
 }
 function fmtTime(iso) {

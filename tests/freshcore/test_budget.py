@@ -13,7 +13,10 @@ from freshcore.budget import (
 )
 
 SHAPES = [UniformShape(), ExponentialShape(decay=0.5), ExponentialShape(decay=3.0),
-          BetaShape(a=1, b=3), BetaShape(a=2, b=2), BetaShape(a=0.5, b=5)]  # fmt: skip
+          BetaShape(a=1, b=3), BetaShape(a=2, b=2), BetaShape(a=0.5, b=5),
+          ExponentialShape(decay=1.0, min_rate=0.1), ExponentialShape(decay=0.5, min_rate=0.3),
+          BetaShape(a=1, b=3, min_rate=0.05),
+          ExponentialShape(decay=2.0, min_rate=1.0)]  # fmt: skip
 
 
 def _sizes(slices: int, k: int = 5) -> list[int]:
@@ -48,6 +51,44 @@ def test_uniform_rates_are_equal_and_decay_front_loads():
     assert rates.max() - rates.min() < 0.01
     k = band_buckets(sizes, sum(sizes) // 8, ExponentialShape(decay=1.0))
     assert k[0] / sizes[0] > 4 * k[-1] / sizes[-1]
+
+
+@pytest.mark.parametrize("shape", [s for s in SHAPES if getattr(s, "min_rate", 0) > 0])
+@pytest.mark.parametrize("fraction", [1 / 64, 1 / 16, 1 / 4, 0.6])
+def test_cut_off_leaves_no_band_under_min_rate(shape, fraction):
+    """Every band is empty or at least min_rate, except the last kept one when the lower bands
+    alone could not hold the budget; the cut-off bands are a suffix."""
+    sizes = _sizes(2048)
+    total = round(fraction * sum(sizes))
+    k = band_buckets(sizes, total, shape)
+    assert sum(k) == total
+    rates = [a / n for a, n in zip(k, sizes, strict=True)]
+    kept = [b for b, r in enumerate(rates) if r > 0]
+    assert kept == list(range(len(kept)))
+    needed = int(np.searchsorted(np.cumsum(sizes), total)) + 1  # the fewest bands holding total
+    if len(kept) > needed:
+        assert min(rates[b] for b in kept) >= shape.min_rate - 1 / sizes[kept[-1]]
+
+
+def test_cut_off_drops_what_plain_decay_hashes_thinly():
+    sizes = _sizes(2048)
+    total = 3 * sum(sizes) // 16  # mnist-cnn's second conv at 1/16 with conv-boost x4
+    plain = band_buckets(sizes, total, ExponentialShape(decay=2.0))
+    cut = band_buckets(sizes, total, ExponentialShape(decay=2.0, min_rate=0.25))
+    assert plain[4] > 0 and cut[3:] == [0] * 6  # band 4 had 100+ coefficients per bucket
+    assert cut[:2] == sizes[:2]  # its share went to the lowest bands, now exact
+    # min_rate 1 keeps the fewest bands that hold the budget, spread over them by the shape.
+    trunc = band_buckets(sizes, total, ExponentialShape(decay=0.5, min_rate=1.0))
+    assert 0 < trunc[2] < sizes[2] and trunc[3:] == [0] * 6 and sum(trunc) == total
+
+
+def test_min_rate_is_kept_only_when_used():
+    assert "min_rate" not in ExponentialShape(decay=2.0).model_dump()
+    assert ExponentialShape(decay=2.0, min_rate=0.1).model_dump()["min_rate"] == 0.1
+    with pytest.raises(ValueError):
+        ExponentialShape(min_rate=1.5)
+    with pytest.raises(ValueError):
+        UniformShape(min_rate=0.1)  # all bands share one rate: nothing to cut off
 
 
 def test_band_buckets_rejects_impossible_totals():
