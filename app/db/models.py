@@ -128,6 +128,18 @@ class Job(Base):
     model_options: Mapped[dict[str, Any] | None] = mapped_column(
         JSON(none_as_null=True), default=None
     )
+    # The model this job learns from (distillation) or starts from (init "project"). A model an
+    # unfinished job names cannot be deleted (409); once the job is final, deleting it leaves NULL.
+    # use_alter: models.job_id points back at jobs, and the cycle must not stop a sort of tables.
+    teacher_model_id: Mapped[str | None] = mapped_column(
+        ForeignKey(
+            "models.id", ondelete="SET NULL", use_alter=True, name="fk_jobs_teacher_model_id"
+        ),
+        index=True,
+        default=None,
+    )
+    # "scratch" (freshcore's initialisation) or "project" (freshcore.compress_dense of the teacher).
+    init: Mapped[str] = mapped_column(String(16), default="scratch", server_default="scratch")
 
     state: Mapped[JobState] = mapped_column(
         Enum(JobState, native_enum=False, length=16), default=JobState.queued, index=True
