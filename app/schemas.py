@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (apart from the ORM models)."""
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -9,6 +9,9 @@ from app.db.models import JobState
 
 T = TypeVar("T")
 
+
+# How a job's student starts: freshcore's initialisation, or the projection of a dense teacher.
+JobInit = Literal["scratch", "project"]
 
 # PostgreSQL text cannot hold NUL: every string that reaches a column or a query refuses it.
 NO_NUL = r"^[^\x00]*$"
@@ -95,6 +98,20 @@ class JobCreate(BaseModel):
     model_options: ModelOptions | None = Field(
         None, description="Allocation and budget split; omitted: freshcore's defaults."
     )
+    teacher_model_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="One of your models (usually a dense one) for the student to learn from: "
+        "its softened outputs join the loss while training.distill_alpha > 0 (default 0.5).",
+    )
+    init: JobInit = Field(
+        "scratch",
+        description='"scratch": freshcore\'s initialisation; "project": start from the '
+        "least-squares projection of the teacher (freshcore.compress_dense), which needs a "
+        "dense teacher with the job's architecture.",
+    )
 
 
 class EpochMetricOut(BaseModel):
@@ -123,6 +140,10 @@ class JobOut(BaseModel):
     model_options: ModelOptions | None = Field(
         description="As freshcore parsed them (null: none given, freshcore's defaults)."
     )
+    teacher_model_id: str | None = Field(
+        description="The teacher model (null: none, or it was deleted after the job ended)."
+    )
+    init: JobInit
     progress: float = Field(description="Fraction of the planned epochs done, in [0, 1].")
     epoch: int
     total_epochs: int

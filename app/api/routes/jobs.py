@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import freshcore
@@ -150,6 +151,93 @@ def _training(body: JobCreate, settings: Settings) -> dict[str, Any]:
     return config.to_dict()
 
 
+def _layer_difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """Where two resolved specs part, in words (their names do not count)."""
+    for key in ("input_shape", "num_classes"):
+        if mine[key] != theirs[key]:
+            return f"{key} {mine[key]} here, {theirs[key]} in the teacher"
+    for i, (a, b) in enumerate(zip(mine["layers"], theirs["layers"], strict=False)):
+        if a != b:
+            return f"layer {i} is {a} here, {b} in the teacher"
+    return f"{len(mine['layers'])} layers here, {len(theirs['layers'])} in the teacher"
+
+
+def _teacher(
+    session: Session,
+    owner: Owner,
+    body: JobCreate,
+    spec: Any,
+    training: dict[str, Any],
+    settings: Settings,
+) -> Model | None:
+    """The job's teacher, checked against the data set, the student and the limits; a 422
+    naming the field otherwise. Another owner's model reads as unknown: its id leaks nothing."""
+    loc = ("body", "teacher_model_id")
+    if body.teacher_model_id is None:
+        if body.init == "project":
+            raise invalid(
+                ("body", "init"), "'project' needs a teacher_model_id (a trained dense model)"
+            )
+        return None
+    teacher = session.get(Model, body.teacher_model_id)
+    if teacher is None or teacher.owner_id != owner.id:
+        raise invalid(loc, f"unknown model {body.teacher_model_id!r}")
+    if teacher.compact_bytes > settings.max_model_bytes:
+        raise invalid(
+            loc,
+            f"the teacher's file is {teacher.compact_bytes:,} bytes, over "
+            f"FRESHNETS_MAX_MODEL_BYTES ({settings.max_model_bytes:,})",
+        )
+    if teacher.virtual_parameters > settings.max_virtual_weights:
+        raise invalid(
+            loc,
+            f"the teacher has {teacher.virtual_parameters:,} virtual weights, over "
+            f"FRESHNETS_MAX_VIRTUAL_WEIGHTS ({settings.max_virtual_weights:,})",
+        )
+    theirs = session.scalar(select(Job.architecture).where(Job.id == teacher.job_id))
+    if theirs is None:
+        raise invalid(loc, f"model {teacher.id!r} has no recorded architecture (its job is gone)")
+    theirs = freshcore.resolve_spec(theirs).model_dump(mode="json")
+    if tuple(theirs["input_shape"]) != tuple(spec.input_shape):
+        raise invalid(
+            loc,
+            f"the teacher takes inputs of shape {tuple(theirs['input_shape'])}, the data set's "
+            f"are {tuple(spec.input_shape)}",
+        )
+    if theirs["num_classes"] != spec.num_classes:
+        raise invalid(
+            loc,
+            f"the teacher predicts {theirs['num_classes']} classes, the data set has "
+            f"{spec.num_classes}",
+        )
+    if body.init == "project":
+        if teacher.method != "dense":
+            raise invalid(
+                loc,
+                f"init 'project' needs a dense teacher; model {teacher.id!r} is {teacher.method!r}",
+            )
+        if body.method == "equivalent":
+            raise invalid(
+                ("body", "method"),
+                "'equivalent' has other layer widths than the teacher: it cannot start from "
+                "the projection (use init 'scratch')",
+            )
+        mine = spec.model_dump(mode="json")
+        if {**mine, "name": None} != {**theirs, "name": None}:
+            raise invalid(
+                ("body", "architecture"),
+                "init 'project' needs the teacher's architecture: "
+                + _layer_difference(mine, theirs),
+            )
+    elif training["distill_alpha"] == 0:
+        raise invalid(
+            loc,
+            "the teacher would not be used: training.distill_alpha is 0 and init is 'scratch' "
+            "(set distill_alpha > 0 to distil, or init 'project')",
+        )
+    return teacher
+
+
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None:
         return None
@@ -188,6 +276,8 @@ def job_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
             training=job.training,
             seed=job.seed,
             model_options=job.model_options,
+            teacher_model_id=job.teacher_model_id,
+            init=job.init,
             progress=job.progress,
             epoch=job.epoch,
             total_epochs=job.total_epochs,
@@ -250,6 +340,7 @@ def create_job(
     spec = _spec(body, dataset.input_shape, dataset.num_classes, settings)
     _check_model_size(spec, body.method, compression, body.seed, options, settings)
     training = _training(body, settings)
+    teacher = _teacher(session, owner, body, spec, training, settings)
     job = Job(
         owner_id=owner.id,
         dataset=dataset.id,
@@ -260,11 +351,23 @@ def create_job(
         training=training,
         seed=body.seed,
         model_options=options,
+        teacher_model_id=teacher.id if teacher is not None else None,
+        init=body.init,
         state=JobState.queued,
         total_epochs=training["epochs"],
     )
     session.add(job)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        # The teacher was deleted since it was read (models.delete_model: the foreign key check
+        # of this INSERT and the delete's lock on the model row let only one of them win).
+        session.rollback()
+        if teacher is None:
+            raise
+        raise invalid(
+            ("body", "teacher_model_id"), f"unknown model {body.teacher_model_id!r}"
+        ) from exc
     jobs_queue.enqueue(settings, job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(session, job)

@@ -3,11 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.api.deps import CurrentOwner, ResourceId, SessionDep
-from app.db.models import Job, Model, ModelBlob, Owner
+from app.db.models import FINAL_STATES, Job, Model, ModelBlob, Owner
 from app.schemas import ModelOut, Page
 from app.serving import drop_model, is_warm
 
@@ -109,10 +109,47 @@ def get_model_file(model_id: ResourceId, session: SessionDep, owner: CurrentOwne
     )
 
 
-@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+def _lock_model(session: Session, model_id: str) -> None:
+    """Hold the model row until this transaction ends, so that a job naming it as teacher is
+    either committed before the check below (and seen) or refused by its foreign key after the
+    delete: PostgreSQL's FOR UPDATE conflicts with the KEY SHARE lock of a job INSERT's foreign
+    key check; SQLite has one writer at a time, taken here by a write that changes nothing."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Model).where(Model.id == model_id).values(dataset=Model.dataset))
+    else:
+        session.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **NOT_FOUND,
+        409: {"description": "A queued or running job uses the model as its teacher."},
+    },
+)
 def delete_model(
     request: Request, model_id: ResourceId, session: SessionDep, owner: CurrentOwner
 ) -> None:
-    session.delete(owned_model(session, owner, model_id))
+    """Delete a model and its file. A model that an unfinished job learns from is kept (409)
+    until that job ends; finished jobs keep their record with the teacher set to null."""
+    model = owned_model(session, owner, model_id)
+    _lock_model(session, model.id)
+    waiting = session.scalars(
+        select(Job.id)
+        .where(Job.teacher_model_id == model.id, Job.state.not_in(FINAL_STATES))
+        .order_by(Job.created_at, Job.id)
+    ).all()
+    if waiting:
+        session.rollback()
+        shown = ", ".join(waiting[:10]) + (
+            f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
+        )
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"model: {model.id!r} is the teacher of unfinished job(s) {shown}; "
+            "wait for them to end or cancel them, then delete it",
+        )
+    session.delete(model)
     session.commit()
     drop_model(request.app, model_id)  # it can never answer a prediction again
