@@ -264,6 +264,63 @@ def _write_verified(path: Path, data: bytes, sha256: str) -> None:
     tmp.replace(path)  # atomic: another worker never reads half a file
 
 
+def load_teacher(job: Job) -> freshcore.FreshModel:
+    """The job's teacher from its stored file, under the bounds the API checked it against.
+
+    The teacher may have gone since the job was queued (the API refuses to delete the teacher
+    of an unfinished job, but a job can outlive a race): that fails the job, it does not retry.
+    """
+    settings = get_settings()
+    if job.teacher_model_id is None:
+        raise JobFailed("the teacher model is gone (deleted?): queue the job again with another")
+    with _session() as session:
+        data = session.scalar(
+            select(ModelBlob.data)
+            .join(Model, Model.id == ModelBlob.model_id)
+            .where(Model.id == job.teacher_model_id, Model.owner_id == job.owner_id)
+        )
+    if data is None:
+        raise JobFailed(f"the teacher model {job.teacher_model_id} is gone (deleted?)")
+    if len(data) > settings.max_model_bytes:
+        raise JobFailed(
+            f"the teacher model {job.teacher_model_id} is {len(data):,} bytes, over "
+            f"FRESHNETS_MAX_MODEL_BYTES ({settings.max_model_bytes:,})"
+        )
+    try:
+        return freshcore.from_bytes(data, max_virtual_weights=settings.max_virtual_weights)
+    except ValueError as exc:  # ModelFormatError
+        raise JobFailed(f"the teacher model {job.teacher_model_id} cannot be read: {exc}") from exc
+
+
+def build_student(
+    job: Job, info: fdata.DatasetInfo, teacher: freshcore.FreshModel | None
+) -> freshcore.FreshModel:
+    """The untrained model: freshcore's initialisation, or the projection of a dense teacher."""
+    options = job.model_options or {}  # none given: freshcore's defaults
+    kwargs = {
+        "allocation": options.get("allocation"),
+        "budget_policy": options.get("budget_policy"),
+    }
+    try:
+        if job.init == "project":
+            assert teacher is not None  # load_teacher ran for this job
+            return freshcore.compress_dense(
+                teacher, job.method, job.compression, job.seed, **kwargs
+            )
+        return freshcore.build_model(
+            job.architecture,
+            method=job.method,
+            compression=job.compression,
+            seed=job.seed,
+            input_shape=tuple(info.input_shape),
+            num_classes=info.num_classes,
+            **kwargs,
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        how = "project the teacher onto" if job.init == "project" else "build"
+        raise JobFailed(f"cannot {how} the model for {info.name!r}: {exc}") from exc
+
+
 def train_config(job: Job) -> freshcore.TrainConfig:
     """The job's training settings; the device is this worker's choice, not the submitter's."""
     settings = get_settings()
@@ -425,23 +482,18 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
 
     dataset = load_dataset(job.dataset)
     info = dataset.info
-    options = job.model_options or {}  # none given: freshcore's defaults
-    try:
-        model = freshcore.build_model(
-            job.architecture,
-            method=job.method,
-            compression=job.compression,
-            seed=job.seed,
-            input_shape=tuple(info.input_shape),
-            num_classes=info.num_classes,
-            allocation=options.get("allocation"),
-            budget_policy=options.get("budget_policy"),
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise JobFailed(f"cannot build the model for {info.name!r}: {exc}") from exc
+    config = train_config(job)
+    # A resumed job restores its checkpoint over the projection; the teacher still distils.
+    wants_teacher = job.init == "project" or (
+        job.teacher_model_id is not None and config.distill_alpha > 0
+    )
+    teacher = load_teacher(job) if wants_teacher else None
+    model = build_student(job, info, teacher)
     model.class_names = list(info.class_names) if info.class_names else None
     model.meta.update({"dataset": job.dataset, "job_id": job.id, "training": job.training})
-    config = train_config(job)
+    if teacher is not None:
+        model.meta.update({"teacher_model_id": job.teacher_model_id, "init": job.init})
+    distil_from = teacher if config.distill_alpha > 0 else None
 
     flags = StopFlags()
     progress = BatchProgress(job_id, me, config.epochs, flags)
@@ -464,6 +516,7 @@ def train_claimed(job_id: str, me: str, beat: Heartbeat) -> str:
                 on_epoch,
                 should_stop=should_stop,
                 on_batch=progress,
+                teacher=distil_from,
                 resume=resume,
             )
         except TrainingError as exc:
