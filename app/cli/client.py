@@ -428,6 +428,29 @@ def submit(
             """'{"kind": "conv-boost", "conv_factor": 4}' (default: the same factor per layer)."""
         ),
     ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODEL_ID",
+            help="One of your models (`freshnets models`), usually a dense one: the student "
+            "learns from its outputs (distillation) and, with --init project, starts from its "
+            "projection. Without --preset the student takes the teacher's architecture.",
+        ),
+    ] = None,
+    init: Annotated[
+        str,
+        typer.Option(
+            help="How the student starts: scratch, or project (the least-squares projection "
+            "of a dense --teacher).",
+        ),
+    ] = "scratch",
+    distill_alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the teacher's softened outputs in the loss (server default 0.5); "
+            "0 with --init project: projection only.",
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option(help="Follow the job's progress until it ends.")] = True,
     poll: Annotated[float, typer.Option(help="Seconds between progress polls.")] = 1.0,
     url: UrlOpt = DEFAULT_URL,
@@ -436,7 +459,12 @@ def submit(
     """Queue a training job on the server (POST /v1/jobs) and follow it to the end."""
     training = {
         k: v
-        for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items()
+        for k, v in {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "distill_alpha": distill_alpha,
+        }.items()
         if v is not None
     }
     options = {
@@ -447,14 +475,19 @@ def submit(
         }.items()
         if v is not None
     }
+    architecture: str | dict[str, Any] | None = preset
     with _api(url, api_key) as client:
-        if preset is None:
+        if architecture is None and teacher is not None:
+            # The teacher's own network: what --init project needs, a fair student otherwise.
+            architecture = client.get(f"/v1/models/{teacher}").get("architecture")
+        if architecture is None:
             info = client.get(f"/v1/datasets/{dataset}")
             shapes = {a["name"]: a["input_shape"] for a in _items(client.get("/v1/architectures"))}
-            preset = _pick_preset(shapes, info["input_shape"]) if info.get("input_shape") else None
-    body = {
+            if info.get("input_shape"):
+                architecture = _pick_preset(shapes, info["input_shape"])
+    body: dict[str, Any] = {
         "dataset": dataset,
-        "architecture": preset or "mnist-cnn",
+        "architecture": architecture or "mnist-cnn",
         "method": method,
         "compression": _compression_arg(compression),
         "training": training,
@@ -462,6 +495,10 @@ def submit(
     }
     if options:  # none given: the server's defaults, exactly as before
         body["model_options"] = options
+    if teacher is not None:
+        body["teacher_model_id"] = teacher
+    if init != "scratch":
+        body["init"] = init
     with _api(url, api_key) as client:
         job = client.post("/v1/jobs", json=body)
         console.print(f"Queued job [bold]{job['id']}[/]", highlight=False)

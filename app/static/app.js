@@ -273,6 +273,33 @@ async function fillLaunchForm() {
     if (fit) archSelect.value = fit.name;
   });
   dsSelect.dispatchEvent(new Event("change"));
+  // Init and distillation weight mean something only with a teacher; a projection keeps the
+  // teacher's network, so the preset is not asked for.
+  const sync = () => {
+    const teacher = $("#f-teacher").value !== "";
+    $("#f-init").disabled = !teacher;
+    $("#f-distill-alpha").disabled = !teacher;
+    archSelect.disabled = teacher && $("#f-init").value === "project";
+  };
+  $("#f-teacher").addEventListener("change", sync);
+  $("#f-init").addEventListener("change", sync);
+  sync();
+}
+
+// The owner's models, refreshed each time the jobs view opens (a job may have just made one).
+const teacherModels = new Map();
+
+async function fillTeachers() {
+  const select = $("#f-teacher");
+  const chosen = select.value;
+  const models = await allModels();
+  teacherModels.clear();
+  for (const m of models) teacherModels.set(m.id, m);
+  select.replaceChildren(el("option", { value: "" }, "none"), ...models.map((m) =>
+    el("option", { value: m.id, title: m.id },
+      `${shortId(m.id)} · ${m.dataset} · ${m.architecture_name || "custom"} · ${m.method} · ${fmtPct(m.test_accuracy)}`)));
+  select.value = teacherModels.has(chosen) ? chosen : "";
+  select.dispatchEvent(new Event("change"));
 }
 
 function clearFieldErrors(form) {
@@ -284,7 +311,8 @@ function clearFieldErrors(form) {
 
 // Map an API error to the form: 422 `loc` -> field; a string naming a field goes next to it.
 function showFieldErrors(form, err) {
-  const fields = ["dataset", "architecture", "method", "compression", "budget_policy", "allocation", "epochs"];
+  const fields = ["dataset", "architecture", "method", "compression", "budget_policy", "allocation",
+    "teacher_model_id", "init", "distill_alpha", "epochs"];
   const put = (field, msg) => {
     const box = field ? form.querySelector(`[data-error-for="${field}"]`) : null;
     const target = box || $("#launch-error");
@@ -310,7 +338,8 @@ function showFieldErrors(form, err) {
   put(field, msg);
 }
 
-function compressionValue(text) {
+// A number stays a number; anything else goes as typed, for the API to name what is wrong.
+function numberOrText(text) {
   const t = text.trim();
   return t !== "" && !Number.isNaN(Number(t)) ? Number(t) : t;
 }
@@ -324,7 +353,7 @@ $("#launch-form").addEventListener("submit", async (ev) => {
     dataset: form.dataset.value,
     architecture: form.architecture.value,
     method: form.method.value,
-    compression: compressionValue(form.compression.value),
+    compression: numberOrText(form.compression.value),
     training: { epochs: epochsText === "" ? null : Number(epochsText) },
   };
   // The selects hold freshcore's JSON; "" is freshcore's default, sent as nothing (as before).
@@ -332,6 +361,14 @@ $("#launch-form").addEventListener("submit", async (ev) => {
   if (form.budget_policy.value) options.budget_policy = JSON.parse(form.budget_policy.value);
   if (!form.allocation.disabled && form.allocation.value) options.allocation = JSON.parse(form.allocation.value);
   if (Object.keys(options).length) body.model_options = options;
+  const teacher = teacherModels.get(form.teacher_model_id.value);
+  if (teacher) {
+    body.teacher_model_id = teacher.id;
+    body.init = form.init.value;
+    body.training.distill_alpha = numberOrText(form.distill_alpha.value);
+    // A projection starts from the teacher's weights: the student is the teacher's network.
+    if (body.init === "project" && teacher.architecture) body.architecture = teacher.architecture;
+  }
   const button = $("#launch-submit");
   button.disabled = true;
   try {
@@ -349,7 +386,7 @@ $("#jobs-state-filter").addEventListener("change", () => route());
 
 function showJobs() {
   $("#view-jobs").hidden = false;
-  loadLaunchForm().catch((err) => { $("#launch-error").textContent = describeError(err); });
+  loadLaunchForm().then(fillTeachers).catch((err) => { $("#launch-error").textContent = describeError(err); });
   const tbody = $("#jobs-table tbody");
   const state = $("#jobs-state-filter").value;
   stopView = poll(async () => {
@@ -459,6 +496,11 @@ function showJob(jobId) {
       fact("method", job.method),
       fact("compression", fmtCompression(job.compression)),
       fact("model options", fmtOptions(job.model_options)),
+      fact("teacher", job.teacher_model_id
+        ? el("span", {}, el("a", { href: "#/models", "data-model-id": job.teacher_model_id, "data-teacher": "" }, shortId(job.teacher_model_id)),
+          job.init === "project" ? " · projected start" : "",
+          job.init === "project" && job.training?.distill_alpha === 0 ? "" : ` · distilled (α ${job.training?.distill_alpha ?? 0.5})`)
+        : (job.init === "project" ? "deleted · projected start" : "none")),
       fact("epochs", `${job.epoch} / ${job.total_epochs || job.training?.epochs || "?"}`),
       fact("val. accuracy", fmtPct(job.latest_metrics?.val_accuracy)),
       fact("run time", job.run_seconds == null ? "–" : `${job.run_seconds.toFixed(1)} s`),
