@@ -25,9 +25,14 @@ console = Console(stderr=True)
 # own defaults (the same factor for every layer).
 DEFAULT_ALLOCATION = '{"shape": "exponential", "decay": 0.5}'
 DEFAULT_BUDGET_POLICY = '{"kind": "conv-boost", "conv_factor": 4}'
-# freshnets allocations tried on the tuning seed (table v3): from gentle to nearly low-pass
+# freshnets allocations tried on the tuning seed (table v4): exponential decays from gentle to
+# nearly low-pass (table v3's four), and two that cut off the bands under a rate
 DEFAULT_ALLOCATIONS = json.dumps(
     [{"shape": "exponential", "decay": d} for d in (0.25, 0.5, 1.0, 2.0)]
+    + [
+        {"shape": "exponential", "decay": 1.0, "min_rate": 0.1},
+        {"shape": "exponential", "decay": 2.0, "min_rate": 0.25},
+    ]
 )
 
 
