@@ -116,7 +116,7 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
-    """Without options the harness runs table v2's protocol (docs/results.md); null restores
+    """Without options the harness runs table v4's protocol (docs/results.md); null restores
     freshcore's own model defaults."""
     args = ["reproduce", "--datasets", "digits", "--out", str(tmp_path), "--report-only"]
     assert CliRunner().invoke(cli, args).exit_code == 0
@@ -129,7 +129,9 @@ def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
     assert options["allocation"] == {"shape": "exponential", "decay": 0.5}
     assert options["budget_policy"] == {"kind": "conv-boost", "conv_factor": 4}
     tried = options["protocol"]["model_grid"]["freshnets"]
-    assert [m["allocation"]["decay"] for m in tried] == [0.25, 0.5, 1.0, 2.0]
+    assert [(m["allocation"]["decay"], m["allocation"].get("min_rate")) for m in tried] == [
+        (0.25, None), (0.5, None), (1.0, None), (2.0, None), (1.0, 0.1), (2.0, 0.25)
+    ]  # fmt: skip
     nulls = [*args, "--allocation", "null", "--budget-policy", "null"]
     assert CliRunner().invoke(cli, nulls).exit_code == 0
     options = json.loads((tmp_path / "results.json").read_text())["options"]
