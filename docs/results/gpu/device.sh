@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Table v3 on a lent GPU machine (one NVIDIA H100/H200, 16 cores, no network), in one call of
-# about 9 minutes: the GPU tests, the freshcore benchmarks on CUDA, then as much of table v3 as
-# fits, 14 training processes sharing the GPU and one store. What is done comes back in $OUT
+# The table on a lent GPU machine (one NVIDIA H100/H200, 16 cores, no network), in one call of
+# about 9 minutes: the GPU tests, the freshcore benchmarks on CUDA, then as much of the table (the
+# harness's defaults: table v4) as fits, 14 training processes sharing the GPU and one store. What is done comes back in $OUT
 # (runs.tgz is refreshed every 15 s, so a run cut off by the time limit loses only itself).
 #
-# Needs, beside the checkout (prepare them here with docs/results/table3/prepare-carry.sh):
+# Needs, beside the checkout (prepare them here with docs/results/gpu/prepare-carry.sh):
 #   .whl/       wheels the machine lacks (pydantic, pydantic-settings, typer, rich, click...)
 #   .devcarry/  the MNIST cache, three generated variants, and the runs already done on CPU
 # Environment: OUT (where results go), PY (python, default python3), SKIP_WHEELS=1 (use PY's
 # own packages), DEVICE (cuda), DEADLINE (seconds from start when training stops, default 530), WORKERS (14),
-# STORE (runs/table3), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g. to shrink a dry run).
+# STORE (runs/table4), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g. to shrink a dry run).
 set -u
 cd "$(dirname "$0")/../../.."
 PY=${PY:-python3}
 DEADLINE=${DEADLINE:-530}
 WORKERS=${WORKERS:-14}
-STORE=${STORE:-runs/table3}
+STORE=${STORE:-runs/table4}
 export PYTHONUNBUFFERED=1
 if [ "${SKIP_WHEELS:-0}" != 1 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -62,7 +62,7 @@ FRESHNETS="$PY -c 'from app.cli import main; main()' reproduce --device ${DEVICE
 FRESHNETS="$FRESHNETS --out $STORE ${TABLE_ARGS:-}"
 left=$((DEADLINE - SECONDS))
 echo "table: $left s left at $(date -u +%T)"
-# the data sets with no run yet first, then the seeds and allocations missing on mnist-rot, mnist
+# the variants first, MNIST (the slowest) last
 eval timeout "$left" "$FRESHNETS" \
   --datasets mnist-bg-rand,mnist-bg-img,mnist-bg-img-rot,rectangles,convex,mnist-rot,mnist \
   >"$OUT/table.log" 2>&1
