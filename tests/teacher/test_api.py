@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import event, update
+from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobState
+from app.db.models import Job, JobState, Model
 
 from ..service.conftest import new_session, owner_id
 from .conftest import TINY_SPEC, spec_with, store_model
@@ -224,3 +225,27 @@ def test_deleting_a_teacher_waits_for_its_jobs(
         assert (job["teacher_model_id"], job["init"]) == (None, init)
     # A model no job names is deleted as before.
     assert client.delete(f"/v1/models/{models['freshnets']}", headers=alice).status_code == 204
+
+
+def test_a_teacher_deleted_while_its_job_is_created(
+    client: TestClient, alice: dict[str, str], models: dict[str, str]
+) -> None:
+    """The model goes between the checks and the INSERT: the job's foreign key refuses it, and
+    the answer is the same 422 as for a model that never existed, not a 500."""
+    maker = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    teacher = models["dense"]
+
+    def delete_teacher(session: Session, *_: Any) -> None:
+        if any(isinstance(obj, Job) for obj in session.new):
+            with maker() as other:
+                other.delete(other.get(Model, teacher))
+                other.commit()
+
+    event.listen(maker, "before_flush", delete_teacher)
+    try:
+        loc, msg = refusal(post(client, alice, teacher_model_id=teacher))
+    finally:
+        event.remove(maker, "before_flush", delete_teacher)
+    assert (loc, msg) == ("body.teacher_model_id", f"unknown model {teacher!r}")
+    with new_session(client) as session:
+        assert session.query(Job).filter(Job.teacher_model_id.is_not(None)).count() == 0
