@@ -42,8 +42,9 @@ class _CutOff(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_no_cut_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
         data = handler(self)
-        if self.min_rate == 0:
-            data.pop("min_rate", None)
+        data.pop("min_rate", None)
+        if self.min_rate != 0:
+            data["min_rate"] = self.min_rate  # last: {"shape", its parameters, "min_rate"}
         return data
 
 
