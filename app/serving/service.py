@@ -57,7 +57,9 @@ class Serving:
         if row is None:
             raise ModelNotFound(model_id)
         try:
-            fresh = freshcore.from_bytes(row.data)
+            fresh = freshcore.from_bytes(
+                row.data, max_virtual_weights=self.settings.max_virtual_weights
+            )
         except ValueError as exc:
             raise ModelLoadError(
                 f"model {model_id}: its stored file cannot be read: {exc}"

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import freshcore
 from app.serving import drop_model, get_serving, is_warm
 from app.serving.cache import model_nbytes
-from app.serving.service import ModelNotFound, Serving
+from app.serving.service import ModelLoadError, ModelNotFound, Serving
 from app.settings import Settings
 
 from .conftest import DIGITS_SPEC, StoreModel
@@ -47,6 +47,22 @@ async def test_loaded_model_matches_the_fresh_model(
         assert torch.allclose(entry.model(x), digits_model(x), atol=1e-5)
     assert entry.class_names == digits_model.class_names and entry.input_shape == (1, 8, 8)
     assert entry.nbytes == model_nbytes(entry.model) > 0
+
+
+async def test_a_stored_model_over_the_virtual_weight_limit_is_not_built(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    store_model: StoreModel,
+    digits_model: freshcore.FreshModel,
+) -> None:
+    """Serving reads files under the same FRESHNETS_MAX_VIRTUAL_WEIGHTS as the API and worker."""
+    model_id = store_model(digits_model)
+    virtual = sum(s.weights + s.biases for s in digits_model.spec.check())
+    tight = settings.model_copy(update={"max_virtual_weights": virtual - 1})
+    with pytest.raises(ModelLoadError, match="virtual"):
+        await Serving(tight, session_factory).cache.get(model_id)
+    roomy = settings.model_copy(update={"max_virtual_weights": virtual})
+    assert (await Serving(roomy, session_factory).cache.get(model_id)).nbytes > 0
 
 
 async def test_concurrent_first_requests_load_once(
