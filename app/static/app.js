@@ -88,6 +88,10 @@ function fmtCompression(c) {
   const inv = 1 / c;
   return Math.abs(inv - Math.round(inv)) < 0.05 ? `1/${Math.round(inv)}` : `1/${inv.toFixed(1)}`;
 }
+// A job's factor: `dense` ignores the one requested and stores every weight.
+function fmtJobCompression(job) {
+  return job.method === "dense" ? "1 (dense)" : fmtCompression(job.compression);
+}
 // A job's model options as freshcore parsed them (null: none given, freshcore's defaults).
 function fmtOptions(o) {
   if (!o) return "defaults";
@@ -97,7 +101,7 @@ function fmtOptions(o) {
   if (a?.shape === "exponential") parts.push(`exponential ${a.decay}`);
   else if (a?.shape === "beta") parts.push(`beta a=${a.a} b=${a.b}`);
   else if (a) parts.push(a.shape);
-  if (a?.min_rate) parts.push(`bands under ${a.min_rate} cut off`);
+  if (a?.min_rate) parts.push(`cut off under ${a.min_rate}`);
   return parts.join(" · ");
 }
 function fmtTime(iso) {
@@ -407,7 +411,7 @@ function showJobs() {
       c[1].textContent = job.dataset;
       c[2].textContent = job.architecture_name || "custom";
       c[3].textContent = job.method;
-      c[4].textContent = fmtCompression(job.compression);
+      c[4].textContent = fmtJobCompression(job);
       c[5].replaceChildren(el("span", { class: `state ${job.state}` }, job.state));
       setProgress($(".progress", c[6]), job);
       c[7].textContent = fmtPct(job.latest_metrics?.val_accuracy);
@@ -494,7 +498,7 @@ function showJob(jobId) {
       fact("data set", job.dataset),
       fact("preset", job.architecture_name || "custom"),
       fact("method", job.method),
-      fact("compression", fmtCompression(job.compression)),
+      fact("compression", fmtJobCompression(job)),
       fact("model options", fmtOptions(job.model_options)),
       fact("teacher", job.teacher_model_id
         ? el("span", {}, el("a", { href: "#/models", "data-model-id": job.teacher_model_id, "data-teacher": "" }, shortId(job.teacher_model_id)),

@@ -193,12 +193,14 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect(page.locator("#f-allocation")).to_be_disabled()
     page.select_option("#f-method", "freshnets")
     page.select_option("#f-budget-policy", label="conv-boost ×4")
-    page.select_option("#f-allocation", label="beta a=1 b=4")
+    page.select_option("#f-allocation", label="exponential 1, cut off under 0.1")
     page.fill("#f-compression", "1/8")
     page.fill("#f-epochs", "200")
     page.click("#launch-submit")
     page.wait_for_url(re.compile(r"#/job/[0-9a-f]+$"))
-    expect(page.locator("#job-facts")).to_contain_text("conv-boost ×4 · beta a=1 b=4")
+    expect(page.locator("#job-facts")).to_contain_text(
+        "conv-boost ×4 · exponential 1 · cut off under 0.1"
+    )
     cancel = page.locator("#job-cancel")
     expect(cancel).to_be_visible()
     cancel.click()
