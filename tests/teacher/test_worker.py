@@ -5,7 +5,6 @@ served. A teacher that is gone or unreadable fails its job once, with the reason
 
 import os
 import signal
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -168,10 +167,7 @@ def test_a_killed_projected_job_resumes_to_the_same_model(worker_stack: Any) -> 
         session.commit()
     first = stack.start_worker("first")
     assert enqueue(get_settings(), job_id)
-    deadline = time.monotonic() + 60
-    while stack.checkpoint_epoch(job_id) is None:
-        assert time.monotonic() < deadline, stack.worker_logs()
-        time.sleep(0.02)
+    stack.wait_first_checkpoint(job_id)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     killed_at = datetime.now(UTC)

@@ -181,6 +181,14 @@ class Stack:
             row = session.get(Checkpoint, job_id)
             return row.epoch if row is not None else None
 
+    def wait_first_checkpoint(self, job_id: str, timeout_s: float = 60) -> int:
+        """Block until the job's first epoch is checkpointed (a kill then lands mid-job)."""
+        deadline = time.monotonic() + timeout_s
+        while (epoch := self.checkpoint_epoch(job_id)) is None:
+            assert time.monotonic() < deadline, self.worker_logs()
+            time.sleep(0.02)
+        return epoch
+
     def models_for(self, job_id: str) -> list[Any]:
         from sqlalchemy import select
 

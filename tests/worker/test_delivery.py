@@ -34,10 +34,7 @@ def test_killed_worker_job_resumes_on_another_worker(stack: Any) -> None:
     job_id = stack.insert_job(owner, epochs=epochs, batch_size=8, training={"lr": 0.02})
     stack.wait_ready(first)
 
-    stack_wait = time.monotonic() + 60
-    while stack.checkpoint_epoch(job_id) is None:
-        assert time.monotonic() < stack_wait, stack.worker_logs()
-        time.sleep(0.02)
+    stack.wait_first_checkpoint(job_id)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     killed_at = datetime.now(UTC).replace(tzinfo=None)
@@ -175,10 +172,7 @@ def test_stopped_worker_hands_its_job_back(stack: Any) -> None:
     epochs = 4
     job_id = stack.insert_job(owner, epochs=epochs, batch_size=8, training={"lr": 0.02})
     stack.wait_ready(first)
-    deadline = time.monotonic() + 60
-    while stack.checkpoint_epoch(job_id) is None:
-        assert time.monotonic() < deadline, stack.worker_logs()
-        time.sleep(0.02)
+    stack.wait_first_checkpoint(job_id)
     asked = time.monotonic()
     os.kill(first.pid, signal.SIGTERM)
     first.wait(timeout=60)
