@@ -152,10 +152,7 @@ def _training(body: JobCreate, settings: Settings) -> dict[str, Any]:
 
 
 def _layer_difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
-    """Where two resolved specs part, in words (their names do not count)."""
-    for key in ("input_shape", "num_classes"):
-        if mine[key] != theirs[key]:
-            return f"{key} {mine[key]} here, {theirs[key]} in the teacher"
+    """Where two resolved specs' layers part, in words (`_teacher` has compared the rest)."""
     for i, (a, b) in enumerate(zip(mine["layers"], theirs["layers"], strict=False)):
         if a != b:
             return f"layer {i} is {a} here, {b} in the teacher"
