@@ -19,6 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from freshcore.reproduce.plan import ALL_METHODS, BUDGETED_METHODS, factor_value
+
 console = Console(stderr=True)
 
 # The table's model options, picked by the ablations (docs/results.md); `null` gives freshcore's
@@ -34,6 +36,13 @@ DEFAULT_ALLOCATIONS = json.dumps(
         {"shape": "exponential", "decay": 2.0, "min_rate": 0.25},
     ]
 )
+# The second stage (table v5): at 1/64, every method that splits a budget across layers also tries
+# its first-stage choice with twice the table's conv boost (a probe on the background sets found
+# the conv filters starved at 1/64; docs/results.md)
+DEFAULT_REFINE = json.dumps(
+    {m: [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}] for m in BUDGETED_METHODS}
+)
+DEFAULT_REFINE_FACTORS = "1/64"
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -72,6 +81,56 @@ def _allocations_option(text: str) -> tuple[dict[str, Any], ...]:
         except ValueError as exc:
             raise typer.BadParameter(f"item {i}: {exc}", param_hint="--allocations") from exc
     return tuple(parsed)
+
+
+def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
+    """`--refine`: {method: [build_model overrides]}, each checked by freshcore's own parsers."""
+    from freshcore.build import parse_allocation, parse_budget_policy
+
+    hint = "--refine"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object {method: [overrides]}", param_hint=hint)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method, overrides in value.items():
+        if method not in ALL_METHODS:
+            raise typer.BadParameter(
+                f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}", param_hint=hint
+            )
+        if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
+            raise typer.BadParameter(f"{method}: must be a list of objects", param_hint=hint)
+        out[method] = []
+        for i, override in enumerate(overrides):
+            unknown = set(override) - {"allocation", "budget_policy"}
+            if unknown:
+                raise typer.BadParameter(
+                    f"{method} item {i}: unknown key(s) {', '.join(sorted(unknown))}; "
+                    "overrides may set allocation and budget_policy",
+                    param_hint=hint,
+                )
+            checked = dict(override)
+            try:
+                if "budget_policy" in override:
+                    parse_budget_policy(override["budget_policy"])
+                if "allocation" in override:  # the parsed form, as --allocations keeps it
+                    checked["allocation"] = parse_allocation(override["allocation"], method)
+            except ValueError as exc:
+                raise typer.BadParameter(f"{method} item {i}: {exc}", param_hint=hint) from exc
+            out[method].append(checked)
+    return out
+
+
+def _factors_option(text: str, hint: str) -> tuple[str, ...]:
+    factors = tuple(f.strip() for f in text.split(",") if f.strip())
+    for factor in factors:
+        try:
+            factor_value(factor)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=hint) from exc
+    return factors
 
 
 def _pick_ablations(rp: Any, names: list[str] | None) -> list[Any]:
@@ -209,6 +268,18 @@ def register(cli: typer.Typer) -> None:
                 "('[]': only --allocation)."
             ),
         ] = DEFAULT_ALLOCATIONS,
+        refine: Annotated[
+            str,
+            typer.Option(
+                help="Second stage: per method, build_model overrides tried on the tuning seed "
+                'on top of its first choice, as JSON {"method": [{"budget_policy": ...}]} '
+                "('{}': none).",
+            ),
+        ] = DEFAULT_REFINE,
+        refine_factors: Annotated[
+            str,
+            typer.Option(help="Factors the second stage runs at (comma-separated; empty: all)."),
+        ] = DEFAULT_REFINE_FACTORS,
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
@@ -255,6 +326,8 @@ def register(cli: typer.Typer) -> None:
                     batch_size=batch_size,
                     dropouts=dropout_values,
                     allocations=_allocations_option(allocations),
+                    refine=_refine_option(refine),
+                    refine_factors=_factors_option(refine_factors, "--refine-factors"),
                 ),
                 workers=workers,
                 table=table,
@@ -267,9 +340,9 @@ def register(cli: typer.Typer) -> None:
                 budget_policy=_json_option(budget_policy, "--budget-policy"),
             )
         for method in options.methods:
-            if method not in rp.ALL_METHODS:
+            if method not in ALL_METHODS:
                 raise typer.BadParameter(
-                    f"unknown method {method!r}; choose from {', '.join(rp.ALL_METHODS)}",
+                    f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}",
                     param_hint="--methods",
                 )
         started = time.perf_counter()

@@ -240,6 +240,11 @@ def write_report(
             {"key": s.key(), "spec": s.to_dict(), "error": repr(e)} for s, e in failures or []
         ],
     }
+    refine_at = (
+        " at " + ", ".join(options.protocol.refine_factors)
+        if options.protocol.refine_factors
+        else ""
+    )
     md = [
         "# FreshNets reproduction",
         "",
@@ -258,6 +263,11 @@ def write_report(
         + "".join(
             f"; {method} also tries: " + "; ".join(describe_point({"model": m}) for m in models)
             for method, models in options.protocol.model_grid.items()
+        )
+        + "".join(
+            f"; second stage{refine_at}: {method} also tries its choice with "
+            + "; ".join(describe_point({"model": m}) for m in overrides)
+            for method, overrides in options.protocol.refine.items()
         )
         + f"; tuning seed {options.protocol.tune_seed}; seeds 0..{options.seeds - 1}.",
         "",

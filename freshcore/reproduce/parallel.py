@@ -2,10 +2,12 @@
 
 Every task is one run. A table cell (a `Group`) first contributes its grid on the tuning seed;
 when the last of those runs is back, this process chooses the point (validation only, as
-`run_groups` does) and hands out the cell's other seeds. Single runs (ablations) are tasks of
-their own. Run files are keyed and written atomically and `RunStore.put_selection` takes a file
-lock, so processes never lose each other's results. On one GPU, several small trainings side by
-side keep it busier than one, and on a CPU each worker takes one core.
+`run_groups` does), hands out the protocol's refinements of that choice if it has any, and
+when those are back too, chooses again and hands out the cell's other seeds. Single runs
+(ablations) are tasks of their own. Run files are keyed and written atomically and
+`RunStore.put_selection` takes a file lock, so processes never lose each other's results. On one
+GPU, several small trainings side by side keep it busier than one, and on a CPU each worker takes
+one core.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def run_parallel(
     failures: list[tuple[RunSpec, BaseException]] = []
     # per group: its grid points and the records of those back so far (None: failed)
     grids: dict[str, tuple[list[dict[str, Any]], dict[int, dict[str, Any] | None]]] = {}
+    refined: set[str] = set()  # groups whose second stage (possibly empty) has been handed out
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     with ProcessPoolExecutor(workers, context, _init_worker, (threads, os.getpid())) as pool:
         pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int]] = {}
@@ -118,9 +121,19 @@ def run_parallel(
                     continue
                 points, back = grids[group.name]
                 back[point] = record
-                if len(back) == len(points) and all(r is not None for r in back.values()):
-                    candidates = [(points[i], back[i]) for i in range(len(points))]
-                    chosen = select(group, protocol, candidates, store)  # type: ignore[arg-type]
-                    for seed in extra:
-                        submit(group.point_spec(seed, protocol.base, chosen))
+                if len(back) < len(points) or any(r is None for r in back.values()):
+                    continue
+                candidates = [(points[i], back[i]) for i in range(len(points))]
+                chosen = select(group, protocol, candidates, store)  # type: ignore[arg-type]
+                if group.name not in refined:  # the first stage is back: its second, if any
+                    refined.add(group.name)
+                    more = protocol.refinements(group, chosen)
+                    for refinement in more:
+                        points.append(refinement)
+                        spec = group.point_spec(protocol.tune_seed, protocol.base, refinement)
+                        submit(spec, group, len(points) - 1)
+                    if more:
+                        continue
+                for seed in extra:
+                    submit(group.point_spec(seed, protocol.base, chosen))
     return failures

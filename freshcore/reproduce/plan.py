@@ -38,7 +38,10 @@ PROCEDURE = (
     "for each (data set, method, factor) every point of the grid (learning rates by default, "
     "crossed with the method's model alternatives if any) is trained on the tuning seed; the "
     "point with the lowest validation error is kept and the other seeds are trained with it (the "
-    "tuning seed's run with that point is its result). The test split is never used to choose."
+    "tuning seed's run with that point is its result). Where the protocol has a second stage, "
+    "the kept point is also trained with each of the method's refinements (a different budget "
+    "split, say) and the best of them on validation is kept instead. The test split is never "
+    "used to choose."
 )
 
 
@@ -99,6 +102,10 @@ class Protocol:
     build_model keywords (a freshnets allocation, say) crossed with `grid`. The candidate with
     the best validation accuracy (ties: the earlier one) is kept and reused for the other seeds;
     the test split never takes part in the choice.
+
+    `refine` is a second stage, cheaper than widening the grid: per method, build_model
+    overrides tried on the tuning seed on top of the first stage's choice only, at the factors
+    in `refine_factors` (empty: every factor).
     """
 
     base: dict[str, Any]
@@ -106,6 +113,8 @@ class Protocol:
     tune_seed: int = 0
     device: str = "auto"  # where to train; not part of a run's key (results do not depend on it)
     model_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refine: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refine_factors: list[str] = field(default_factory=list)
 
     def points(self, method: str) -> list[dict[str, Any]]:
         """The candidates of a method: each grid point, with a "model" entry per alternative."""
@@ -114,10 +123,30 @@ class Protocol:
             {**point, "model": dict(m)} if m else dict(point) for point in self.grid for m in models
         ]
 
+    def refines(self, group: Group) -> list[dict[str, Any]]:
+        """The second-stage overrides that apply to a group (none outside `refine_factors`)."""
+        if self.refine_factors and group.factor not in self.refine_factors:
+            return []
+        return self.refine.get(group.method, [])
+
+    def refinements(self, group: Group, chosen: dict[str, Any]) -> list[dict[str, Any]]:
+        """The second-stage candidates of a group: its first-stage choice with each override
+        merged into the model keywords, leaving out any that trains the very same network."""
+        out: list[dict[str, Any]] = []
+        seen = {group.point_spec(self.tune_seed, self.base, chosen).key()}
+        for override in self.refines(group):
+            point = {**chosen, "model": {**(chosen.get("model") or {}), **override}}
+            key = group.point_spec(self.tune_seed, self.base, point).key()
+            if key not in seen:
+                seen.add(key)
+                out.append(point)
+        return out
+
     def runs(self, groups: list[Group], seeds: list[int]) -> int:
-        """How many runs ``groups`` take: every point on the tuning seed, one per other seed."""
+        """How many runs ``groups`` take at most: every point and refinement on the tuning
+        seed, one per other seed."""
         extra = len([s for s in seeds if s != self.tune_seed])
-        return sum(len(self.points(g.method)) + extra for g in groups)
+        return sum(len(self.points(g.method)) + len(self.refines(g)) + extra for g in groups)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,11 +166,14 @@ def default_protocol(
     batch_size: int = 64,
     dropouts: tuple[float, ...] = (),
     allocations: tuple[dict[str, Any], ...] = (),
+    refine: dict[str, list[dict[str, Any]]] | None = None,
+    refine_factors: tuple[str, ...] = (),
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
     dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
     ``allocations``: freshnets frequency allocations tried with every point (empty: the table's
-    one allocation, untuned); the other methods have no allocation to tune."""
+    one allocation, untuned); the other methods have no allocation to tune. ``refine`` and
+    ``refine_factors``: the second stage (`Protocol`), none by default."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -162,7 +194,14 @@ def default_protocol(
     model_grid = (
         {"freshnets": [{"allocation": dict(a)} for a in allocations]} if allocations else {}
     )
-    return Protocol(base=base, grid=grid, device=device, model_grid=model_grid)
+    return Protocol(
+        base=base,
+        grid=grid,
+        device=device,
+        model_grid=model_grid,
+        refine={m: [dict(o) for o in overrides] for m, overrides in (refine or {}).items()},
+        refine_factors=list(refine_factors),
+    )
 
 
 def quick_protocol(device: str = "cpu") -> Protocol:

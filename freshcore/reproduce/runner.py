@@ -349,7 +349,8 @@ def run_groups(
     data: DataCache,
     reporter: Reporter | None = None,
 ) -> list[tuple[RunSpec, BaseException]]:
-    """Tune each group on the tuning seed, then run the other seeds with the chosen setting.
+    """Tune each group on the tuning seed (its grid, then any refinements of the choice), then
+    run the other seeds with the chosen setting.
 
     Data set by data set: first every group's grid on the tuning seed (a one-seed table appears
     early), then the remaining seeds. A failed run is reported and skipped, not fatal: it is
@@ -380,7 +381,17 @@ def run_groups(
                     candidates.append((point, record))
             if len(candidates) < len(points):
                 continue  # not chosen until its whole grid has run
-            chosen[group.name] = select(group, protocol, candidates, store)
+            first = select(group, protocol, candidates, store)
+            refinements = protocol.refinements(group, first)
+            for point in refinements:
+                record = attempt(group.point_spec(protocol.tune_seed, protocol.base, point))
+                if record is not None:
+                    candidates.append((point, record))
+            if len(candidates) < len(points) + len(refinements):
+                continue  # the first stage's choice stays recorded until the second is done
+            chosen[group.name] = (
+                select(group, protocol, candidates, store) if refinements else first
+            )
         for group in (g for g in groups if g.dataset == dataset):
             if group.name not in chosen:
                 continue

@@ -167,3 +167,36 @@ def test_allocation_grid_is_freshnets_only_and_keeps_the_tables_keys() -> None:
     steep_spec = group.point_spec(0, protocol.base, fresh[2])
     assert steep_spec.model == {"budget_policy": {"kind": "uniform"}, "allocation": steep}
     assert steep_spec.key() != without_grid.key()
+
+
+def test_second_stage_refines_the_choice_at_its_factors_only() -> None:
+    """A refinement is the first stage's choice with the override merged into its model
+    keywords (the allocation it chose stays); none at other factors, none for another method,
+    and none that would train the very network already chosen."""
+    table, boost4 = {"shape": "exponential", "decay": 0.5}, {"kind": "conv-boost", "conv_factor": 4}
+    boost8 = {"kind": "conv-boost", "conv_factor": 8}
+    protocol = default_protocol(
+        lrs=(0.02,),
+        dropouts=(0.5, 0.0),
+        refine={"freshnets": [{"budget_policy": boost8}, {"budget_policy": boost4}]},
+        refine_factors=("1/64",),
+    )
+    groups = table_groups(
+        ["mnist"], ["hashednets", "freshnets"], ["1/16", "1/64"], {"mnist": "mnist-cnn"},
+        table, boost4,
+    )  # fmt: skip
+    _, hashed64, fresh16, fresh64 = groups
+    chosen = {"lr": 0.02, "dropout": 0.0, "model": {"allocation": table}}
+    (refined,) = protocol.refinements(fresh64, chosen)  # boost4 is the choice itself
+    assert refined == {
+        "lr": 0.02,
+        "dropout": 0.0,
+        "model": {"allocation": table, "budget_policy": boost8},
+    }
+    spec = fresh64.point_spec(0, protocol.base, refined)
+    assert spec.model == {"budget_policy": boost8, "allocation": table}
+    assert spec.train["dropout"] == 0.0
+    assert protocol.refinements(fresh16, chosen) == []
+    assert protocol.refinements(hashed64, {"lr": 0.02, "dropout": 0.0}) == []
+    # at most: the grid (2 points) and two other seeds per cell, and 1/64 freshnets' 2 overrides
+    assert protocol.runs(groups, [0, 1, 2]) == 4 * (2 + 2) + 2

@@ -116,7 +116,7 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
-    """Without options the harness runs table v4's protocol (docs/results.md); null restores
+    """Without options the harness runs table v5's protocol (docs/results.md); null restores
     freshcore's own model defaults."""
     args = ["reproduce", "--datasets", "digits", "--out", str(tmp_path), "--report-only"]
     assert CliRunner().invoke(cli, args).exit_code == 0
@@ -132,6 +132,10 @@ def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
     assert [(m["allocation"]["decay"], m["allocation"].get("min_rate")) for m in tried] == [
         (0.25, None), (0.5, None), (1.0, None), (2.0, None), (1.0, 0.1), (2.0, 0.25)
     ]  # fmt: skip
+    boost8 = [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}]
+    refine = {m: boost8 for m in ("lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")}
+    assert options["protocol"]["refine"] == refine
+    assert options["protocol"]["refine_factors"] == ["1/64"]
     nulls = [*args, "--allocation", "null", "--budget-policy", "null"]
     assert CliRunner().invoke(cli, nulls).exit_code == 0
     options = json.loads((tmp_path / "results.json").read_text())["options"]
@@ -177,6 +181,26 @@ def test_bad_allocations_are_refused_by_name(tmp_path: Path, bad: str, says: str
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "bad", "says"),
+    [
+        ("--refine", "[]", "JSON object"),
+        ("--refine", '{"pruning": []}', "pruning"),
+        ("--refine", '{"lrd": [{"conv_factor": 8}]}', "conv_factor"),
+        ("--refine", '{"lrd": [{"budget_policy": {"kind": "tiny"}}]}', "lrd item 0"),
+        ("--refine-factors", "1/16,2", "'2'"),
+    ],
+)
+def test_bad_second_stage_is_refused_by_name(
+    tmp_path: Path, option: str, bad: str, says: str
+) -> None:
+    args = ["reproduce", "--datasets", "digits", option, bad, "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert option in result.output and says in result.output
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_allocation_grid_is_tuned_on_validation_and_reused(tmp_path: Path, workers: int) -> None:
     """freshnets tries each allocation on the tuning seed; the other seed, the report and the
@@ -211,6 +235,44 @@ def test_allocation_grid_is_tuned_on_validation_and_reused(tmp_path: Path, worke
         replace(options, ablation_variants=default_ablations()[:1]), RunStore(tmp_path)
     )
     assert plan[0][3].model["allocation"] == chosen  # the ablations start from the choice
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_stage_refines_the_choice_on_validation(tmp_path: Path, workers: int) -> None:
+    """hashednets tries its first choice again with another budget split on the tuning seed;
+    the other seed runs whichever of the two validation preferred, and a rerun trains nothing."""
+    boost = {"kind": "conv-boost", "conv_factor": 8}
+    options = quick_options(tmp_path)
+    options.methods, options.seeds, options.ablations = ["hashednets"], 2, False
+    options.workers = workers
+    options.protocol = default_protocol(
+        epochs=1,
+        lrs=(0.05,),
+        max_train_samples=600,
+        device="cpu",
+        batch_size=16,
+        refine={"hashednets": [{"budget_policy": boost}]},
+    )
+    summary = reproduce(options, Counting())
+    records = RunStore(tmp_path).records()
+    assert len(records) == 3  # the grid's one point and its refinement on seed 0, then seed 1
+    entry = RunStore(tmp_path).selection()["digits/hashednets/1/16"]
+    first, refined = entry["candidates"]
+    assert refined["overrides"]["model"] == {"budget_policy": boost}
+    chosen = refined if refined["val_error"] < first["val_error"] else first
+    assert entry["chosen"] == chosen["overrides"]
+    (seed1,) = [r for r in records if r["spec"]["seed"] == 1]
+    assert seed1["spec"]["model"].get("budget_policy") == chosen["overrides"].get("model", {}).get(
+        "budget_policy"
+    )
+    assert summary["cells"]["digits/hashednets/1/16"]["test_error"]["n"] == 2
+    assert (
+        "second stage: hashednets also tries its choice with budget_policy=conv-boost"
+        in (tmp_path / "results.md").read_text()
+    )
+    again = Counting()
+    reproduce(replace(options, workers=1), again)
+    assert again.trained == [] and len(again.skipped) == 3
 
 
 def test_workers_share_one_store_and_a_serial_rerun_skips_everything(tmp_path: Path) -> None:
