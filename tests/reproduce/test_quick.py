@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from freshcore.reproduce import (
+    Options,
     Reporter,
     RunSpec,
     RunStore,
@@ -201,23 +202,24 @@ def test_bad_second_stage_is_refused_by_name(
     assert not (tmp_path / "runs").exists()
 
 
+def _one_cell(tmp_path: Path, method: str, workers: int, **protocol: Any) -> Options:
+    """One method on digits at 1/16 with 2 seeds: the quick protocol plus ``protocol``'s grid."""
+    options = quick_options(tmp_path)
+    options.methods, options.seeds, options.ablations = [method], 2, False
+    options.workers = workers
+    options.protocol = default_protocol(
+        epochs=1, lrs=(0.05,), max_train_samples=600, device="cpu", batch_size=16, **protocol
+    )
+    return options
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_allocation_grid_is_tuned_on_validation_and_reused(tmp_path: Path, workers: int) -> None:
     """freshnets tries each allocation on the tuning seed; the other seed, the report and the
     ablations use the one validation chose. With 2 workers the grid points of the one cell run
     side by side and the choice is made when the last is back."""
     steep, gentle = {"shape": "exponential", "decay": 2.0}, {"shape": "exponential", "decay": 0.25}
-    options = quick_options(tmp_path)
-    options.methods, options.seeds, options.ablations = ["freshnets"], 2, False
-    options.workers = workers
-    options.protocol = default_protocol(
-        epochs=1,
-        lrs=(0.05,),
-        max_train_samples=600,
-        device="cpu",
-        batch_size=16,
-        allocations=(steep, gentle),
-    )
+    options = _one_cell(tmp_path, "freshnets", workers, allocations=(steep, gentle))
     counting = Counting()
     summary = reproduce(options, counting)
     assert len(RunStore(tmp_path).records()) == 3  # two allocations on seed 0, the chosen on 1
@@ -242,16 +244,8 @@ def test_second_stage_refines_the_choice_on_validation(tmp_path: Path, workers: 
     """hashednets tries its first choice again with another budget split on the tuning seed;
     the other seed runs whichever of the two validation preferred, and a rerun trains nothing."""
     boost = {"kind": "conv-boost", "conv_factor": 8}
-    options = quick_options(tmp_path)
-    options.methods, options.seeds, options.ablations = ["hashednets"], 2, False
-    options.workers = workers
-    options.protocol = default_protocol(
-        epochs=1,
-        lrs=(0.05,),
-        max_train_samples=600,
-        device="cpu",
-        batch_size=16,
-        refine={"hashednets": [{"budget_policy": boost}]},
+    options = _one_cell(
+        tmp_path, "hashednets", workers, refine={"hashednets": [{"budget_policy": boost}]}
     )
     summary = reproduce(options, Counting())
     records = RunStore(tmp_path).records()
