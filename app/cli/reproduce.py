@@ -19,8 +19,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from freshcore.reproduce.plan import ALL_METHODS, BUDGETED_METHODS, factor_value
-
 console = Console(stderr=True)
 
 # The table's model options, picked by the ablations (docs/results.md); `null` gives freshcore's
@@ -39,9 +37,7 @@ DEFAULT_ALLOCATIONS = json.dumps(
 # The second stage (table v5): at 1/64, every method that splits a budget across layers also tries
 # its first-stage choice with twice the table's conv boost (a probe on the background sets found
 # the conv filters starved at 1/64; docs/results.md)
-DEFAULT_REFINE = json.dumps(
-    {m: [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}] for m in BUDGETED_METHODS}
-)
+DEFAULT_REFINE_OVERRIDE = {"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}
 DEFAULT_REFINE_FACTORS = "1/64"
 
 
@@ -86,6 +82,7 @@ def _allocations_option(text: str) -> tuple[dict[str, Any], ...]:
 def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
     """`--refine`: {method: [build_model overrides]}, each checked by freshcore's own parsers."""
     from freshcore.build import parse_allocation, parse_budget_policy
+    from freshcore.reproduce.plan import ALL_METHODS
 
     hint = "--refine"
     try:
@@ -124,6 +121,8 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def _factors_option(text: str, hint: str) -> tuple[str, ...]:
+    from freshcore.reproduce.plan import factor_value
+
     factors = tuple(f.strip() for f in text.split(",") if f.strip())
     for factor in factors:
         try:
@@ -269,13 +268,13 @@ def register(cli: typer.Typer) -> None:
             ),
         ] = DEFAULT_ALLOCATIONS,
         refine: Annotated[
-            str,
+            str | None,
             typer.Option(
                 help="Second stage: per method, build_model overrides tried on the tuning seed "
                 'on top of its first choice, as JSON {"method": [{"budget_policy": ...}]} '
-                "('{}': none).",
+                "(default: conv-boost x8 for every method that splits a budget; '{}': none).",
             ),
-        ] = DEFAULT_REFINE,
+        ] = None,
         refine_factors: Annotated[
             str,
             typer.Option(help="Factors the second stage runs at (comma-separated; empty: all)."),
@@ -326,7 +325,11 @@ def register(cli: typer.Typer) -> None:
                     batch_size=batch_size,
                     dropouts=dropout_values,
                     allocations=_allocations_option(allocations),
-                    refine=_refine_option(refine),
+                    refine=(
+                        _refine_option(refine)
+                        if refine is not None
+                        else {m: [DEFAULT_REFINE_OVERRIDE] for m in rp.BUDGETED_METHODS}
+                    ),
                     refine_factors=_factors_option(refine_factors, "--refine-factors"),
                 ),
                 workers=workers,
@@ -340,9 +343,9 @@ def register(cli: typer.Typer) -> None:
                 budget_policy=_json_option(budget_policy, "--budget-policy"),
             )
         for method in options.methods:
-            if method not in ALL_METHODS:
+            if method not in rp.ALL_METHODS:
                 raise typer.BadParameter(
-                    f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}",
+                    f"unknown method {method!r}; choose from {', '.join(rp.ALL_METHODS)}",
                     param_hint="--methods",
                 )
         started = time.perf_counter()

@@ -25,6 +25,7 @@ from freshcore.reproduce.ablations import (
 from freshcore.reproduce.parallel import run_parallel
 from freshcore.reproduce.plan import (
     ALL_METHODS,
+    BUDGETED_METHODS,
     COMPRESSED_METHODS,
     DEFAULT_FACTORS,
     PROCEDURE,
@@ -57,6 +58,7 @@ from freshcore.reproduce.runner import (
 
 __all__ = [
     "ALL_METHODS",
+    "BUDGETED_METHODS",
     "COMPRESSED_METHODS",
     "DEFAULT_FACTORS",
     "TABLE_DATASETS",
