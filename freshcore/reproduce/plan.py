@@ -123,7 +123,7 @@ class Protocol:
             {**point, "model": dict(m)} if m else dict(point) for point in self.grid for m in models
         ]
 
-    def refines(self, group: Group) -> list[dict[str, Any]]:
+    def refine_overrides(self, group: Group) -> list[dict[str, Any]]:
         """The second-stage overrides that apply to a group (none outside `refine_factors`)."""
         if self.refine_factors and group.factor not in self.refine_factors:
             return []
@@ -134,7 +134,7 @@ class Protocol:
         merged into the model keywords, leaving out any that trains the very same network."""
         out: list[dict[str, Any]] = []
         seen = {group.point_spec(self.tune_seed, self.base, chosen).key()}
-        for override in self.refines(group):
+        for override in self.refine_overrides(group):
             point = {**chosen, "model": {**(chosen.get("model") or {}), **override}}
             key = group.point_spec(self.tune_seed, self.base, point).key()
             if key not in seen:
@@ -146,7 +146,9 @@ class Protocol:
         """How many runs ``groups`` take at most: every point and refinement on the tuning
         seed, one per other seed."""
         extra = len([s for s in seeds if s != self.tune_seed])
-        return sum(len(self.points(g.method)) + len(self.refines(g)) + extra for g in groups)
+        return sum(
+            len(self.points(g.method)) + len(self.refine_overrides(g)) + extra for g in groups
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
