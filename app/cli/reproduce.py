@@ -80,9 +80,15 @@ def _allocations_option(text: str) -> tuple[dict[str, Any], ...]:
 
 
 def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
-    """`--refine`: {method: [build_model overrides]}, each checked by freshcore's own parsers."""
+    """`--refine`: {method: [overrides]}, each a build_model keyword or a training setting,
+    checked by freshcore's own parsers and `TrainConfig`."""
+    from dataclasses import fields
+
     from freshcore.build import parse_allocation, parse_budget_policy
-    from freshcore.reproduce.plan import ALL_METHODS
+    from freshcore.reproduce.plan import ALL_METHODS, MODEL_OPTIONS, split_override
+    from freshcore.train import TrainConfig
+
+    known = {*MODEL_OPTIONS, *(f.name for f in fields(TrainConfig))}
 
     hint = "--refine"
     try:
@@ -101,11 +107,11 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
             raise typer.BadParameter(f"{method}: must be a list of objects", param_hint=hint)
         out[method] = []
         for i, override in enumerate(overrides):
-            unknown = set(override) - {"allocation", "budget_policy"}
+            unknown = set(override) - known
             if unknown:
                 raise typer.BadParameter(
                     f"{method} item {i}: unknown key(s) {', '.join(sorted(unknown))}; "
-                    "overrides may set allocation and budget_policy",
+                    f"overrides may set {', '.join(MODEL_OPTIONS)} or a TrainConfig field",
                     param_hint=hint,
                 )
             checked = dict(override)
@@ -114,7 +120,10 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
                     parse_budget_policy(override["budget_policy"])
                 if "allocation" in override:  # the parsed form, as --allocations keeps it
                     checked["allocation"] = parse_allocation(override["allocation"], method)
-            except ValueError as exc:
+                if not isinstance(override.get("balanced", False), bool):
+                    raise ValueError("balanced must be true or false")
+                TrainConfig(**split_override(override)[0])
+            except (ValueError, TypeError) as exc:
                 raise typer.BadParameter(f"{method} item {i}: {exc}", param_hint=hint) from exc
             out[method].append(checked)
     return out
@@ -270,8 +279,9 @@ def register(cli: typer.Typer) -> None:
         refine: Annotated[
             str | None,
             typer.Option(
-                help="Second stage: per method, build_model overrides tried on the tuning seed "
-                'on top of its first choice, as JSON {"method": [{"budget_policy": ...}]} '
+                help="Second stage: per method, overrides (model options or training settings) "
+                "tried on the tuning seed on top of its first choice, as JSON "
+                '{"method": [{"budget_policy": ...}, {"lr": 0.05}]} '
                 "(default: conv-boost x8 for every method that splits a budget; '{}': none).",
             ),
         ] = None,

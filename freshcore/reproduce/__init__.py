@@ -36,6 +36,7 @@ from freshcore.reproduce.plan import (
     default_protocol,
     model_options,
     quick_protocol,
+    split_override,
     table_groups,
 )
 from freshcore.reproduce.report import (
@@ -268,7 +269,10 @@ def write_report(
         )
         + "".join(
             f"; second stage{refine_at}: {method} also tries its choice with "
-            + "; ".join(describe_point({"model": m}) for m in overrides)
+            + "; ".join(
+                describe_point({**train, "model": model})
+                for train, model in map(split_override, overrides)
+            )
             for method, overrides in options.protocol.refine.items()
         )
         + f"; tuning seed {options.protocol.tune_seed}; seeds 0..{options.seeds - 1}.",

@@ -103,9 +103,9 @@ class Protocol:
     the best validation accuracy (ties: the earlier one) is kept and reused for the other seeds;
     the test split never takes part in the choice.
 
-    `refine` is a second stage, cheaper than widening the grid: per method, build_model
-    overrides tried on the tuning seed on top of the first stage's choice only, at the factors
-    in `refine_factors` (empty: every factor).
+    `refine` is a second stage, cheaper than widening the grid: per method, overrides (build_model
+    keywords or training settings, `split_override`) tried on the tuning seed on top of the first
+    stage's choice only, at the factors in `refine_factors` (empty: every factor).
     """
 
     base: dict[str, Any]
@@ -131,11 +131,15 @@ class Protocol:
 
     def refinements(self, group: Group, chosen: dict[str, Any]) -> list[dict[str, Any]]:
         """The second-stage candidates of a group: its first-stage choice with each override
-        merged into the model keywords, leaving out any that trains the very same network."""
+        merged in (training settings beside the choice's, model keywords into its "model"),
+        leaving out any that trains the very same network."""
         out: list[dict[str, Any]] = []
         seen = {group.point_spec(self.tune_seed, self.base, chosen).key()}
         for override in self.refine_overrides(group):
-            point = {**chosen, "model": {**(chosen.get("model") or {}), **override}}
+            train, model = split_override(override)
+            point = {**chosen, **train}
+            if model:
+                point["model"] = {**(chosen.get("model") or {}), **model}
             key = group.point_spec(self.tune_seed, self.base, point).key()
             if key not in seen:
                 seen.add(key)
@@ -152,6 +156,16 @@ class Protocol:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# build_model keywords a table run may vary; every other key of an override is a TrainConfig field
+MODEL_OPTIONS = ("allocation", "budget_policy", "balanced")
+
+
+def split_override(override: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A second-stage override as (TrainConfig overrides, build_model overrides)."""
+    train = {k: v for k, v in override.items() if k not in MODEL_OPTIONS}
+    return train, {k: v for k, v in override.items() if k in MODEL_OPTIONS}
 
 
 def split_point(point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

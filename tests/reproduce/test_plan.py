@@ -197,6 +197,11 @@ def test_second_stage_refines_the_choice_at_its_factors_only() -> None:
     assert spec.model == {"budget_policy": boost8, "allocation": table}
     assert spec.train["dropout"] == 0.0
     assert protocol.refinements(fresh16, chosen) == []
+    lr = default_protocol(lrs=(0.02,), refine={"lrd": [{"lr": 0.05}]})
+    (lrd64,) = table_groups(["mnist"], ["lrd"], ["1/64"], {"mnist": "mnist-cnn"}, table, boost4)
+    (faster,) = lr.refinements(lrd64, {"lr": 0.02, "dropout": 0.5})
+    assert faster == {"lr": 0.05, "dropout": 0.5}  # a training setting replaces the choice's
+    assert lrd64.point_spec(0, lr.base, faster).model == {"budget_policy": boost4}
     assert protocol.refinements(hashed64, {"lr": 0.02, "dropout": 0.0}) == []
     # at most: the grid (2 points) and two other seeds per cell, and 1/64 freshnets' 2 overrides
     assert protocol.runs(groups, [0, 1, 2]) == 4 * (2 + 2) + 2

@@ -189,6 +189,8 @@ def test_bad_allocations_are_refused_by_name(tmp_path: Path, bad: str, says: str
         ("--refine", '{"pruning": []}', "pruning"),
         ("--refine", '{"lrd": [{"conv_factor": 8}]}', "conv_factor"),
         ("--refine", '{"lrd": [{"budget_policy": {"kind": "tiny"}}]}', "lrd item 0"),
+        ("--refine", '{"lrd": [{"lr": -1}]}', "TrainConfig.lr"),
+        ("--refine", '{"lrd": [{"balanced": "yes"}]}', "balanced must be"),
         ("--refine-factors", "1/16,2", "'2'"),
     ],
 )
