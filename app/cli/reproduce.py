@@ -89,14 +89,8 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
     from freshcore.train import TrainConfig
 
     known = {*MODEL_OPTIONS, *(f.name for f in fields(TrainConfig))}
-
     hint = "--refine"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
-    if not isinstance(value, dict):
-        raise typer.BadParameter("must be a JSON object {method: [overrides]}", param_hint=hint)
+    value = _json_option(text, hint) or {}  # null, like {}: no second stage
     out: dict[str, list[dict[str, Any]]] = {}
     for method, overrides in value.items():
         if method not in ALL_METHODS:

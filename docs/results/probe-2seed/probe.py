@@ -12,10 +12,11 @@ from freshcore.reproduce.runner import DataCache, Reporter, RunStore, run_one
 
 table, out = RunStore(sys.argv[1]), RunStore(sys.argv[2])
 data = DataCache()
+selection = table.selection()
 cells = ["convex", "mnist-rot", "mnist-bg-rand", "mnist-bg-img", "mnist-bg-img-rot"]
 for dataset in cells:
     for method in ("hashednets", "freshnets"):
-        entry = table.selection()[f"{dataset}/{method}/1/64"]
+        entry = selection[f"{dataset}/{method}/1/64"]
         group = Group(dataset, method, "1/64", entry["arch"], entry.get("model", {}))
         *stage1, second = entry["candidates"]  # the second stage's one candidate comes last
         first = min(stage1, key=lambda c: c["val_error"])  # ties: the earlier, as `choose`
