@@ -37,8 +37,10 @@ DEFAULT_ALLOCATIONS = json.dumps(
 # The second stage (table v5): at 1/64, every method that splits a budget across layers also tries
 # its first-stage choice with twice the table's conv boost (a probe on the background sets found
 # the conv filters starved at 1/64; docs/results.md)
-DEFAULT_REFINE_OVERRIDE = {"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}
-DEFAULT_REFINE_FACTORS = "1/64"
+DEFAULT_REFINE_OVERRIDE = {
+    "budget_policy": {"kind": "conv-boost", "conv_factor": 8},
+    "factors": ["1/64"],
+}
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -85,10 +87,16 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
     from dataclasses import fields
 
     from freshcore.build import parse_allocation, parse_budget_policy
-    from freshcore.reproduce.plan import ALL_METHODS, MODEL_OPTIONS, split_override
+    from freshcore.reproduce.plan import (
+        ALL_METHODS,
+        MODEL_OPTIONS,
+        SCOPE_KEY,
+        factor_value,
+        split_override,
+    )
     from freshcore.train import TrainConfig
 
-    known = {*MODEL_OPTIONS, *(f.name for f in fields(TrainConfig))}
+    known = {*MODEL_OPTIONS, SCOPE_KEY, *(f.name for f in fields(TrainConfig))}
     hint = "--refine"
     value = _json_option(text, hint) or {}  # null, like {}: no second stage
     out: dict[str, list[dict[str, Any]]] = {}
@@ -105,11 +113,19 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
             if unknown:
                 raise typer.BadParameter(
                     f"{method} item {i}: unknown key(s) {', '.join(sorted(unknown))}; "
-                    f"overrides may set {', '.join(MODEL_OPTIONS)} or a TrainConfig field",
+                    f"overrides may set {', '.join(MODEL_OPTIONS)}, {SCOPE_KEY} "
+                    "or a TrainConfig field",
                     param_hint=hint,
                 )
             checked = dict(override)
             try:
+                scope = override.get(SCOPE_KEY, [])
+                if SCOPE_KEY in override and not (
+                    scope and isinstance(scope, list) and all(isinstance(f, str) for f in scope)
+                ):
+                    raise ValueError(f'{SCOPE_KEY} must be a non-empty list like ["1/64"]')
+                for factor in scope:
+                    factor_value(factor)
                 if "budget_policy" in override:
                     parse_budget_policy(override["budget_policy"])
                 if "allocation" in override:  # the parsed form, as --allocations keeps it
@@ -121,18 +137,6 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
                 raise typer.BadParameter(f"{method} item {i}: {exc}", param_hint=hint) from exc
             out[method].append(checked)
     return out
-
-
-def _factors_option(text: str, hint: str) -> tuple[str, ...]:
-    from freshcore.reproduce.plan import factor_value
-
-    factors = tuple(f.strip() for f in text.split(",") if f.strip())
-    for factor in factors:
-        try:
-            factor_value(factor)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint=hint) from exc
-    return factors
 
 
 def _pick_ablations(rp: Any, names: list[str] | None) -> list[Any]:
@@ -275,14 +279,11 @@ def register(cli: typer.Typer) -> None:
             typer.Option(
                 help="Second stage: per method, overrides (model options or training settings) "
                 "tried on the tuning seed on top of its first choice, as JSON "
-                '{"method": [{"budget_policy": ...}, {"lr": 0.05}]} '
-                "(default: conv-boost x8 for every method that splits a budget; '{}': none).",
+                '{"method": [{"budget_policy": ..., "factors": ["1/64"]}, {"lr": 0.05}]}; '
+                '"factors" limits an override to those factors (default: conv-boost x8 at 1/64 '
+                "for every method that splits a budget; '{}': none).",
             ),
         ] = None,
-        refine_factors: Annotated[
-            str,
-            typer.Option(help="Factors the second stage runs at (comma-separated; empty: all)."),
-        ] = DEFAULT_REFINE_FACTORS,
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
@@ -334,7 +335,6 @@ def register(cli: typer.Typer) -> None:
                         if refine is not None
                         else {m: [DEFAULT_REFINE_OVERRIDE] for m in rp.BUDGETED_METHODS}
                     ),
-                    refine_factors=_factors_option(refine_factors, "--refine-factors"),
                 ),
                 workers=workers,
                 table=table,

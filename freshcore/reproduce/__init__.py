@@ -36,12 +36,12 @@ from freshcore.reproduce.plan import (
     default_protocol,
     model_options,
     quick_protocol,
-    split_override,
     table_groups,
 )
 from freshcore.reproduce.report import (
     ablation_rows,
     collect_cells,
+    describe_override,
     describe_point,
     markdown_table,
     plot_errors,
@@ -243,11 +243,6 @@ def write_report(
             {"key": s.key(), "spec": s.to_dict(), "error": repr(e)} for s, e in failures or []
         ],
     }
-    refine_at = (
-        " at " + ", ".join(options.protocol.refine_factors)
-        if options.protocol.refine_factors
-        else ""
-    )
     md = [
         "# FreshNets reproduction",
         "",
@@ -268,11 +263,8 @@ def write_report(
             for method, models in options.protocol.model_grid.items()
         )
         + "".join(
-            f"; second stage{refine_at}: {method} also tries its choice with "
-            + "; ".join(
-                describe_point({**train, "model": model})
-                for train, model in map(split_override, overrides)
-            )
+            f"; second stage: {method} also tries its choice with "
+            + "; ".join(map(describe_override, overrides))
             for method, overrides in options.protocol.refine.items()
         )
         + f"; tuning seed {options.protocol.tune_seed}; seeds 0..{options.seeds - 1}.",

@@ -93,6 +93,12 @@ class RunSpec:
         return RunSpec.from_dict(self.teacher) if self.teacher is not None else None
 
 
+# build_model keywords a table run may vary; every other key of an override is a TrainConfig field,
+# but SCOPE_KEY, which limits the override to some factors ({"factors": ["1/64"], ...})
+MODEL_OPTIONS = ("allocation", "budget_policy", "balanced")
+SCOPE_KEY = "factors"
+
+
 @dataclass
 class Protocol:
     """How every run of a table is trained and how its hyper-parameters are chosen.
@@ -105,7 +111,7 @@ class Protocol:
 
     `refine` is a second stage, cheaper than widening the grid: per method, overrides (build_model
     keywords or training settings, `split_override`) tried on the tuning seed on top of the first
-    stage's choice only, at the factors in `refine_factors` (empty: every factor).
+    stage's choice only; an override with a "factors" list applies at those factors only.
     """
 
     base: dict[str, Any]
@@ -114,7 +120,6 @@ class Protocol:
     device: str = "auto"  # where to train; not part of a run's key (results do not depend on it)
     model_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     refine: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    refine_factors: list[str] = field(default_factory=list)
 
     def points(self, method: str) -> list[dict[str, Any]]:
         """The candidates of a method: each grid point, with a "model" entry per alternative."""
@@ -124,10 +129,13 @@ class Protocol:
         ]
 
     def refine_overrides(self, group: Group) -> list[dict[str, Any]]:
-        """The second-stage overrides that apply to a group (none outside `refine_factors`)."""
-        if self.refine_factors and group.factor not in self.refine_factors:
-            return []
-        return self.refine.get(group.method, [])
+        """The second-stage overrides that apply to a group: its method's, less those scoped
+        to other factors."""
+        return [
+            o
+            for o in self.refine.get(group.method, [])
+            if group.factor in o.get(SCOPE_KEY, [group.factor])
+        ]
 
     def refinements(self, group: Group, chosen: dict[str, Any]) -> list[dict[str, Any]]:
         """The second-stage candidates of a group: its first-stage choice with each override
@@ -158,13 +166,10 @@ class Protocol:
         return asdict(self)
 
 
-# build_model keywords a table run may vary; every other key of an override is a TrainConfig field
-MODEL_OPTIONS = ("allocation", "budget_policy", "balanced")
-
-
 def split_override(override: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A second-stage override as (TrainConfig overrides, build_model overrides)."""
-    train = {k: v for k, v in override.items() if k not in MODEL_OPTIONS}
+    """A second-stage override as (TrainConfig overrides, build_model overrides); its scope
+    is neither."""
+    train = {k: v for k, v in override.items() if k not in (*MODEL_OPTIONS, SCOPE_KEY)}
     return train, {k: v for k, v in override.items() if k in MODEL_OPTIONS}
 
 
@@ -183,13 +188,12 @@ def default_protocol(
     dropouts: tuple[float, ...] = (),
     allocations: tuple[dict[str, Any], ...] = (),
     refine: dict[str, list[dict[str, Any]]] | None = None,
-    refine_factors: tuple[str, ...] = (),
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
     dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
     ``allocations``: freshnets frequency allocations tried with every point (empty: the table's
-    one allocation, untuned); the other methods have no allocation to tune. ``refine`` and
-    ``refine_factors``: the second stage (`Protocol`), none by default."""
+    one allocation, untuned); the other methods have no allocation to tune. ``refine``: the
+    second stage (`Protocol`), none by default."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -216,7 +220,6 @@ def default_protocol(
         device=device,
         model_grid=model_grid,
         refine={m: [dict(o) for o in overrides] for m, overrides in (refine or {}).items()},
-        refine_factors=list(refine_factors),
     )
 
 

@@ -16,7 +16,9 @@ from freshcore.reproduce.plan import (
     ALL_METHODS,
     COMPRESSED_METHODS,
     DENSE_FACTOR,
+    SCOPE_KEY,
     RunSpec,
+    split_override,
     split_point,
 )
 from freshcore.reproduce.runner import RunStore, final_specs
@@ -122,6 +124,14 @@ def describe_point(point: dict[str, Any]) -> str:
             )
         words.append(f"{key}={value}")
     return ", ".join(words)
+
+
+def describe_override(override: dict[str, Any]) -> str:
+    """A second-stage override in words, with the factors it is limited to, if any."""
+    train, model = split_override(override)
+    scope = override.get(SCOPE_KEY)
+    words = describe_point({**train, "model": model})
+    return f"{words} (at {', '.join(scope)})" if scope else words
 
 
 def selection_table(store: RunStore) -> str:

@@ -171,15 +171,20 @@ def test_allocation_grid_is_freshnets_only_and_keeps_the_tables_keys() -> None:
 
 def test_second_stage_refines_the_choice_at_its_factors_only() -> None:
     """A refinement is the first stage's choice with the override merged into its model
-    keywords (the allocation it chose stays); none at other factors, none for another method,
-    and none that would train the very network already chosen."""
+    keywords (the allocation it chose stays); none at factors outside the override's scope,
+    none for another method, and none that would train the very network already chosen."""
     table, boost4 = {"shape": "exponential", "decay": 0.5}, {"kind": "conv-boost", "conv_factor": 4}
     boost8 = {"kind": "conv-boost", "conv_factor": 8}
+    at64 = ["1/64"]
     protocol = default_protocol(
         lrs=(0.02,),
         dropouts=(0.5, 0.0),
-        refine={"freshnets": [{"budget_policy": boost8}, {"budget_policy": boost4}]},
-        refine_factors=("1/64",),
+        refine={
+            "freshnets": [
+                {"budget_policy": boost8, "factors": at64},
+                {"budget_policy": boost4, "factors": at64},
+            ]
+        },
     )
     groups = table_groups(
         ["mnist"], ["hashednets", "freshnets"], ["1/16", "1/64"], {"mnist": "mnist-cnn"},
@@ -203,5 +208,9 @@ def test_second_stage_refines_the_choice_at_its_factors_only() -> None:
     assert faster == {"lr": 0.05, "dropout": 0.5}  # a training setting replaces the choice's
     assert lrd64.point_spec(0, lr.base, faster).model == {"budget_policy": boost4}
     assert protocol.refinements(hashed64, {"lr": 0.02, "dropout": 0.0}) == []
+    shifts = default_protocol(lrs=(0.02,), refine={"dense": [{"augment": True}]})
+    (dense,) = table_groups(["mnist"], ["dense"], ["1/64"], {"mnist": "mnist-cnn"}, table, boost4)
+    (shifted,) = shifts.refinements(dense, {"lr": 0.02})  # unscoped: every factor, dense's too
+    assert dense.point_spec(0, shifts.base, shifted).train["augment"] is True
     # at most: the grid (2 points) and two other seeds per cell, and 1/64 freshnets' 2 overrides
     assert protocol.runs(groups, [0, 1, 2]) == 4 * (2 + 2) + 2

@@ -133,10 +133,9 @@ def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
     assert [(m["allocation"]["decay"], m["allocation"].get("min_rate")) for m in tried] == [
         (0.25, None), (0.5, None), (1.0, None), (2.0, None), (1.0, 0.1), (2.0, 0.25)
     ]  # fmt: skip
-    boost8 = [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}]
+    boost8 = [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}, "factors": ["1/64"]}]
     refine = {m: boost8 for m in ("lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")}
     assert options["protocol"]["refine"] == refine
-    assert options["protocol"]["refine_factors"] == ["1/64"]
     nulls = [*args, "--allocation", "null", "--budget-policy", "null"]
     assert CliRunner().invoke(cli, nulls).exit_code == 0
     options = json.loads((tmp_path / "results.json").read_text())["options"]
@@ -191,7 +190,8 @@ def test_bad_allocations_are_refused_by_name(tmp_path: Path, bad: str, says: str
         ("--refine", '{"lrd": [{"budget_policy": {"kind": "tiny"}}]}', "lrd item 0"),
         ("--refine", '{"lrd": [{"lr": -1}]}', "TrainConfig.lr"),
         ("--refine", '{"lrd": [{"balanced": "yes"}]}', "balanced must be"),
-        ("--refine-factors", "1/16,2", "'2'"),
+        ("--refine", '{"lrd": [{"lr": 0.05, "factors": ["1/16", "2"]}]}', "'2'"),
+        ("--refine", '{"lrd": [{"lr": 0.05, "factors": "1/64"}]}', "non-empty list"),
     ],
 )
 def test_bad_second_stage_is_refused_by_name(
