@@ -34,13 +34,15 @@ DEFAULT_ALLOCATIONS = json.dumps(
         {"shape": "exponential", "decay": 2.0, "min_rate": 0.25},
     ]
 )
-# The second stage (table v5): at 1/64, every method that splits a budget across layers also tries
-# its first-stage choice with twice the table's conv boost (a probe on the background sets found
-# the conv filters starved at 1/64; docs/results.md)
-DEFAULT_REFINE_OVERRIDE = {
+# The second stage (table v6): at 1/64, every method that splits a budget across layers also tries
+# its first-stage choice with twice the table's conv boost (table v5: a probe on the background sets
+# found the conv filters starved at 1/64); and every method, dense included, tries it with random
+# shifts at every factor (they helped freshnets on MNIST in the ablations; docs/results.md)
+DEFAULT_REFINE_BOOST = {
     "budget_policy": {"kind": "conv-boost", "conv_factor": 8},
     "factors": ["1/64"],
 }
+DEFAULT_REFINE_SHIFTS = {"augment": True}
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -280,8 +282,9 @@ def register(cli: typer.Typer) -> None:
                 help="Second stage: per method, overrides (model options or training settings) "
                 "tried on the tuning seed on top of its first choice, as JSON "
                 '{"method": [{"budget_policy": ..., "factors": ["1/64"]}, {"lr": 0.05}]}; '
-                '"factors" limits an override to those factors (default: conv-boost x8 at 1/64 '
-                "for every method that splits a budget; '{}': none).",
+                '"factors" limits an override to those factors (default, table v6: conv-boost x8 '
+                "at 1/64 for every method that splits a budget, random shifts for every method; "
+                "'{}': none).",
             ),
         ] = None,
         report_only: Annotated[
@@ -333,7 +336,11 @@ def register(cli: typer.Typer) -> None:
                     refine=(
                         _refine_option(refine)
                         if refine is not None
-                        else {m: [DEFAULT_REFINE_OVERRIDE] for m in rp.BUDGETED_METHODS}
+                        else {
+                            m: ([DEFAULT_REFINE_BOOST] if m in rp.BUDGETED_METHODS else [])
+                            + [DEFAULT_REFINE_SHIFTS]
+                            for m in rp.ALL_METHODS
+                        }
                     ),
                 ),
                 workers=workers,

@@ -117,7 +117,7 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
-    """Without options the harness runs table v5's protocol (docs/results.md); null restores
+    """Without options the harness runs table v6's protocol (docs/results.md); null restores
     freshcore's own model defaults."""
     args = ["reproduce", "--datasets", "digits", "--out", str(tmp_path), "--report-only"]
     assert CliRunner().invoke(cli, args).exit_code == 0
@@ -133,9 +133,11 @@ def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
     assert [(m["allocation"]["decay"], m["allocation"].get("min_rate")) for m in tried] == [
         (0.25, None), (0.5, None), (1.0, None), (2.0, None), (1.0, 0.1), (2.0, 0.25)
     ]  # fmt: skip
-    boost8 = [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}, "factors": ["1/64"]}]
-    refine = {m: boost8 for m in ("lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")}
-    assert options["protocol"]["refine"] == refine
+    boost8 = {"budget_policy": {"kind": "conv-boost", "conv_factor": 8}, "factors": ["1/64"]}
+    shifts = {"augment": True}
+    budgeted = ("lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")
+    refine = {m: [boost8, shifts] for m in budgeted}
+    assert options["protocol"]["refine"] == {"dense": [shifts], "equivalent": [shifts], **refine}
     nulls = [*args, "--allocation", "null", "--budget-policy", "null"]
     assert CliRunner().invoke(cli, nulls).exit_code == 0
     options = json.loads((tmp_path / "results.json").read_text())["options"]
