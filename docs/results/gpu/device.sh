@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The table on a lent GPU machine (one NVIDIA H100/H200, 16 cores, no network), in one call of
 # about 9 minutes: the GPU tests, the freshcore benchmarks on CUDA, then as much of the table (the
-# harness's defaults: table v5) as fits, 14 training processes sharing the GPU and one store. What is done comes back in $OUT
+# harness's defaults: table v6) as fits, 14 training processes sharing the GPU and one store. What is done comes back in $OUT
 # (runs.tgz is refreshed every 15 s, so a run cut off by the time limit loses only itself).
 #
 # Needs, beside the checkout (prepare them here with docs/results/gpu/prepare-carry.sh):
@@ -9,13 +9,13 @@
 #   .devcarry/  the MNIST cache, three generated variants, and the runs already done on CPU
 # Environment: OUT (where results go), PY (python, default python3), SKIP_WHEELS=1 (use PY's
 # own packages), DEVICE (cuda), DEADLINE (seconds from start when training stops, default 530), WORKERS (14),
-# STORE (runs/table5), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g. to shrink a dry run).
+# STORE (runs/table6), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g. to shrink a dry run).
 set -u
 cd "$(dirname "$0")/../../.."
 PY=${PY:-python3}
 DEADLINE=${DEADLINE:-530}
 WORKERS=${WORKERS:-14}
-STORE=${STORE:-runs/table5}
+STORE=${STORE:-runs/table6}
 export PYTHONUNBUFFERED=1
 if [ "${SKIP_WHEELS:-0}" != 1 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

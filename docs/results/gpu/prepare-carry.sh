@@ -16,9 +16,9 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 CACHE=${FRESHNETS_DATA_DIR:-$HOME/.freshnets}
 tar -C "$CACHE" -czf .devcarry/cache-mnist.tar.gz cache/mnist
 tar -C "$CACHE" -czf .devcarry/cache-extra.tar.gz cache/mnist-rot.npz cache/convex.npz cache/rectangles.npz
-# The store to continue (default the table v5 records; `tar -C runs -xzf
-# docs/results/table5/runs.tar.gz` first where runs/table5 is missing).
-SEED=${SEED:-runs/table5}
+# The store to continue (default the table v6 records; `tar -C runs -xzf
+# docs/results/table6/runs.tar.gz` first where runs/table6 is missing).
+SEED=${SEED:-runs/table6}
 cp "$SEED"/runs/*.json .devcarry/store/runs/
 cp "$SEED"/selection.json .devcarry/store/
 du -sh .whl .devcarry
