@@ -121,13 +121,14 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
                 )
             checked = dict(override)
             try:
-                scope = override.get(SCOPE_KEY, [])
-                if SCOPE_KEY in override and not (
-                    scope and isinstance(scope, list) and all(isinstance(f, str) for f in scope)
-                ):
-                    raise ValueError(f'{SCOPE_KEY} must be a non-empty list like ["1/64"]')
-                for factor in scope:
-                    factor_value(factor)
+                if SCOPE_KEY in override:
+                    scope = override[SCOPE_KEY]
+                    if not (
+                        scope and isinstance(scope, list) and all(isinstance(f, str) for f in scope)
+                    ):
+                        raise ValueError(f'{SCOPE_KEY} must be a non-empty list like ["1/64"]')
+                    for factor in scope:
+                        factor_value(factor)
                 if "budget_policy" in override:
                     parse_budget_policy(override["budget_policy"])
                 if "allocation" in override:  # the parsed form, as --allocations keeps it
