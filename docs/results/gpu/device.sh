@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # The table on a lent GPU machine (one NVIDIA H100/H200, 16 cores, no network), in one call of
-# about 9 minutes: the GPU tests, the freshcore benchmarks on CUDA, then as much of the table (the
-# harness's defaults: table v6) as fits, 14 training processes sharing the GPU and one store. What is done comes back in $OUT
-# (runs.tgz is refreshed every 15 s, so a run cut off by the time limit loses only itself).
+# about 9 minutes: the GPU tests, the freshcore benchmarks on CUDA, then as much of the table in
+# progress (table v7: the harness's defaults plus docs/results/table7/refine.json) as fits, 14
+# training processes sharing the GPU and one store. What is done comes back in $OUT (runs.tgz is
+# refreshed every 15 s, so a run cut off by the time limit loses only itself).
 #
 # Needs, beside the checkout (prepare them here with docs/results/gpu/prepare-carry.sh):
 #   .whl/       wheels the machine lacks (pydantic, pydantic-settings, typer, rich, click...)
 #   .devcarry/  the MNIST cache, three generated variants, and the runs already done on CPU
 # Environment: OUT (where results go), PY (python, default python3), SKIP_WHEELS=1 (use PY's
 # own packages), DEVICE (cuda), DEADLINE (seconds from start when training stops, default 530), WORKERS (14),
-# STORE (runs/table6), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g. to shrink a dry run).
+# STORE (runs/table7), REFINE (the second stage's JSON file, default table v7's; empty: the
+# harness's default, table v6), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g. to shrink
+# a dry run), DATASETS (the table's, in the order run), CHECKS=0 (skip the GPU tests and
+# benchmarks), ABLATIONS=1 (then table v3's ablations on MNIST and mnist-rot; the distillation and
+# projection ones need their dense teachers' model files in the store, which .devcarry lacks).
 set -u
 cd "$(dirname "$0")/../../.."
 PY=${PY:-python3}
 DEADLINE=${DEADLINE:-530}
 WORKERS=${WORKERS:-14}
-STORE=${STORE:-runs/table6}
+STORE=${STORE:-runs/table7}
+REFINE=${REFINE-docs/results/table7/refine.json}
 export PYTHONUNBUFFERED=1
 if [ "${SKIP_WHEELS:-0}" != 1 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -45,10 +51,12 @@ for name in ["mnist-rot", "mnist-bg-rand", "mnist-bg-img", "mnist-bg-img-rot", "
 PYEOF
 GEN=$!
 
-timeout 75 $PY -m pytest tests/gpu --noconftest -q -p no:cacheprovider -p no:randomly 2>&1 \
-  | tee "$OUT/gpu-tests.log" | tail -15
-FRESHNETS_BENCH_REPEATS=30 timeout 75 $PY -m benchmarks freshcore --json "$OUT/bench.json" \
-  >"$OUT/bench.log" 2>&1; tail -25 "$OUT/bench.log"
+if [ "${CHECKS:-1}" = 1 ]; then
+  timeout 75 $PY -m pytest tests/gpu --noconftest -q -p no:cacheprovider -p no:randomly 2>&1 \
+    | tee "$OUT/gpu-tests.log" | tail -15
+  FRESHNETS_BENCH_REPEATS=30 timeout 75 $PY -m benchmarks freshcore --json "$OUT/bench.json" \
+    >"$OUT/bench.log" 2>&1; tail -25 "$OUT/bench.log"
+fi
 wait $GEN; cat "$OUT/digests.txt"
 
 pack() {
@@ -59,16 +67,16 @@ pack() {
 ( while sleep 15; do pack; done ) &
 PACKER=$!
 FRESHNETS="$PY -c 'from app.cli import main; main()' reproduce --device ${DEVICE:-cuda} --workers $WORKERS"
-FRESHNETS="$FRESHNETS --out $STORE ${TABLE_ARGS:-}"
+FRESHNETS="$FRESHNETS --out $STORE ${REFINE:+--refine \"\$(cat $REFINE)\"} ${TABLE_ARGS:-}"
 left=$((DEADLINE - SECONDS))
 echo "table: $left s left at $(date -u +%T)"
-# the variants first, MNIST (the slowest) last
-eval timeout "$left" "$FRESHNETS" \
-  --datasets mnist-bg-rand,mnist-bg-img,mnist-bg-img-rot,rectangles,convex,mnist-rot,mnist \
+# by default MNIST (the goals' data set) first
+DATASETS=${DATASETS:-mnist,mnist-rot,mnist-bg-rand,mnist-bg-img,mnist-bg-img-rot,convex,rectangles}
+eval timeout "$left" "$FRESHNETS" --datasets "$DATASETS" \
   >"$OUT/table.log" 2>&1
 echo "table exit $? at $((SECONDS)) s"
 left=$((DEADLINE - SECONDS))
-if [ "$left" -gt 40 ]; then
+if [ "${ABLATIONS:-0}" = 1 ] && [ "$left" -gt 40 ]; then
   echo "ablations: $left s left"
   eval timeout "$left" "$FRESHNETS" --no-table --ablations --datasets mnist,mnist-rot \
     --ablation-datasets mnist,mnist-rot >"$OUT/ablations.log" 2>&1

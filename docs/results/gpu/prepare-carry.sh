@@ -16,9 +16,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 CACHE=${FRESHNETS_DATA_DIR:-$HOME/.freshnets}
 tar -C "$CACHE" -czf .devcarry/cache-mnist.tar.gz cache/mnist
 tar -C "$CACHE" -czf .devcarry/cache-extra.tar.gz cache/mnist-rot.npz cache/convex.npz cache/rectangles.npz
-# The store to continue (default the table v6 records; `tar -C runs -xzf
-# docs/results/table6/runs.tar.gz` first where runs/table6 is missing).
-SEED=${SEED:-runs/table6}
+# The store to continue (default table v7's; where runs/table7 is missing, first
+# `tar -C runs -xzf docs/results/table6/runs.tar.gz && tar -C runs -xzf
+# docs/results/table7/runs.tar.gz && cp -n runs/table6/runs/*.json runs/table7/runs/`).
+SEED=${SEED:-runs/table7}
 cp "$SEED"/runs/*.json .devcarry/store/runs/
 cp "$SEED"/selection.json .devcarry/store/
 du -sh .whl .devcarry
