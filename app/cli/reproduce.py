@@ -85,20 +85,25 @@ def _allocations_option(text: str) -> tuple[dict[str, Any], ...]:
 
 def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
     """`--refine`: {method: [overrides]}, each a build_model keyword or a training setting,
-    checked by freshcore's own parsers and `TrainConfig`."""
+    checked by freshcore's own parsers and `TrainConfig`; `"teacher": "dense"` (with a
+    distill_alpha) distils from the data set's dense cell."""
     from dataclasses import fields
 
     from freshcore.build import parse_allocation, parse_budget_policy
+    from freshcore.data import list_datasets
     from freshcore.reproduce.plan import (
         ALL_METHODS,
-        MODEL_OPTIONS,
+        DATASETS_KEY,
+        NOT_TRAINING,
         SCOPE_KEY,
+        TEACHER_KEY,
         factor_value,
         split_override,
     )
     from freshcore.train import TrainConfig
 
-    known = {*MODEL_OPTIONS, SCOPE_KEY, *(f.name for f in fields(TrainConfig))}
+    known = {*NOT_TRAINING, *(f.name for f in fields(TrainConfig))}
+    dataset_names = sorted(info.name for info in list_datasets())
     hint = "--refine"
     value = _json_option(text, hint) or {}  # null, like {}: no second stage
     out: dict[str, list[dict[str, Any]]] = {}
@@ -115,8 +120,7 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
             if unknown:
                 raise typer.BadParameter(
                     f"{method} item {i}: unknown key(s) {', '.join(sorted(unknown))}; "
-                    f"overrides may set {', '.join(MODEL_OPTIONS)}, {SCOPE_KEY} "
-                    "or a TrainConfig field",
+                    f"overrides may set {', '.join(NOT_TRAINING)} or a TrainConfig field",
                     param_hint=hint,
                 )
             checked = dict(override)
@@ -129,12 +133,29 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
                         raise ValueError(f'{SCOPE_KEY} must be a non-empty list like ["1/64"]')
                     for factor in scope:
                         factor_value(factor)
+                if DATASETS_KEY in override:
+                    names = override[DATASETS_KEY]
+                    if not (
+                        names and isinstance(names, list) and all(n in dataset_names for n in names)
+                    ):
+                        raise ValueError(
+                            f"{DATASETS_KEY} must be a non-empty list of data sets, from "
+                            f"{', '.join(dataset_names)}"
+                        )
                 if "budget_policy" in override:
                     parse_budget_policy(override["budget_policy"])
                 if "allocation" in override:  # the parsed form, as --allocations keeps it
                     checked["allocation"] = parse_allocation(override["allocation"], method)
                 if not isinstance(override.get("balanced", False), bool):
                     raise ValueError("balanced must be true or false")
+                if TEACHER_KEY in override:
+                    if override[TEACHER_KEY] != "dense" or method == "dense":
+                        raise ValueError(
+                            f'{TEACHER_KEY} must be "dense" (the data set\'s dense cell), '
+                            "for a compressed method"
+                        )
+                    if not 0 < override.get("distill_alpha", 0) <= 1:
+                        raise ValueError(f"{TEACHER_KEY} needs distill_alpha in (0, 1]")
                 TrainConfig(**split_override(override)[0])
             except (ValueError, TypeError) as exc:
                 raise typer.BadParameter(f"{method} item {i}: {exc}", param_hint=hint) from exc
@@ -283,9 +304,10 @@ def register(cli: typer.Typer) -> None:
                 help="Second stage: per method, overrides (model options or training settings) "
                 "tried on the tuning seed on top of its first choice, as JSON "
                 '{"method": [{"budget_policy": ..., "factors": ["1/64"]}, {"lr": 0.05}]}; '
-                '"factors" limits an override to those factors (default, table v6: conv-boost x8 '
-                "at 1/64 for every method that splits a budget, random shifts for every method; "
-                "'{}': none).",
+                '"factors" limits an override to those factors; "teacher": "dense" with a '
+                "distill_alpha distils from the data set's dense choice (default, table v6: "
+                "conv-boost x8 at 1/64 for every method that splits a budget, random shifts for "
+                "every method; '{}': none).",
             ),
         ] = None,
         report_only: Annotated[

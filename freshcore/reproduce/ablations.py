@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from freshcore.reproduce.plan import RunSpec, split_point
+from freshcore.reproduce.plan import TEACHER_KEY, RunSpec, split_point
 from freshcore.reproduce.runner import RunStore, dense_teacher
 
 
@@ -103,8 +103,8 @@ def ablation_spec(
     """The run for one variant: the table's chosen freshnets training (or the fallback) and
     model options (``base_model``, then what the table chose), with the variant's knob changed.
 
-    A teacher is the table's dense run for the same data set and seed (the fallback training if
-    the table has not chosen one yet).
+    A teacher (the variant's, or the table's choice distils) is the table's dense run for the
+    same data set and seed (the fallback training if the table has not chosen one yet).
     """
     entry = store.selection().get(f"{dataset}/freshnets/{factor}")
     train, chosen_model = dict(fallback_train), {}
@@ -112,7 +112,7 @@ def ablation_spec(
         chosen_train, chosen_model = split_point(entry["chosen"])
         train = {**entry["base"], **chosen_train}
     teacher = None
-    if ablation.teacher:
+    if ablation.teacher or (entry and entry["chosen"].get(TEACHER_KEY) is not None):
         teacher_spec = dense_teacher(store, dataset, seed) or RunSpec(
             dataset, "dense", "1", seed, arch, train=dict(fallback_train)
         )

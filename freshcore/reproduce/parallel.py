@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from freshcore.reproduce.plan import Group, Protocol, RunSpec
-from freshcore.reproduce.runner import DataCache, Reporter, RunStore, run_one, select
+from freshcore.reproduce.runner import (
+    DataCache,
+    Reporter,
+    RunStore,
+    TeacherMissing,
+    dense_cell,
+    dense_choice,
+    run_one,
+    select,
+)
 
 _DATA: DataCache | None = None  # one per worker process: each data set is parsed once
 _PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
@@ -83,6 +92,10 @@ def run_parallel(
     # per group: its grid points and the records of those back so far (None: failed)
     grids: dict[str, tuple[list[dict[str, Any]], dict[int, dict[str, Any] | None]]] = {}
     refined: set[str] = set()  # groups whose second stage (possibly empty) has been handed out
+    finals: dict[str, dict[str, Any]] = {}  # group name -> its final choice, as they come
+    # data set -> (group, first choice) whose second stage distils and waits for the dense cell
+    waiting: dict[str, list[tuple[Group, dict[str, Any]]]] = {}
+    tunes_dense = {g.dataset for g in groups if g.method == "dense"}
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     with ProcessPoolExecutor(workers, context, _init_worker, (threads, os.getpid())) as pool:
         pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int]] = {}
@@ -94,6 +107,34 @@ def run_parallel(
                 failures.append((spec, exc))
                 return
             pending[future] = (spec, group, point)
+
+        def teacher(group: Group) -> dict[str, Any] | None:
+            if group.dataset in tunes_dense:
+                return finals.get(dense_cell(group.dataset))
+            return dense_choice(store, group.dataset)
+
+        def second_stage(group: Group, chosen: dict[str, Any]) -> bool:
+            """Hand out a group's refinements; False if it has none (its choice is final)."""
+            points = grids[group.name][0]
+            more = protocol.refinements(
+                group, chosen, teacher(group) if protocol.needs_teacher(group) else None
+            )
+            for refinement in more:
+                points.append(refinement)
+                spec = group.point_spec(protocol.tune_seed, protocol.base, refinement)
+                submit(spec, group, len(points) - 1)
+            return bool(more)
+
+        def finish(group: Group, chosen: dict[str, Any]) -> None:
+            """A group's choice is final: its other seeds, and the second stages that waited
+            for it as their teacher."""
+            finals[group.name] = chosen
+            for seed in extra:
+                submit(group.point_spec(seed, protocol.base, chosen))
+            if group.method == "dense":
+                for other, first in waiting.pop(group.dataset, []):
+                    if not second_stage(other, first):
+                        finish(other, first)
 
         for group in groups:
             points = protocol.points(group.method)
@@ -127,13 +168,18 @@ def run_parallel(
                 chosen = select(group, protocol, candidates, store)  # type: ignore[arg-type]
                 if group.name not in refined:  # the first stage is back: its second, if any
                     refined.add(group.name)
-                    more = protocol.refinements(group, chosen)
-                    for refinement in more:
-                        points.append(refinement)
-                        spec = group.point_spec(protocol.tune_seed, protocol.base, refinement)
-                        submit(spec, group, len(points) - 1)
-                    if more:
+                    if protocol.needs_teacher(group) and teacher(group) is None:
+                        if group.dataset in tunes_dense:  # dense is still tuning: wait for it
+                            waiting.setdefault(group.dataset, []).append((group, chosen))
+                        else:
+                            error = TeacherMissing(group.name, dense_cell(group.dataset))
+                            failures.append((spec, error))
                         continue
-                for seed in extra:
-                    submit(group.point_spec(seed, protocol.base, chosen))
+                    if second_stage(group, chosen):
+                        continue
+                finish(group, chosen)
+    for pending_groups in waiting.values():  # their dense cell failed: retried the next time
+        for group, first in pending_groups:
+            spec = group.point_spec(protocol.tune_seed, protocol.base, first)
+            failures.append((spec, TeacherMissing(group.name, dense_cell(group.dataset))))
     return failures

@@ -94,9 +94,15 @@ class RunSpec:
 
 
 # build_model keywords a table run may vary; every other key of an override is a TrainConfig field,
-# but SCOPE_KEY, which limits the override to some factors ({"factors": ["1/64"], ...})
+# but SCOPE_KEY and DATASETS_KEY, which limit the override to some factors or data sets
+# ({"factors": ["1/64"], "datasets": ["mnist"], ...}), and TEACHER_KEY: {"teacher": "dense",
+# "distill_alpha": 0.9, ...} distils from the data set's dense cell as validation chose it,
+# trained with the run's own seed
 MODEL_OPTIONS = ("allocation", "budget_policy", "balanced")
 SCOPE_KEY = "factors"
+DATASETS_KEY = "datasets"
+TEACHER_KEY = "teacher"
+NOT_TRAINING = (*MODEL_OPTIONS, SCOPE_KEY, DATASETS_KEY, TEACHER_KEY)  # in an override
 
 
 @dataclass
@@ -111,7 +117,9 @@ class Protocol:
 
     `refine` is a second stage, cheaper than widening the grid: per method, overrides (build_model
     keywords or training settings, `split_override`) tried on the tuning seed on top of the first
-    stage's choice only; an override with a "factors" list applies at those factors only.
+    stage's choice only; an override with a "factors" (or "datasets") list applies at those
+    factors (data sets) only, and one with "teacher": "dense" distils from the dense cell's
+    choice (`refinements`' teacher).
     """
 
     base: dict[str, Any]
@@ -130,17 +138,27 @@ class Protocol:
 
     def refine_overrides(self, group: Group) -> list[dict[str, Any]]:
         """The second-stage overrides that apply to a group: its method's, less those scoped
-        to other factors."""
+        to other factors or data sets."""
         return [
             o
             for o in self.refine.get(group.method, [])
             if group.factor in o.get(SCOPE_KEY, [group.factor])
+            and group.dataset in o.get(DATASETS_KEY, [group.dataset])
         ]
 
-    def refinements(self, group: Group, chosen: dict[str, Any]) -> list[dict[str, Any]]:
+    def needs_teacher(self, group: Group) -> bool:
+        """Whether a group's second stage distils, so waits for its data set's dense choice."""
+        return any(TEACHER_KEY in o for o in self.refine_overrides(group))
+
+    def refinements(
+        self, group: Group, chosen: dict[str, Any], teacher: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """The second-stage candidates of a group: its first-stage choice with each override
-        merged in (training settings beside the choice's, model keywords into its "model"),
-        leaving out any that trains the very same network."""
+        merged in (training settings beside the choice's, model keywords into its "model", the
+        dense cell's chosen point ``teacher`` as its "teacher"), leaving out any that trains the
+        very same network."""
+        if teacher is None and self.needs_teacher(group):
+            raise ValueError(f"{group.name}: its second stage distils, but dense is not chosen")
         out: list[dict[str, Any]] = []
         seen = {group.point_spec(self.tune_seed, self.base, chosen).key()}
         for override in self.refine_overrides(group):
@@ -148,6 +166,8 @@ class Protocol:
             point = {**chosen, **train}
             if model:
                 point["model"] = {**(chosen.get("model") or {}), **model}
+            if TEACHER_KEY in override:
+                point[TEACHER_KEY] = teacher
             key = group.point_spec(self.tune_seed, self.base, point).key()
             if key not in seen:
                 seen.add(key)
@@ -167,15 +187,15 @@ class Protocol:
 
 
 def split_override(override: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A second-stage override as (TrainConfig overrides, build_model overrides); its scope
-    is neither."""
-    train = {k: v for k, v in override.items() if k not in (*MODEL_OPTIONS, SCOPE_KEY)}
+    """A second-stage override as (TrainConfig overrides, build_model overrides); its scopes
+    and teacher are neither."""
+    train = {k: v for k, v in override.items() if k not in NOT_TRAINING}
     return train, {k: v for k, v in override.items() if k in MODEL_OPTIONS}
 
 
 def split_point(point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A candidate as (TrainConfig overrides, build_model overrides)."""
-    train = {k: v for k, v in point.items() if k != "model"}
+    """A candidate as (TrainConfig overrides, build_model overrides); its teacher is neither."""
+    train = {k: v for k, v in point.items() if k not in ("model", TEACHER_KEY)}
     return train, dict(point.get("model") or {})
 
 
@@ -264,9 +284,15 @@ class Group:
         )
 
     def point_spec(self, seed: int, base: dict[str, Any], point: dict[str, Any]) -> RunSpec:
-        """The run of one seed at a candidate of `Protocol.points` on top of the base training."""
+        """The run of one seed at a candidate of `Protocol.points` on top of the base training;
+        a candidate with a teacher (the dense cell's chosen point) distils from the dense run
+        of the same seed."""
         train, model = split_point(point)
-        return self.spec(seed, {**base, **train}, model)
+        spec = self.spec(seed, {**base, **train}, model)
+        if point.get(TEACHER_KEY) is not None:
+            dense = Group(self.dataset, "dense", DENSE_FACTOR, self.arch)
+            spec.teacher = dense.point_spec(seed, base, point[TEACHER_KEY]).to_dict()
+        return spec
 
 
 BUDGETED_METHODS = ("lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")

@@ -15,8 +15,10 @@ from typing import Any
 from freshcore.reproduce.plan import (
     ALL_METHODS,
     COMPRESSED_METHODS,
+    DATASETS_KEY,
     DENSE_FACTOR,
     SCOPE_KEY,
+    TEACHER_KEY,
     RunSpec,
     split_override,
     split_point,
@@ -123,15 +125,18 @@ def describe_point(point: dict[str, Any]) -> str:
                 str(v) if k in ("shape", "kind") else f"{k}={v}" for k, v in value.items()
             )
         words.append(f"{key}={value}")
+    if point.get(TEACHER_KEY) is not None:
+        words.append("distilled from dense")
     return ", ".join(words)
 
 
 def describe_override(override: dict[str, Any]) -> str:
-    """A second-stage override in words, with the factors it is limited to, if any."""
+    """A second-stage override in words, with the factors and data sets it is limited to."""
     train, model = split_override(override)
-    scope = override.get(SCOPE_KEY)
-    words = describe_point({**train, "model": model})
-    return f"{words} (at {', '.join(scope)})" if scope else words
+    words = describe_point({**train, "model": model, TEACHER_KEY: override.get(TEACHER_KEY)})
+    scope = [f"at {', '.join(override[SCOPE_KEY])}"] if SCOPE_KEY in override else []
+    scope += [f"on {', '.join(override[DATASETS_KEY])}"] if DATASETS_KEY in override else []
+    return f"{words} ({'; '.join(scope)})" if scope else words
 
 
 def selection_table(store: RunStore) -> str:

@@ -372,7 +372,12 @@ def run_groups(
 
     for dataset in dict.fromkeys(g.dataset for g in groups):
         chosen: dict[str, dict[str, Any]] = {}
-        for group in (g for g in groups if g.dataset == dataset):
+        # dense first: a second stage that distils needs the dense cell's final choice
+        in_dataset = sorted(
+            (g for g in groups if g.dataset == dataset), key=lambda g: g.method != "dense"
+        )
+        has_dense = any(g.method == "dense" for g in in_dataset)
+        for group in in_dataset:
             candidates = []
             points = protocol.points(group.method)
             for point in points:
@@ -382,7 +387,16 @@ def run_groups(
             if len(candidates) < len(points):
                 continue  # not chosen until its whole grid has run
             first = select(group, protocol, candidates, store)
-            refinements = protocol.refinements(group, first)
+            teacher = None
+            if protocol.needs_teacher(group):
+                dense = dense_cell(dataset)
+                teacher = chosen.get(dense) if has_dense else dense_choice(store, dataset)
+                if teacher is None:
+                    spec = group.point_spec(protocol.tune_seed, protocol.base, first)
+                    failures.append((spec, TeacherMissing(group.name, dense)))
+                    reporter.failed(spec, failures[-1][1])
+                    continue
+            refinements = protocol.refinements(group, first, teacher)
             for point in refinements:
                 record = attempt(group.point_spec(protocol.tune_seed, protocol.base, point))
                 if record is not None:
@@ -410,9 +424,31 @@ def final_specs(store: RunStore, seeds: list[int]) -> dict[str, list[RunSpec]]:
     return out
 
 
+def dense_cell(dataset: str) -> str:
+    """The selection's name of a data set's dense cell."""
+    return f"{dataset}/dense/{DENSE_FACTOR}"
+
+
+def dense_choice(store: RunStore, dataset: str) -> dict[str, Any] | None:
+    """The dense cell's chosen point as the store records it, if tuned (the teacher of a second
+    stage that distils, when this invocation does not tune dense itself)."""
+    entry = store.selection().get(dense_cell(dataset))
+    return entry["chosen"] if entry else None
+
+
+class TeacherMissing(RuntimeError):
+    """A second stage that distils found no chosen dense cell for its data set."""
+
+    def __init__(self, group: str, dense: str) -> None:
+        super().__init__(
+            f"{group}: its second stage distils from {dense}, which is not chosen yet "
+            "(tune dense first: add it to --methods, or let its runs finish)"
+        )
+
+
 def dense_teacher(store: RunStore, dataset: str, seed: int) -> RunSpec | None:
     """The table's dense run for a data set and seed (chosen hyper-parameters), if tuned."""
-    entry = store.selection().get(f"{dataset}/dense/{DENSE_FACTOR}")
+    entry = store.selection().get(dense_cell(dataset))
     if entry is None:
         return None
     group = Group(dataset, "dense", DENSE_FACTOR, entry["arch"], entry.get("model", {}))

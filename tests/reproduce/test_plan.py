@@ -13,7 +13,7 @@ from freshcore.reproduce.plan import (
     split_point,
     table_groups,
 )
-from freshcore.reproduce.report import collect_cells, markdown_table
+from freshcore.reproduce.report import collect_cells, describe_override, markdown_table
 from freshcore.reproduce.runner import RunStore, choose
 
 
@@ -214,3 +214,42 @@ def test_second_stage_refines_the_choice_at_its_factors_only() -> None:
     assert dense.point_spec(0, shifts.base, shifted).train["augment"] is True
     # at most: the grid (2 points) and two other seeds per cell, and 1/64 freshnets' 2 overrides
     assert protocol.runs(groups, [0, 1, 2]) == 4 * (2 + 2) + 2
+
+
+def test_a_distilling_refinement_learns_from_the_dense_run_of_its_own_seed() -> None:
+    """`"teacher": "dense"` puts the dense cell's chosen point into the refinement; each seed's
+    run then names the dense run of that seed (with the dense choice) as its teacher, so the
+    teacher is part of the key. Without the dense choice the second stage cannot be built."""
+    distil = {"teacher": "dense", "distill_alpha": 0.9, "distill_temperature": 4.0, "lr": 0.01}
+    protocol = default_protocol(lrs=(0.02,), refine={"hashednets": [distil]})
+    hashed, dense = table_groups(
+        ["mnist"], ["hashednets", "dense"], ["1/16"], {"mnist": "mnist-cnn"}
+    )
+    dense_point = {"lr": 0.02, "augment": True}
+    with pytest.raises(ValueError, match="dense is not chosen"):
+        protocol.refinements(hashed, {"lr": 0.02})
+    assert protocol.needs_teacher(hashed) and not protocol.needs_teacher(dense)
+    (refined,) = protocol.refinements(hashed, {"lr": 0.02}, teacher=dense_point)
+    assert refined == {"lr": 0.01, "distill_alpha": 0.9, "distill_temperature": 4.0,
+                       "teacher": dense_point}  # fmt: skip
+    for seed in (0, 2):
+        spec = hashed.point_spec(seed, protocol.base, refined)
+        assert "teacher" not in spec.train and spec.train["distill_alpha"] == 0.9
+        assert spec.teacher == dense.point_spec(seed, protocol.base, dense_point).to_dict()
+        assert spec.teacher["seed"] == seed and spec.teacher["train"]["augment"] is True
+    other = hashed.point_spec(0, protocol.base, {**refined, "teacher": {"lr": 0.05}})
+    assert other.key() != hashed.point_spec(0, protocol.base, refined).key()
+    assert describe_override(distil).endswith("distilled from dense")
+
+
+def test_an_override_scoped_to_data_sets_applies_there_only() -> None:
+    """`"datasets": [...]` limits an override as `"factors"` does, and says so in the report."""
+    shifts = {"augment": True, "datasets": ["mnist"], "factors": ["1/64"]}
+    protocol = default_protocol(lrs=(0.02,), refine={"lowfreq": [shifts]})
+    archs = {"mnist": "mnist-cnn", "convex": "mnist-cnn"}
+    groups = table_groups(["mnist", "convex"], ["lowfreq"], ["1/16", "1/64"], archs)
+    applies = [g.name for g in groups if protocol.refine_overrides(g)]
+    assert applies == ["mnist/lowfreq/1/64"]
+    (point,) = protocol.refinements(groups[1], {"lr": 0.02})
+    assert point == {"lr": 0.02, "augment": True}  # the scopes are not training settings
+    assert describe_override(shifts) == "augment=True (at 1/64; on mnist)"

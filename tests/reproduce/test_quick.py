@@ -194,6 +194,11 @@ def test_bad_allocations_are_refused_by_name(tmp_path: Path, bad: str, says: str
         ("--refine", '{"lrd": [{"balanced": "yes"}]}', "balanced must be"),
         ("--refine", '{"lrd": [{"lr": 0.05, "factors": ["1/16", "2"]}]}', "'2'"),
         ("--refine", '{"lrd": [{"lr": 0.05, "factors": "1/64"}]}', "non-empty list"),
+        ("--refine", '{"dense": [{"teacher": "dense", "distill_alpha": 0.5}]}', "compressed"),
+        ("--refine", '{"lrd": [{"teacher": "lowfreq", "distill_alpha": 0.5}]}', "lrd item 0"),
+        ("--refine", '{"lrd": [{"teacher": "dense"}]}', "distill_alpha"),
+        ("--refine", '{"lrd": [{"lr": 0.05, "datasets": ["mnist", "cifar-100"]}]}', "datasets"),
+        ("--refine", '{"lrd": [{"lr": 0.05, "datasets": [{}]}]}', "lrd item 0: datasets"),
     ],
 )
 def test_bad_second_stage_is_refused_by_name(
@@ -271,6 +276,51 @@ def test_second_stage_refines_the_choice_on_validation(tmp_path: Path, workers: 
     again = Counting()
     reproduce(replace(options, workers=1), again)
     assert again.trained == [] and len(again.skipped) == 3
+
+
+DISTIL = {"teacher": "dense", "distill_alpha": 0.5, "distill_temperature": 4.0}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_stage_distils_from_the_dense_choice(tmp_path: Path, workers: int) -> None:
+    """hashednets' second stage distils from the dense cell: listed first, it waits for dense's
+    choice; its tuning-seed candidate learns from dense's seed-0 run, and whatever validation
+    keeps, seed 1 runs with it (a distilled seed 1 learns from dense's seed-1 run)."""
+    options = _one_cell(tmp_path, "hashednets", workers, refine={"hashednets": [DISTIL]})
+    options.methods = ["hashednets", "dense"]
+    summary = reproduce(options, Counting())
+    assert summary["failures"] == []
+    store = RunStore(tmp_path)
+    dense = store.selection()["digits/dense/1"]
+    entry = store.selection()["digits/hashednets/1/16"]
+    _, distilled = entry["candidates"]
+    assert distilled["overrides"]["teacher"] == dense["chosen"]
+    records = {r["key"]: r for r in store.records()}
+    assert len(records) == 5  # dense on seeds 0 and 1, hashednets' two candidates and seed 1
+    teacher = records[distilled["key"]]["spec"]["teacher"]
+    assert teacher == records[dense["candidates"][0]["key"]]["spec"]  # dense's own seed-0 run
+    (seed1,) = [r for r in records.values() if r["spec"]["method"] == "hashednets"
+                and r["spec"]["seed"] == 1]  # fmt: skip
+    if entry["chosen"] == distilled["overrides"]:
+        assert seed1["spec"]["teacher"]["seed"] == 1
+        assert seed1["spec"]["train"]["distill_alpha"] == 0.5
+    else:
+        assert seed1["spec"]["teacher"] is None
+    assert "distilled from dense" in (tmp_path / "results.md").read_text()
+    again = Counting()
+    reproduce(replace(options, workers=1), again)
+    assert again.trained == [] and len(again.skipped) == 5
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_distilling_without_a_dense_choice_is_a_named_failure(tmp_path: Path, workers: int) -> None:
+    """Without dense in the command or in the store, the second stage that distils cannot be
+    built: the cell's first stage runs, the failure names the dense cell, no seed 1 runs."""
+    options = _one_cell(tmp_path, "hashednets", workers, refine={"hashednets": [DISTIL]})
+    summary = reproduce(options, Reporter())
+    (failure,) = summary["failures"]
+    assert "digits/dense/1" in failure["error"] and "not chosen" in failure["error"]
+    assert [r["spec"]["seed"] for r in RunStore(tmp_path).records()] == [0]
 
 
 def test_workers_share_one_store_and_a_serial_rerun_skips_everything(tmp_path: Path) -> None:
