@@ -7,7 +7,8 @@
 #
 # Needs, beside the checkout (prepare them here with docs/results/gpu/prepare-carry.sh):
 #   .whl/       wheels the machine lacks (pydantic, pydantic-settings, typer, rich, click...)
-#   .devcarry/  the MNIST cache, three generated variants, and the runs already done on CPU
+#   .devcarry/  the MNIST cache, three generated variants, the runs already done on CPU, and the
+#               dense teachers' model files of the data sets whose second stage distils (MNIST)
 # Environment: OUT (where results go), PY (python, default python3), SKIP_WHEELS=1 (use PY's
 # own packages), DEVICE (cuda), DEADLINE (seconds from start when training stops, default 530), WORKERS (14),
 # STORE (runs/table7), REFINE (the second stage's JSON file, default table v7's; empty: the
@@ -32,6 +33,7 @@ export FRESHNETS_DATA_DIR=${FRESHNETS_DATA_DIR:-/tmp/freshnets-data}
 mkdir -p "$FRESHNETS_DATA_DIR" "$STORE/runs"
 for t in .devcarry/cache-*.tar.gz; do tar -C "$FRESHNETS_DATA_DIR" -xzf "$t"; done
 cp -n .devcarry/store/runs/*.json "$STORE/runs/" 2>/dev/null
+mkdir -p "$STORE/models" && cp -n .devcarry/store/models/* "$STORE/models/" 2>/dev/null
 [ -f "$STORE/selection.json" ] || cp .devcarry/store/selection.json "$STORE/"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; $PY -V
   $PY -c 'import torch; print(torch.__version__, torch.cuda.is_available())'; } >"$OUT/machine.txt" 2>&1

@@ -1,12 +1,13 @@
 #!/bin/sh
 # Gather what device.sh needs beside the checkout, in two git-ignored folders (see
 # .git/info/exclude): wheels for the GPU machine's Python 3.12, the MNIST cache and three
-# generated variants (so their bytes are the CPU machine's), and the runs already done on CPU.
+# generated variants (so their bytes are the CPU machine's), the runs already done on CPU, and the
+# dense teachers of the data sets whose second stage distils (TEACHERS, default mnist).
 set -eu
 cd "$(dirname "$0")/../../.."
 grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
 grep -qx '/.devcarry/' .git/info/exclude || echo '/.devcarry/' >>.git/info/exclude
-mkdir -p .whl .devcarry/store/runs
+mkdir -p .whl .devcarry/store/runs .devcarry/store/models
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated_types==0.8.0 typing_inspection==0.4.5 \
@@ -22,4 +23,20 @@ tar -C "$CACHE" -czf .devcarry/cache-extra.tar.gz cache/mnist-rot.npz cache/conv
 SEED=${SEED:-runs/table7}
 cp "$SEED"/runs/*.json .devcarry/store/runs/
 cp "$SEED"/selection.json .devcarry/store/
+# The dense teachers of the data sets whose second stage distils (table v7: MNIST), where their
+# model files are here: 3 files of about 2 MB each per data set.
+.venv/bin/python - "$SEED" ${TEACHERS:-mnist} <<'PYEOF'
+import shutil
+import sys
+from freshcore.reproduce.runner import RunStore, dense_teacher
+store = RunStore(sys.argv[1])
+for dataset in sys.argv[2:]:
+    for seed in range(3):
+        spec = dense_teacher(store, dataset, seed)
+        path = store.model_path(spec) if spec else None
+        if path and path.exists():
+            shutil.copy(path, ".devcarry/store/models/")
+        else:
+            print(f"no teacher model for {dataset} seed {seed}: its distillation runs will fail")
+PYEOF
 du -sh .whl .devcarry
