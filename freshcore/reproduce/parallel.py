@@ -13,6 +13,8 @@ one core.
 from __future__ import annotations
 
 import ctypes
+import heapq
+import itertools
 import multiprocessing
 import os
 import signal
@@ -83,9 +85,11 @@ def run_parallel(
     advance: Callable[[int], None] | None = None,
 ) -> list[tuple[RunSpec, BaseException]]:
     """Run ``groups`` (each tuned, then its other ``seeds``) and single ``specs`` on ``workers``
-    processes of ``threads`` torch threads each, roughly in the order given. ``advance(1)`` is
-    called as each run finishes. Returns the failures (a group with a failed grid run is not
-    chosen, so its other seeds wait for the next invocation, as with `run_groups`)."""
+    processes of ``threads`` torch threads each, in the order given: a free worker takes the
+    waiting run of the earliest group (its grid, second stage or seeds), then the ``specs``, so
+    the data set named first is finished first, as `run_groups` does. ``advance(1)`` is called
+    as each run finishes. Returns the failures (a group with a failed grid run is not chosen, so
+    its other seeds wait for the next invocation, as with `run_groups`)."""
     store, groups = RunStore(out), list(groups)  # the directories exist before workers race
     extra = [s for s in seeds or [protocol.tune_seed] if s != protocol.tune_seed]
     failures: list[tuple[RunSpec, BaseException]] = []
@@ -97,16 +101,33 @@ def run_parallel(
     waiting: dict[str, list[tuple[Group, dict[str, Any]]]] = {}
     tunes_dense = {g.dataset for g in groups if g.method == "dense"}
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    # the pool gets a run only when a worker is free, so a later group's runs never queue in
+    # front of an earlier group's second stage or seeds: (rank, order, spec, group, point)
+    rank = {group.name: i for i, group in enumerate(groups)}
+    queue: list[tuple[int, int, RunSpec, Group | None, int]] = []
+    order = itertools.count()
     with ProcessPoolExecutor(workers, context, _init_worker, (threads, os.getpid())) as pool:
         pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int]] = {}
 
-        def submit(spec: RunSpec, group: Group | None = None, point: int = -1) -> None:
-            try:
-                future = pool.submit(_run_task, spec.to_dict(), str(store.root), protocol.device)
-            except BrokenProcessPool as exc:  # a worker died: the rest waits for the next time
-                failures.append((spec, exc))
-                return
-            pending[future] = (spec, group, point)
+        def submit(
+            spec: RunSpec, group: Group | None = None, point: int = -1, of: str = ""
+        ) -> None:
+            """Queue a run: a grid point of ``group``, or (``point`` < 0) a seed of cell ``of``
+            or a single spec."""
+            place = rank.get(group.name if group else of, len(groups))
+            heapq.heappush(queue, (place, next(order), spec, group, point))
+
+        def feed() -> None:
+            while queue and len(pending) < workers:
+                _, _, spec, group, point = heapq.heappop(queue)
+                try:
+                    future = pool.submit(
+                        _run_task, spec.to_dict(), str(store.root), protocol.device
+                    )
+                except BrokenProcessPool as exc:  # a worker died: the rest waits for next time
+                    failures.append((spec, exc))
+                    continue
+                pending[future] = (spec, group, point)
 
         def teacher(group: Group) -> dict[str, Any] | None:
             if group.dataset in tunes_dense:
@@ -130,7 +151,7 @@ def run_parallel(
             for it as their teacher."""
             finals[group.name] = chosen
             for seed in extra:
-                submit(group.point_spec(seed, protocol.base, chosen))
+                submit(group.point_spec(seed, protocol.base, chosen), of=group.name)
             if group.method == "dense":
                 for other, first in waiting.pop(group.dataset, []):
                     if not second_stage(other, first):
@@ -143,6 +164,7 @@ def run_parallel(
                 submit(group.point_spec(protocol.tune_seed, protocol.base, point), group, i)
         for spec in specs:
             submit(spec)
+        feed()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -178,6 +200,7 @@ def run_parallel(
                     if second_stage(group, chosen):
                         continue
                 finish(group, chosen)
+            feed()
     for pending_groups in waiting.values():  # their dense cell failed: retried the next time
         for group, first in pending_groups:
             spec = group.point_spec(protocol.tune_seed, protocol.base, first)

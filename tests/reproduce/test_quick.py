@@ -26,6 +26,8 @@ from freshcore.reproduce import (
     quick_options,
     reproduce,
 )
+from freshcore.reproduce.parallel import run_parallel
+from freshcore.reproduce.plan import table_groups
 from freshcore.reproduce.runner import DataCache, run_one
 
 
@@ -321,6 +323,24 @@ def test_distilling_without_a_dense_choice_is_a_named_failure(tmp_path: Path, wo
     (failure,) = summary["failures"]
     assert "digits/dense/1" in failure["error"] and "not chosen" in failure["error"]
     assert [r["spec"]["seed"] for r in RunStore(tmp_path).records()] == [0]
+
+
+def test_parallel_runs_finish_the_group_given_first_before_the_next(tmp_path: Path) -> None:
+    """A free worker takes the earliest group's waiting run: hashednets' seed 1, released when
+    its grid is back, runs before lowfreq's grid (a plain queue would put it after)."""
+    protocol = default_protocol(
+        epochs=1, lrs=(0.05,), max_train_samples=300, device="cpu", batch_size=16
+    )
+    groups = table_groups(["digits"], ["hashednets", "lowfreq"], ["1/16"], {"digits": "mnist-cnn"})
+    assert run_parallel(protocol, tmp_path, 1, groups, seeds=[0, 1]) == []
+    finished = sorted((tmp_path / "runs").glob("*.json"), key=lambda f: f.stat().st_mtime_ns)
+    runs = [json.loads(f.read_text())["spec"] for f in finished]
+    assert [(r["method"], r["seed"]) for r in runs] == [
+        ("hashednets", 0),
+        ("hashednets", 1),
+        ("lowfreq", 0),
+        ("lowfreq", 1),
+    ]
 
 
 def test_workers_share_one_store_and_a_serial_rerun_skips_everything(tmp_path: Path) -> None:
