@@ -46,6 +46,7 @@ from freshcore.reproduce.report import (
     markdown_table,
     plot_errors,
     selection_table,
+    standings,
 )
 from freshcore.reproduce.runner import (
     CODE_VERSION,
@@ -273,12 +274,19 @@ def write_report(
         "",
     ]
     if options.table:
+        summary["standings"], standings_md = standings(
+            cells, options.datasets, options.methods, options.factors, options.seeds
+        )
         md += [
             "## Test error (%), mean ± std over seeds (bold: best compressed method of the row)",
             "",
             markdown_table(
                 cells, options.datasets, options.methods, options.factors, options.seeds
             ),
+            "",
+            "## Standings of the compressed methods",
+            "",
+            standings_md,
             "",
             "## Chosen hyper-parameters",
             "",

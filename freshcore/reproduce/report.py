@@ -115,6 +115,79 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def standings(
+    cells: dict[str, dict[str, Any]],
+    datasets: list[str],
+    methods: list[str],
+    factors: list[str],
+    seeds: int,
+) -> tuple[dict[str, Any], str]:
+    """How the compressed methods compare over the complete rows (every one of them on every
+    seed): mean rank, rows won, rows where freshnets is lower, and the gap to dense per factor.
+    Errors are compared as the table prints them (two decimals, in %), so a tie is a tie."""
+    compressed = [m for m in COMPRESSED_METHODS if m in methods]
+
+    def printed(name: str) -> float | None:
+        cell = cells.get(name)
+        if cell is None or cell["test_error"]["n"] < seeds:
+            return None
+        return round(100 * cell["test_error"]["mean"], 2)
+
+    rows: list[tuple[str, str, dict[str, float], float | None]] = []
+    for dataset in datasets:
+        for factor in factors:
+            errors = {m: printed(f"{dataset}/{m}/{factor}") for m in compressed}
+            if compressed and all(e is not None for e in errors.values()):
+                dense = printed(f"{dataset}/dense/{DENSE_FACTOR}")
+                rows.append((dataset, factor, errors, dense))  # type: ignore[arg-type]
+    summary: dict[str, Any] = {"rows": [f"{d} {f}" for d, f, _, _ in rows], "methods": {}}
+    if not rows:
+        return summary, "No row is complete yet (every compressed method on every seed)."
+    for method in compressed:
+        ranks, won, gaps = [], 0.0, {f: [] for f in factors}
+        for _, factor, errors, dense in rows:
+            lower = sum(e < errors[method] for e in errors.values())
+            equal = sum(e == errors[method] for e in errors.values())
+            ranks.append(lower + (equal + 1) / 2)  # ties share the ranks they span
+            if lower == 0:
+                won += 1 / equal
+            if dense is not None:
+                gaps[factor].append(round(errors[method] - dense, 2))
+        entry: dict[str, Any] = {
+            "mean_rank": statistics.fmean(ranks),
+            "rows_won": won,
+            "gap_to_dense": {
+                f: {"mean": statistics.fmean(g), "max": max(g), "rows": len(g)}
+                for f, g in gaps.items()
+                if g
+            },
+        }
+        if "freshnets" in compressed and method != "freshnets":
+            entry["freshnets_lower"] = sum(e["freshnets"] < e[method] for _, _, e, _ in rows)
+        summary["methods"][method] = entry
+    lines = [
+        f"Over the {len(rows)} complete rows ({', '.join(summary['rows'])}); rank 1 is the "
+        f"lowest error of the {len(compressed)} compressed methods; gaps in points.",
+        "",
+        "| method | mean rank | rows won | freshnets lower in | "
+        + " | ".join(f"gap to dense at {f}: mean / max" for f in factors)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(factors),
+    ]
+    for method in sorted(compressed, key=lambda m: summary["methods"][m]["mean_rank"]):
+        entry = summary["methods"][method]
+        lower = entry.get("freshnets_lower")
+        gaps = [entry["gap_to_dense"].get(f) for f in factors]
+        lines.append(
+            f"| {method} | {entry['mean_rank']:.2f} | {entry['rows_won']:.3g} | "
+            + ("–" if lower is None else f"{lower} of {len(rows)}")
+            + " | "
+            + " | ".join(f"{g['mean']:.2f} / {g['max']:.2f}" if g else "–" for g in gaps)
+            + " |"
+        )
+    return summary, "\n".join(lines)
+
+
 def describe_point(point: dict[str, Any]) -> str:
     """A grid candidate in words: `lr=0.02, dropout=0.0, allocation=exponential decay=0.25`."""
     train, model = split_point(point)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,12 @@ from freshcore.reproduce.plan import (
     split_point,
     table_groups,
 )
-from freshcore.reproduce.report import collect_cells, describe_override, markdown_table
+from freshcore.reproduce.report import (
+    collect_cells,
+    describe_override,
+    markdown_table,
+    standings,
+)
 from freshcore.reproduce.runner import RunStore, choose
 
 
@@ -143,6 +149,47 @@ def test_table_from_disk_bolds_best_compressed_and_counts_seeds(tmp_path: Path) 
     assert "**1.10 ± 0.14 (n=2)**" in row  # freshnets, best compressed, two of three seeds
     assert "**0.60" not in row  # dense is a reference, never bold
     assert "2.50 ± 0.71 (n=2)" in row
+
+
+def _cells(errors: dict[str, dict[str, float]], n: int = 3) -> dict[str, dict[str, Any]]:
+    """Report cells from {row "dataset factor": {method: mean error in %}}."""
+    cells = {}
+    for row, by_method in errors.items():
+        dataset, factor = row.split()
+        for method, error in by_method.items():
+            f = "1" if method == "dense" else factor
+            cells[f"{dataset}/{method}/{f}"] = {"test_error": {"n": n, "mean": error / 100}}
+    return cells
+
+
+def test_standings_rank_the_complete_rows_as_printed() -> None:
+    """Ranks, wins and gaps count only rows where every compressed method has every seed; a
+    difference under the printed 0.01 is a tie, which shares its ranks and its win."""
+    methods = ["dense", "hashednets", "freshnets-uniform", "freshnets"]
+    cells = _cells(
+        {
+            "mnist 1/16": {"dense": 0.5, "hashednets": 0.7, "freshnets-uniform": 0.9,
+                           "freshnets": 0.6},
+            "mnist 1/64": {"hashednets": 1.001, "freshnets-uniform": 1.3, "freshnets": 0.999},
+            "convex 1/16": {"dense": 2.0, "hashednets": 3.0, "freshnets-uniform": 2.5,
+                            "freshnets": 2.8},
+        }
+    )  # fmt: skip
+    cells.update(_cells({"convex 1/64": {"hashednets": 4.0, "freshnets-uniform": 5.0}}))
+    cells.update(_cells({"convex 1/64": {"freshnets": 1.0}}, n=2))  # seed 2 still running
+    summary, md = standings(cells, ["mnist", "convex"], methods, ["1/16", "1/64"], 3)
+    assert summary["rows"] == ["mnist 1/16", "mnist 1/64", "convex 1/16"]
+    fresh, hashed = summary["methods"]["freshnets"], summary["methods"]["hashednets"]
+    assert fresh["mean_rank"] == pytest.approx((1 + 1.5 + 2) / 3)
+    assert fresh["rows_won"] == pytest.approx(1.5) and hashed["rows_won"] == pytest.approx(0.5)
+    assert summary["methods"]["freshnets-uniform"]["rows_won"] == 1
+    assert hashed["freshnets_lower"] == 2 and "freshnets_lower" not in fresh
+    assert fresh["gap_to_dense"]["1/16"] == {"mean": pytest.approx(0.45), "max": 0.8, "rows": 2}
+    assert fresh["gap_to_dense"]["1/64"] == {"mean": 0.5, "max": 0.5, "rows": 1}
+    assert md.splitlines()[4] == "| freshnets | 1.50 | 1.5 | – | 0.45 / 0.80 | 0.50 / 0.50 |"
+    assert "| hashednets | 2.17 | 0.5 | 2 of 3 | 0.60 / 1.00 | 0.50 / 0.50 |" in md
+    summary, md = standings(cells, ["convex"], methods, ["1/64"], 3)
+    assert summary["rows"] == [] and "No row is complete" in md
 
 
 def test_allocation_grid_is_freshnets_only_and_keeps_the_tables_keys() -> None:

@@ -62,6 +62,9 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     assert fresh["stored_parameters"] < dense["stored_parameters"] / 8
     md = (out / "results.md").read_text()
     assert "| digits | 1/16 |" in md and "Ablations" in md and "project dense" in md
+    assert summary["standings"]["rows"] == ["digits 1/16"]  # freshnets is the one compressed
+    assert summary["standings"]["methods"]["freshnets"]["rows_won"] == 1
+    assert "## Standings of the compressed methods" in md
     assert (out / "errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = sorted((out / "runs").glob("*.json"))
     # dense + freshnets, and the ablations (default = the table's freshnets run; float16 is a
