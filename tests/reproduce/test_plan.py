@@ -151,14 +151,17 @@ def test_table_from_disk_bolds_best_compressed_and_counts_seeds(tmp_path: Path) 
     assert "2.50 ± 0.71 (n=2)" in row
 
 
-def _cells(errors: dict[str, dict[str, float]], n: int = 3) -> dict[str, dict[str, Any]]:
-    """Report cells from {row "dataset factor": {method: mean error in %}}."""
+def _cells(
+    errors: dict[str, dict[str, float]], n: int = 3, std: float = 0.0
+) -> dict[str, dict[str, Any]]:
+    """Report cells from {row "dataset factor": {method: mean error in %}}, std in % too."""
     cells = {}
     for row, by_method in errors.items():
         dataset, factor = row.split()
         for method, error in by_method.items():
             f = "1" if method == "dense" else factor
-            cells[f"{dataset}/{method}/{f}"] = {"test_error": {"n": n, "mean": error / 100}}
+            summary = {"n": n, "mean": error / 100, "std": std / 100}
+            cells[f"{dataset}/{method}/{f}"] = {"test_error": summary}
     return cells
 
 
@@ -186,10 +189,32 @@ def test_standings_rank_the_complete_rows_as_printed() -> None:
     assert hashed["freshnets_lower"] == 2 and "freshnets_lower" not in fresh
     assert fresh["gap_to_dense"]["1/16"] == {"mean": pytest.approx(0.45), "max": 0.8, "rows": 2}
     assert fresh["gap_to_dense"]["1/64"] == {"mean": 0.5, "max": 0.5, "rows": 1}
-    assert md.splitlines()[4] == "| freshnets | 1.50 | 1.5 | – | 0.45 / 0.80 | 0.50 / 0.50 |"
-    assert "| hashednets | 2.17 | 0.5 | 2 of 3 | 0.60 / 1.00 | 0.50 / 0.50 |" in md
+    assert hashed["freshnets_higher"] == 0  # mnist 1/64 is a tie as printed
+    assert md.splitlines()[4] == "| freshnets | 1.50 | 1.5 | – | – | 0.45 / 0.80 | 0.50 / 0.50 |"
+    assert "| hashednets | 2.17 | 0.5 | 2 of 3 (0) | 0 of 3 (0) | 0.60 / 1.00 | 0.50 / 0.50 |" in md
     summary, md = standings(cells, ["convex"], methods, ["1/64"], 3)
     assert summary["rows"] == [] and "No row is complete" in md
+
+
+def test_standings_count_significant_differences_by_welch_over_the_seeds() -> None:
+    """With 3 seeds, a gap of ten standard deviations is significant and a gap of one is not;
+    nothing is significant without spread or with fewer than two seeds."""
+    methods = ["hashednets", "lowfreq", "freshnets"]
+    cells = _cells({"mnist 1/16": {"hashednets": 1.0, "lowfreq": 0.6}}, std=0.05)
+    cells.update(_cells({"mnist 1/16": {"freshnets": 0.55}}, std=0.05))
+    cells.update(_cells({"mnist 1/64": {"hashednets": 0.8, "lowfreq": 1.5, "freshnets": 1.0}}))
+    summary, md = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3)
+    hashed, low = summary["methods"]["hashednets"], summary["methods"]["lowfreq"]
+    assert (hashed["freshnets_lower"], hashed["freshnets_significantly_lower"]) == (1, 1)
+    assert (hashed["freshnets_higher"], hashed["freshnets_significantly_higher"]) == (1, 0)
+    assert (low["freshnets_lower"], low["freshnets_significantly_lower"]) == (2, 0)
+    assert "| hashednets | 2.00 | 1 | 1 of 2 (1) | 1 of 2 (0) |" in md
+    cells["mnist/hashednets/1/64"]["test_error"].update(std=0.002)  # 0.2 points, and a 0.2 gap
+    summary, _ = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3)
+    assert summary["methods"]["hashednets"]["freshnets_significantly_higher"] == 0
+    one_seed = {k: {"test_error": {**c["test_error"], "n": 1}} for k, c in cells.items()}
+    summary, _ = standings(one_seed, ["mnist"], methods, ["1/16", "1/64"], 1)
+    assert summary["methods"]["hashednets"]["freshnets_significantly_lower"] == 0
 
 
 def test_allocation_grid_is_freshnets_only_and_keeps_the_tables_keys() -> None:
