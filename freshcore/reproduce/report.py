@@ -172,13 +172,13 @@ def standings(
             entry["freshnets_lower"] = sum(ours < theirs for _, _, ours, theirs in pairs)
             entry["freshnets_higher"] = sum(ours > theirs for _, _, ours, theirs in pairs)
             significant = [
-                (ours, theirs)
+                (f"{d} {f}", ours, theirs)
                 for d, f, ours, theirs in pairs
                 if ours != theirs
                 and _significant(cells[f"{d}/freshnets/{f}"], cells[f"{d}/{method}/{f}"])
             ]
-            entry["freshnets_significantly_lower"] = sum(o < t for o, t in significant)
-            entry["freshnets_significantly_higher"] = sum(o > t for o, t in significant)
+            entry["freshnets_significantly_lower"] = [r for r, o, t in significant if o < t]
+            entry["freshnets_significantly_higher"] = [r for r, o, t in significant if o > t]
         summary["methods"][method] = entry
     lines = [
         f"Over the {len(rows)} complete rows ({', '.join(summary['rows'])}); rank 1 is the "
@@ -197,9 +197,9 @@ def standings(
         if "freshnets_lower" in entry:
             versus = (
                 f"{entry['freshnets_lower']} of {len(rows)} "
-                f"({entry['freshnets_significantly_lower']}) | "
+                f"({len(entry['freshnets_significantly_lower'])}) | "
                 f"{entry['freshnets_higher']} of {len(rows)} "
-                f"({entry['freshnets_significantly_higher']})"
+                f"({len(entry['freshnets_significantly_higher'])})"
             )
         else:
             versus = "– | –"
@@ -208,6 +208,18 @@ def standings(
             + " | ".join(f"{g['mean']:.2f} / {g['max']:.2f}" if g else "–" for g in gaps)
             + " |"
         )
+    losses = [
+        f"{method} on {', '.join(entry['freshnets_significantly_higher'])}"
+        for method, entry in summary["methods"].items()
+        if entry.get("freshnets_significantly_higher")
+    ]
+    if "freshnets" in compressed:
+        lines += [
+            "",
+            "Rows where a method is significantly below freshnets: "
+            + ("; ".join(losses) if losses else "none")
+            + ".",
+        ]
     return summary, "\n".join(lines)
 
 

@@ -205,16 +205,24 @@ def test_standings_count_significant_differences_by_welch_over_the_seeds() -> No
     cells.update(_cells({"mnist 1/64": {"hashednets": 0.8, "lowfreq": 1.5, "freshnets": 1.0}}))
     summary, md = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3)
     hashed, low = summary["methods"]["hashednets"], summary["methods"]["lowfreq"]
-    assert (hashed["freshnets_lower"], hashed["freshnets_significantly_lower"]) == (1, 1)
-    assert (hashed["freshnets_higher"], hashed["freshnets_significantly_higher"]) == (1, 0)
-    assert (low["freshnets_lower"], low["freshnets_significantly_lower"]) == (2, 0)
+    assert (hashed["freshnets_lower"], hashed["freshnets_significantly_lower"]) == (
+        1,
+        ["mnist 1/16"],
+    )
+    assert (hashed["freshnets_higher"], hashed["freshnets_significantly_higher"]) == (1, [])
+    assert (low["freshnets_lower"], low["freshnets_significantly_lower"]) == (2, [])
     assert "| hashednets | 2.00 | 1 | 1 of 2 (1) | 1 of 2 (0) |" in md
-    cells["mnist/hashednets/1/64"]["test_error"].update(std=0.002)  # 0.2 points, and a 0.2 gap
+    assert md.endswith("Rows where a method is significantly below freshnets: none.")
+    cells["mnist/freshnets/1/64"]["test_error"].update(std=0.0005)  # 1.00 ± 0.05 against 0.80
+    summary, md = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3)
+    assert summary["methods"]["hashednets"]["freshnets_significantly_higher"] == ["mnist 1/64"]
+    assert md.endswith("significantly below freshnets: hashednets on mnist 1/64.")
+    cells["mnist/freshnets/1/64"]["test_error"].update(std=0.002)  # 0.2 points, and a 0.2 gap
     summary, _ = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3)
-    assert summary["methods"]["hashednets"]["freshnets_significantly_higher"] == 0
+    assert summary["methods"]["hashednets"]["freshnets_significantly_higher"] == []
     one_seed = {k: {"test_error": {**c["test_error"], "n": 1}} for k, c in cells.items()}
     summary, _ = standings(one_seed, ["mnist"], methods, ["1/16", "1/64"], 1)
-    assert summary["methods"]["hashednets"]["freshnets_significantly_lower"] == 0
+    assert summary["methods"]["hashednets"]["freshnets_significantly_lower"] == []
 
 
 def test_allocation_grid_is_freshnets_only_and_keeps_the_tables_keys() -> None:
