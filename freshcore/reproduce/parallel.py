@@ -68,6 +68,22 @@ def _init_worker(threads: int, parent: int) -> None:
     _DATA = DataCache()
 
 
+def _trains(spec: RunSpec, store: RunStore) -> set[str]:
+    """The runs a task may train: its own, and its teacher's when that is not done yet."""
+    teacher = spec.teacher_spec()
+    if teacher is None or store.run_path(teacher).exists():
+        return {spec.key()}
+    return {spec.key(), teacher.key()}
+
+
+def _waits(spec: RunSpec, store: RunStore, busy: set[str], queued: set[str]) -> bool:
+    """Whether a run must wait: a worker may be training it or its unfinished teacher
+    (``busy``), or that teacher is queued as a run of its own. Two processes would otherwise
+    train one teacher side by side, twice the work for one record."""
+    trains = _trains(spec, store)
+    return bool(trains & busy) or bool((trains - {spec.key()}) & queued)
+
+
 def _run_task(spec: dict[str, Any], out: str, device: str) -> dict[str, Any]:
     """One run in a worker: its record (a skipped run's too)."""
     assert _DATA is not None, "worker not initialised"
@@ -118,8 +134,16 @@ def run_parallel(
             heapq.heappush(queue, (place, next(order), spec, group, point))
 
         def feed() -> None:
+            busy = set().union(*(_trains(spec, store) for spec, _, _ in pending.values()))
+            queued = {entry[2].key() for entry in queue}
+            held: list[tuple[int, int, RunSpec, Group | None, int]] = []  # waiting for a teacher
             while queue and len(pending) < workers:
-                _, _, spec, group, point = heapq.heappop(queue)
+                entry = heapq.heappop(queue)
+                _, _, spec, group, point = entry
+                if _waits(spec, store, busy, queued):
+                    held.append(entry)
+                    continue
+                busy |= _trains(spec, store)
                 try:
                     future = pool.submit(
                         _run_task, spec.to_dict(), str(store.root), protocol.device
@@ -128,6 +152,8 @@ def run_parallel(
                     failures.append((spec, exc))
                     continue
                 pending[future] = (spec, group, point)
+            for entry in held:
+                heapq.heappush(queue, entry)
 
         def teacher(group: Group) -> dict[str, Any] | None:
             if group.dataset in tunes_dense:

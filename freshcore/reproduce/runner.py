@@ -96,7 +96,9 @@ def code_version() -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Readers see the old file or the new one, never half; the temporary name is the process's
+    own, so two processes writing one path (a teacher trained twice) never collide."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -279,7 +281,7 @@ def run_one(
         "code": CODE_VERSION,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    freshcore.save(model, store.model_path(spec))
+    _write_atomic(store.model_path(spec), freshcore.to_bytes(model))  # a student may be reading
     store.put(spec, record)
     ckpt_path.unlink(missing_ok=True)
     reporter.end_run(spec, record, skipped=False)

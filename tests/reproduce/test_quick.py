@@ -26,7 +26,7 @@ from freshcore.reproduce import (
     quick_options,
     reproduce,
 )
-from freshcore.reproduce.parallel import run_parallel
+from freshcore.reproduce.parallel import _waits, run_parallel
 from freshcore.reproduce.plan import table_groups
 from freshcore.reproduce.runner import DataCache, run_one
 
@@ -394,6 +394,29 @@ def test_teacher_record_without_its_model_is_named(tmp_path: Path) -> None:
         run_one(project, store, DataCache(), Counting(), device="cpu")
     assert str(store.model_path(teacher)) in str(info.value)
     assert store.run_path(teacher).read_bytes() == record
+
+
+def test_a_run_waits_while_its_teacher_may_be_trained_elsewhere(tmp_path: Path) -> None:
+    """A run that distils trains its teacher first if that is not done: while another worker
+    trains that teacher, or the teacher is queued as a run of its own, the student waits (two
+    processes would train one teacher side by side). Once the teacher's record is there, its
+    students run side by side; given first on two workers, the student still runs after it."""
+    out = tmp_path / "q"
+    options = quick_options(out)
+    (student,) = [spec for name, *_, spec in ablation_plan(options, RunStore(out))
+                  if name == "project dense"]  # fmt: skip
+    teacher = student.teacher_spec()
+    assert teacher is not None
+    store, key, other = RunStore(out), teacher.key(), replace(student, seed=student.seed + 7)
+    assert _waits(student, store, busy={key}, queued=set())
+    assert _waits(student, store, busy=set(), queued={key})
+    assert _waits(teacher, store, busy={key}, queued=set())  # a student is training it
+    assert not _waits(student, store, busy={other.key()}, queued=set())
+    protocol = default_protocol(epochs=1, device="cpu", batch_size=16, max_train_samples=300)
+    assert run_parallel(protocol, out, 2, specs=[student, teacher]) == []
+    assert store.get(teacher) is not None and store.get(student) is not None
+    assert not list((out / "runs").glob("*.tmp")) and not list((out / "models").glob("*.tmp"))
+    assert not _waits(student, store, busy={key}, queued={key})  # done: nothing to wait for
 
 
 def _children(pid: int) -> set[int]:
