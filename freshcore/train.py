@@ -84,6 +84,8 @@ class TrainConfig:
     augment_flip: bool = False  # random horizontal flips (for natural images, not digits)
     eval_batch_size: int = 1024
     num_threads: int | None = None  # torch.set_num_threads for the run (None: leave it)
+    # replay full batches' forward and backward as one CUDA graph (no effect on the CPU)
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -121,7 +123,7 @@ _FLOAT_FIELDS = {
     "distill_alpha",
     "distill_temperature",
 }
-_BOOL_FIELDS = {"nesterov", "augment", "augment_flip"}
+_BOOL_FIELDS = {"nesterov", "augment", "augment_flip", "cuda_graph"}
 _CHOICES = {
     "optimizer": ("sgd", "adam"),
     "schedule": ("cosine", "step", "none"),
@@ -185,6 +187,7 @@ def _validate(c: TrainConfig) -> None:
     )
     need(0 <= c.augment_shift <= 16, "augment_shift", "must be between 0 and 16 pixels")
     need(c.num_threads is None or c.num_threads >= 1, "num_threads", "must be at least 1 or null")
+    need(not (c.cuda_graph and c.device == "cpu"), "cuda_graph", "needs device 'cuda' or 'auto'")
 
 
 @dataclass
@@ -403,6 +406,88 @@ def _teacher_logits(teacher: nn.Module, x: torch.Tensor, batch_size: int) -> tor
     return torch.cat([teacher(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
 
+def _backward(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    soft: torch.Tensor | None,
+    config: TrainConfig,
+    trained: list[nn.Parameter],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward and gradient clipping of one batch: the logits and the loss."""
+    logits = model(x)
+    loss = _objective(logits, y, soft, config)
+    loss.backward()
+    if config.max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(trained, config.max_grad_norm, foreach=True)
+    return logits, loss
+
+
+class _GraphedBackward:
+    """`_backward` of full batches captured once as a CUDA graph, then replayed: one launch for
+    the hundreds of small kernels that rebuild hashed filters, which otherwise dominate a small
+    network's step on a GPU. The optimizer step stays outside, eager, because the learning rate
+    changes every step. The first batches run eagerly on a side stream before the capture, as
+    PyTorch's recipe asks (lazy cuBLAS and cuDNN set-up); they are ordinary training steps.
+    Replays overwrite the gradients the capture allocated, so those are never set to None."""
+
+    WARMUP = 3
+
+    def __init__(self, model: nn.Module, config: TrainConfig, trained: list[nn.Parameter]) -> None:
+        self.model, self.config, self.trained = model, config, trained
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warmup = self.WARMUP
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(
+        self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+        soft: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        batch = [t for t in (x, y, soft) if t is not None]
+        if self.graph is not None:
+            for static, t in zip(self.inputs, batch, strict=True):
+                static.copy_(t)
+            self.graph.replay()
+            assert self.outputs is not None
+            return self.outputs
+        optimizer.zero_grad(set_to_none=True)
+        if self.warmup > 0:
+            self.warmup -= 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            # the last warm-up step refuses host syncs, which a capture cannot hold: caught
+            # here, before a failed capture would leave the CUDA generator mid-capture
+            mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error" if self.warmup == 0 else mode)
+            try:
+                with torch.cuda.stream(side):
+                    out = _backward(self.model, x, y, soft, self.config, self.trained)
+            except RuntimeError as exc:
+                raise TrainConfigError(
+                    "cuda_graph", f"this model's training step syncs with the host ({exc})"
+                ) from exc
+            finally:
+                torch.cuda.set_sync_debug_mode(mode)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        torch.cuda.synchronize()
+        self.inputs = [t.clone() for t in batch]
+        sx, sy = self.inputs[0], self.inputs[1]
+        ssoft = self.inputs[2] if soft is not None else None
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.outputs = _backward(self.model, sx, sy, ssoft, self.config, self.trained)
+        except RuntimeError as exc:
+            raise TrainConfigError(
+                "cuda_graph", f"this model's training step cannot be captured ({exc}); set it false"
+            ) from exc
+        self.graph = graph
+        graph.replay()  # the capture recorded the kernels without running them
+        return self.outputs
+
+
 def _objective(
     logits: torch.Tensor,
     y: torch.Tensor,
@@ -550,6 +635,9 @@ def _run_epochs(
         steps -= 1  # a batch of one breaks batch norm; the image comes back in other epochs
     device = train_set.x.device
     trained = [p for group in optimizer.param_groups for p in group["params"]]
+    # "auto" without CUDA: the eager step
+    graphed = _GraphedBackward(model, config, trained) if config.cuda_graph else None
+    graphed = graphed if device.type == "cuda" else None
     while state.epoch < config.epochs and not state.early_stopped:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
@@ -572,18 +660,17 @@ def _run_epochs(
             lr = learning_rate_at(config, (epoch - 1) * steps + b, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(x)
             soft = None
             if soft_all is not None:
                 soft = soft_all.index_select(0, idx)
             elif teacher is not None:
                 with torch.no_grad():
                     soft = teacher(x).float()
-            loss = _objective(logits, y, soft, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(trained, config.max_grad_norm, foreach=True)
+            if graphed is not None and len(y) == bs:
+                logits, loss = graphed(optimizer, x, y, soft)
+            else:  # a graph's gradients stay allocated: zeroed, not dropped
+                optimizer.zero_grad(set_to_none=graphed is None or graphed.graph is None)
+                logits, loss = _backward(model, x, y, soft, config, trained)
             optimizer.step()
             with torch.no_grad():
                 loss = loss.detach()

@@ -427,3 +427,87 @@ def test_reproduce_run_on_cuda(digits: Any, tmp_path) -> None:
         assert not store.checkpoint_path(spec).exists()
     model = freshcore.load(store.model_path(student))
     assert model.method == "freshnets" and model.meta["run_key"] == student.key()
+
+
+# --- the training step as a CUDA graph ---------------------------------------------------------
+
+
+def _relative_gap(a: nn.Module, b: nn.Module) -> dict[str, float]:
+    pairs = zip(a.state_dict().items(), b.state_dict().values(), strict=True)
+    return {
+        name: ((x - y).norm() / x.norm().clamp_min(1e-12)).item()
+        for (name, x), y in pairs
+        if x.is_floating_point()
+    }
+
+
+@pytest.mark.parametrize("method", freshcore.METHODS)
+def test_cuda_graph_trains_like_the_eager_loop(digits: Any, method: str) -> None:
+    """cuda_graph replays the captured forward and backward of full batches (the last, partial
+    batch of each epoch runs eagerly): with the preset's dropout and random shifts, a graphed run
+    lands where the eager one does, the same kernels in the same order, within a tolerance
+    (cuDNN may pick other algorithms under capture), and learns as well."""
+    config = TrainConfig(epochs=3, batch_size=32, dropout=0.1, augment=True, device=CUDA.type)
+    assert len(digits.y_train) % 32 != 0  # a partial batch every epoch
+    with _deterministic():
+        eager_model, graph_model = _digits_model(method), _digits_model(method)
+        eager = train(eager_model, digits, config)
+        graphed = train(graph_model, digits, replace(config, cuda_graph=True))
+    gaps = _relative_gap(eager_model, graph_model)
+    assert max(gaps.values()) < 5e-2, gaps
+    assert abs(graphed.test_accuracy - eager.test_accuracy) < 0.05
+    assert all(math.isfinite(m.train_loss) for m in graphed.history)
+    assert [m.epoch for m in graphed.history] == [1, 2, 3]
+    if method in ("freshnets", "hashednets", "dense"):
+        assert graphed.test_accuracy > 0.5  # chance: 0.1
+
+
+def test_cuda_graph_distils_and_resumes(digits: Any) -> None:
+    """A distilled, graphed run: the teacher's outputs are inputs of the graph; a checkpoint of a
+    graphed run resumes (graphed again) to an uninterrupted run's weights within a tolerance."""
+    teacher = _digits_model("dense").to(CUDA)
+    train(teacher, digits, TrainConfig(epochs=2, batch_size=32, dropout=0.0, device=CUDA.type))
+    config = TrainConfig(
+        epochs=3, batch_size=32, dropout=0.0, distill_alpha=0.5, device=CUDA.type, cuda_graph=True
+    )
+    saved: list[bytes] = []
+
+    def stop_at_two(metrics: freshcore.EpochMetrics, checkpoint: Callable[[], bytes]) -> bool:
+        if metrics.epoch == 2:
+            saved.append(checkpoint())
+            return True
+        return False
+
+    with _deterministic():  # else index_add's atomics make two runs drift apart
+        straight_model = _digits_model("freshnets")
+        straight = train(straight_model, digits, config, teacher=teacher)
+        assert straight.test_accuracy > 0.8
+        stopped = train(_digits_model("freshnets"), digits, config, stop_at_two, teacher=teacher)
+        assert stopped.stopped
+        resumed_model = _digits_model("freshnets")
+        resumed = train(resumed_model, digits, config, teacher=teacher, resume=saved[0])
+    assert len(resumed.history) == 3
+    assert max(_relative_gap(straight_model, resumed_model).values()) < 5e-2
+    assert abs(resumed.test_accuracy - straight.test_accuracy) < 0.05
+
+
+class _Syncing(nn.Module):
+    """A model whose forward reads a value back to the host: it cannot be captured. The run
+    says so before any capture, and the process trains (with dropout) normally afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _digits_model("dense")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x) * (1.0 if x.sum().item() >= 0 else -1.0)
+
+
+def test_uncapturable_model_is_named(digits: Any) -> None:
+    from freshcore.train import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="cuda_graph") as info:
+        train(_Syncing(), digits, TrainConfig(epochs=1, batch_size=64, cuda_graph=True))
+    assert info.value.field == "cuda_graph"
+    eager = train(_Syncing(), digits, TrainConfig(epochs=1, batch_size=64, dropout=0.5))
+    assert len(eager.history) == 1

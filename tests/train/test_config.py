@@ -45,6 +45,8 @@ def test_defaults_and_round_trip() -> None:
         ({"augment": "yes"}, "augment"),
         ({"seed": -1}, "seed"),
         ({"learning_rate": 0.1}, "learning_rate"),
+        ({"cuda_graph": True, "device": "cpu"}, "cuda_graph"),
+        ({"cuda_graph": 1}, "cuda_graph"),
     ],
 )
 def test_bad_fields_are_named(data: dict, field: str) -> None:

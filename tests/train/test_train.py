@@ -262,3 +262,17 @@ def test_callers_random_state_is_left_alone(digits, small) -> None:
     before = torch.get_rng_state()
     train(model, digits, cfg(epochs=1, augment=True))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback of device 'auto'")
+def test_cuda_graph_without_cuda_trains_eagerly(digits, small) -> None:
+    """cuda_graph with device "auto" is portable: on a machine without CUDA the run is the
+    eager one, to the bit (the GPU path is tested in tests/gpu)."""
+    runs = []
+    for graph in (False, True):
+        model = small(dropout=0.1)
+        result = train(model, digits, cfg(epochs=2, device="auto", cuda_graph=graph))
+        runs.append(([{**m.to_dict(), "seconds": 0} for m in result.history], model.state_dict()))
+    (eager_history, eager_weights), (graph_history, graph_weights) = runs
+    assert graph_history == eager_history
+    assert all(torch.equal(eager_weights[k], graph_weights[k]) for k in eager_weights)
