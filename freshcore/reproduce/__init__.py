@@ -211,7 +211,8 @@ def reproduce(
         else:
             for spec in unique:
                 try:
-                    run_one(spec, store, data, reporter, options.protocol.device)
+                    protocol = options.protocol
+                    run_one(spec, store, data, reporter, protocol.device, protocol.cuda_graph)
                 except Exception as exc:  # one broken variant must not stop the others
                     failures.append((spec, exc))
                     reporter.failed(spec, exc)

@@ -84,10 +84,11 @@ def _waits(spec: RunSpec, store: RunStore, busy: set[str], queued: set[str]) -> 
     return bool(trains & busy) or bool((trains - {spec.key()}) & queued)
 
 
-def _run_task(spec: dict[str, Any], out: str, device: str) -> dict[str, Any]:
+def _run_task(spec: dict[str, Any], out: str, device: str, cuda_graph: bool) -> dict[str, Any]:
     """One run in a worker: its record (a skipped run's too)."""
     assert _DATA is not None, "worker not initialised"
-    return run_one(RunSpec.from_dict(spec), RunStore(out), _DATA, _LineReporter(), device)
+    store, reporter = RunStore(out), _LineReporter()
+    return run_one(RunSpec.from_dict(spec), store, _DATA, reporter, device, cuda_graph)
 
 
 def run_parallel(
@@ -146,7 +147,11 @@ def run_parallel(
                 busy |= _trains(spec, store)
                 try:
                     future = pool.submit(
-                        _run_task, spec.to_dict(), str(store.root), protocol.device
+                        _run_task,
+                        spec.to_dict(),
+                        str(store.root),
+                        protocol.device,
+                        protocol.cuda_graph,
                     )
                 except BrokenProcessPool as exc:  # a worker died: the rest waits for next time
                     failures.append((spec, exc))

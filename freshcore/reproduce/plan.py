@@ -126,6 +126,7 @@ class Protocol:
     grid: list[dict[str, Any]]
     tune_seed: int = 0
     device: str = "auto"  # where to train; not part of a run's key (results do not depend on it)
+    cuda_graph: bool = False  # on a GPU, TrainConfig.cuda_graph; not part of a run's key either
     model_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     refine: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -208,6 +209,7 @@ def default_protocol(
     dropouts: tuple[float, ...] = (),
     allocations: tuple[dict[str, Any], ...] = (),
     refine: dict[str, list[dict[str, Any]]] | None = None,
+    cuda_graph: bool = False,
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
     dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
@@ -238,6 +240,7 @@ def default_protocol(
         base=base,
         grid=grid,
         device=device,
+        cuda_graph=cuda_graph,
         model_grid=model_grid,
         refine={m: [dict(o) for o in overrides] for m, overrides in (refine or {}).items()},
     )

@@ -15,6 +15,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,10 @@ def run_one(
     data: DataCache,
     reporter: Reporter | None = None,
     device: str = "auto",
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
-    """Train and test one network, or return its record if it already finished."""
+    """Train and test one network, or return its record if it already finished. ``cuda_graph``
+    replays its steps as a CUDA graph where it trains on a GPU (the record's machine says)."""
     import freshcore
     from freshcore.train import resolve_device
 
@@ -205,7 +208,7 @@ def run_one(
     teacher = None
     teacher_spec = spec.teacher_spec()
     if teacher_spec is not None:
-        run_one(teacher_spec, store, data, Reporter(), device)  # not one of the plan's runs
+        run_one(teacher_spec, store, data, Reporter(), device, cuda_graph)  # not a plan run
         path = store.model_path(teacher_spec)
         if not path.exists():  # its record was copied here without the model
             raise FileNotFoundError(
@@ -217,6 +220,8 @@ def run_one(
     dataset = data(spec.dataset)
     config = freshcore.TrainConfig.from_dict({**spec.train, "seed": spec.seed, "device": device})
     device = str(resolve_device(device))
+    config = replace(config, cuda_graph=cuda_graph and device == "cuda")
+    machine = {**machine_info(device), "cuda_graph": config.cuda_graph}
     model = _build(spec, dataset, teacher)
     model.meta.update({"dataset": spec.dataset, "run_key": spec.key()})
 
@@ -247,7 +252,7 @@ def run_one(
                 "val_error": None,
                 "seconds": time.perf_counter() - started,
             },
-            "machine": machine_info(device),
+            "machine": machine,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         store.put(spec, record)
@@ -277,7 +282,7 @@ def run_one(
         },
         "size": freshcore.size_report(model).to_dict(),
         "history": history,
-        "machine": machine_info(device),
+        "machine": machine,
         "code": CODE_VERSION,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -366,7 +371,7 @@ def run_groups(
 
     def attempt(spec: RunSpec) -> dict[str, Any] | None:
         try:
-            return run_one(spec, store, data, reporter, protocol.device)
+            return run_one(spec, store, data, reporter, protocol.device, protocol.cuda_graph)
         except Exception as exc:  # one broken method must not stop the table
             failures.append((spec, exc))
             reporter.failed(spec, exc)

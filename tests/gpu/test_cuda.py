@@ -402,9 +402,11 @@ def test_resume_from_a_cuda_checkpoint(digits: Any, settings: dict, exact: bool)
     assert math.isfinite(on_cpu.history[2].train_loss)
 
 
-def test_reproduce_run_on_cuda(digits: Any, tmp_path) -> None:
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
+def test_reproduce_run_on_cuda(digits: Any, tmp_path, cuda_graph: bool) -> None:
     """The reproduce harness's path: a dense teacher trained and saved, a student distilled from
-    it on the GPU, the float16 round trip evaluated on the run's device, the files written."""
+    it on the GPU, the float16 round trip evaluated on the run's device, the files written;
+    with ``cuda_graph`` (`freshnets reproduce --cuda-graph`) both train graphed, and say so."""
     from freshcore.reproduce.plan import RunSpec
     from freshcore.reproduce.runner import DataCache, RunStore, run_one
 
@@ -416,8 +418,10 @@ def test_reproduce_run_on_cuda(digits: Any, tmp_path) -> None:
         "digits", "freshnets", "1/16", 0, train={**base, "distill_alpha": 0.5},
         teacher=teacher.to_dict(),
     )  # fmt: skip
-    record = run_one(student, store, data, device=CUDA.type)
+    record = run_one(student, store, data, device=CUDA.type, cuda_graph=cuda_graph)
     result = record["result"]
+    assert record["machine"]["cuda_graph"] is cuda_graph
+    assert store.get(teacher)["machine"]["cuda_graph"] is cuda_graph
     assert not result["diverged"], result
     assert result["test_error"] < 0.3, result
     assert abs(result["test_error_fp16"] - result["test_error"]) <= 0.02, result

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from app.cli import cli
@@ -344,6 +345,20 @@ def test_parallel_runs_finish_the_group_given_first_before_the_next(tmp_path: Pa
         ("lowfreq", 0),
         ("lowfreq", 1),
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side of --cuda-graph")
+def test_cuda_graph_flag_trains_eagerly_without_a_gpu(tmp_path: Path) -> None:
+    """--cuda-graph is for GPUs and not part of a run's key: on a CPU the runs are the eager
+    ones, and every record says the graph was not used."""
+    args = ["reproduce", "--quick", "--cuda-graph", "--workers", "2", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    records = RunStore(tmp_path).records()
+    assert records and all(r["machine"]["cuda_graph"] is False for r in records)
+    counting = Counting()
+    reproduce(quick_options(tmp_path), counting)  # the same keys: nothing to train
+    assert counting.trained == []
 
 
 def test_workers_share_one_store_and_a_serial_rerun_skips_everything(tmp_path: Path) -> None:
