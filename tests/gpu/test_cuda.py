@@ -342,6 +342,18 @@ def _timeless(result: freshcore.TrainResult) -> list[dict[str, Any]]:
     return [{k: v for k, v in m.to_dict().items() if k != "seconds"} for m in result.history]
 
 
+def _stop_at(epoch: int, saved: list[bytes]) -> Callable[..., bool]:
+    """An ``on_epoch`` that keeps the checkpoint of ``epoch`` in ``saved`` and stops there."""
+
+    def stop(metrics: freshcore.EpochMetrics, checkpoint: Callable[[], bytes]) -> bool:
+        if metrics.epoch == epoch:
+            saved.append(checkpoint())
+            return True
+        return False
+
+    return stop
+
+
 @pytest.mark.parametrize(
     ("settings", "exact"),
     [
@@ -354,12 +366,7 @@ def _timeless(result: freshcore.TrainResult) -> list[dict[str, Any]]:
 def test_resume_from_a_cuda_checkpoint(digits: Any, settings: dict, exact: bool) -> None:
     config = TrainConfig(epochs=3, batch_size=64, device=CUDA.type, **settings)
     saved: list[bytes] = []
-
-    def stop_at_two(metrics: freshcore.EpochMetrics, checkpoint: Callable[[], bytes]) -> bool:
-        if metrics.epoch == 2:
-            saved.append(checkpoint())
-            return True
-        return False
+    stop_at_two = _stop_at(2, saved)
 
     with _deterministic() if exact else contextlib.nullcontext([]) as caught:
         straight_model = _digits_model("freshnets")
@@ -475,12 +482,7 @@ def test_cuda_graph_distils_and_resumes(digits: Any) -> None:
         epochs=3, batch_size=32, dropout=0.0, distill_alpha=0.5, device=CUDA.type, cuda_graph=True
     )
     saved: list[bytes] = []
-
-    def stop_at_two(metrics: freshcore.EpochMetrics, checkpoint: Callable[[], bytes]) -> bool:
-        if metrics.epoch == 2:
-            saved.append(checkpoint())
-            return True
-        return False
+    stop_at_two = _stop_at(2, saved)
 
     with _deterministic():  # else index_add's atomics make two runs drift apart
         straight_model = _digits_model("freshnets")
