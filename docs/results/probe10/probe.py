@@ -1,8 +1,10 @@
-"""Session 10's probe, outside the table's protocol: freshnets on mnist-bg-img at 1/64 with a
+"""Session 10's probe, outside the table's protocol: a cell of mnist-bg-img at 1/64 with a
 larger conv share of the budget and 16 epochs, trained into its own store (runs/probe10), so
-table v7's selection is untouched. Each variant starts from v7's choice for the cell.
+table v7's selection is untouched. Each variant starts from v7's choice for the cell (its
+seed-0 record; freshnets' by default).
 
-    python docs/results/probe10/probe.py '[{"conv_factor": 32, "train": {"epochs": 16}}]' '[0]'
+    python docs/results/probe10/probe.py '[{"conv_factor": 32, "train": {"epochs": 16}}]' '[0]' \
+        [runs/table7/runs/<the chosen record>.json]
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from freshcore.reproduce.plan import RunSpec
 from freshcore.reproduce.runner import DataCache, RunStore, run_one
 
-BASE = "runs/table7/runs/mnist-bg-img_freshnets_1of64_s0_93860b7bb3f7.json"  # x8, 8 epochs
+FRESHNETS = "runs/table7/runs/mnist-bg-img_freshnets_1of64_s0_93860b7bb3f7.json"  # x8, 8 epochs
 
 
 def one(job: tuple[dict[str, Any], int]) -> tuple[str, int, float, float]:
@@ -29,7 +31,7 @@ def one(job: tuple[dict[str, Any], int]) -> tuple[str, int, float, float]:
 
 
 if __name__ == "__main__":
-    base = json.loads(Path(BASE).read_text())["spec"]
+    base = json.loads(Path(sys.argv[3] if len(sys.argv) > 3 else FRESHNETS).read_text())["spec"]
     jobs = []
     for variant in json.loads(sys.argv[1]):
         spec = json.loads(json.dumps(base))
