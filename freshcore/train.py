@@ -458,14 +458,16 @@ class _GraphedBackward:
             side.wait_stream(torch.cuda.current_stream())
             # the last warm-up step refuses host syncs, which a capture cannot hold: caught
             # here, before a failed capture would leave the CUDA generator mid-capture
-            mode = torch.cuda.get_sync_debug_mode()
-            torch.cuda.set_sync_debug_mode("error" if self.warmup == 0 else mode)
+            checking, mode = self.warmup == 0, torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error" if checking else mode)
             try:
                 with torch.cuda.stream(side):
                     out = _backward(self.model, x, y, soft, self.config, self.trained)
             except RuntimeError as exc:
+                if not checking:
+                    raise
                 raise TrainConfigError(
-                    "cuda_graph", f"this model's training step syncs with the host ({exc})"
+                    "cuda_graph", f"the training step fails with host syncs refused ({exc})"
                 ) from exc
             finally:
                 torch.cuda.set_sync_debug_mode(mode)
