@@ -637,9 +637,8 @@ def _run_epochs(
         steps -= 1  # a batch of one breaks batch norm; the image comes back in other epochs
     device = train_set.x.device
     trained = [p for group in optimizer.param_groups for p in group["params"]]
-    # "auto" without CUDA: the eager step
-    graphed = _GraphedBackward(model, config, trained) if config.cuda_graph else None
-    graphed = graphed if device.type == "cuda" else None
+    use_graph = config.cuda_graph and device.type == "cuda"  # "auto" without CUDA: eager
+    graphed = _GraphedBackward(model, config, trained) if use_graph else None
     while state.epoch < config.epochs and not state.early_stopped:
         epoch = state.epoch + 1
         t0 = time.perf_counter()

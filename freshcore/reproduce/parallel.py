@@ -19,7 +19,8 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -76,12 +77,12 @@ def _trains(spec: RunSpec, store: RunStore) -> set[str]:
     return {spec.key(), teacher.key()}
 
 
-def _waits(spec: RunSpec, store: RunStore, busy: set[str], queued: set[str]) -> bool:
+def _waits(spec: RunSpec, store: RunStore, busy: set[str], queued: Container[str]) -> bool:
     """Whether a run must wait: a worker may be training it or its unfinished teacher
     (``busy``), or that teacher is queued as a run of its own. Two processes would otherwise
     train one teacher side by side, twice the work for one record."""
     trains = _trains(spec, store)
-    return bool(trains & busy) or bool((trains - {spec.key()}) & queued)
+    return bool(trains & busy) or any(key in queued for key in trains - {spec.key()})
 
 
 def _run_task(spec: dict[str, Any], out: str, device: str, cuda_graph: bool) -> dict[str, Any]:
@@ -122,6 +123,7 @@ def run_parallel(
     # front of an earlier group's second stage or seeds: (rank, order, spec, group, point)
     rank = {group.name: i for i, group in enumerate(groups)}
     queue: list[tuple[int, int, RunSpec, Group | None, int]] = []
+    queued: Counter[str] = Counter()  # the keys in ``queue``, kept as runs come and go
     order = itertools.count()
     with ProcessPoolExecutor(workers, context, _init_worker, (threads, os.getpid())) as pool:
         pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int]] = {}
@@ -133,10 +135,10 @@ def run_parallel(
             or a single spec."""
             place = rank.get(group.name if group else of, len(groups))
             heapq.heappush(queue, (place, next(order), spec, group, point))
+            queued[spec.key()] += 1
 
         def feed() -> None:
             busy = set().union(*(_trains(spec, store) for spec, _, _ in pending.values()))
-            queued = {entry[2].key() for entry in queue}
             held: list[tuple[int, int, RunSpec, Group | None, int]] = []  # waiting for a teacher
             while queue and len(pending) < workers:
                 entry = heapq.heappop(queue)
@@ -145,6 +147,9 @@ def run_parallel(
                     held.append(entry)
                     continue
                 busy |= _trains(spec, store)
+                queued[spec.key()] -= 1
+                if not queued[spec.key()]:
+                    del queued[spec.key()]
                 try:
                     future = pool.submit(
                         _run_task,
