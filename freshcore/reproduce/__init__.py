@@ -43,6 +43,7 @@ from freshcore.reproduce.report import (
     collect_cells,
     describe_override,
     describe_point,
+    headroom,
     markdown_table,
     plot_errors,
     selection_table,
@@ -278,6 +279,9 @@ def write_report(
         summary["standings"], standings_md = standings(
             cells, options.datasets, options.methods, options.factors, options.seeds
         )
+        summary["headroom"], headroom_md = headroom(
+            store, options.datasets, options.methods, options.factors
+        )
         md += [
             "## Test error (%), mean ± std over seeds (bold: best compressed method of the row)",
             "",
@@ -288,6 +292,10 @@ def write_report(
             "## Standings of the compressed methods",
             "",
             standings_md,
+            "",
+            "## Could a better choice change the winner?",
+            "",
+            headroom_md,
             "",
             "## Chosen hyper-parameters",
             "",

@@ -223,6 +223,68 @@ def standings(
     return summary, "\n".join(lines)
 
 
+def headroom(
+    store: RunStore, datasets: list[str], methods: list[str], factors: list[str]
+) -> tuple[dict[str, Any], str]:
+    """Whether a better choice could change a row's winner: per compressed method, the tuning
+    seed's test error of the candidate validation chose and of the best of all its candidates.
+    A diagnostic read after the choice, never part of it: where even freshnets' best candidate
+    is above a rival's chosen one, no choice among freshnets' candidates wins the row."""
+    selection = store.selection()
+    compressed = [m for m in COMPRESSED_METHODS if m in methods]
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for dataset in datasets:
+        for factor in factors:
+            row: dict[str, dict[str, float]] = {}
+            for method in compressed:
+                entry = selection.get(f"{dataset}/{method}/{factor}")
+                if entry is None:
+                    continue
+                tests, chosen = {}, None
+                for candidate in entry["candidates"]:
+                    if candidate["overrides"] == entry["chosen"]:
+                        chosen = candidate["key"]
+                    record = store.get_key(candidate["key"])
+                    if record and not record["result"].get("diverged"):
+                        tests[candidate["key"]] = 100 * record["result"]["test_error"]
+                if chosen in tests:
+                    row[method] = {"chosen": tests[chosen], "best": min(tests.values())}
+            if len(row) == len(compressed) and compressed:
+                rows[f"{dataset} {factor}"] = row
+    summary: dict[str, Any] = {"rows": rows}
+    if not rows:
+        return summary, "No row has every compressed method's choice yet."
+    lines = [
+        f"Tuning seed ({', '.join(compressed)}): the test error (%) of the candidate validation "
+        "chose / the lowest test error of all the method's candidates. Read after the choice, "
+        "never used for it.",
+        "",
+        "| row | " + " | ".join(compressed) + " |",
+        "|---|" + "---|" * len(compressed),
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row[m]['chosen']:.2f} / {row[m]['best']:.2f}" for m in compressed)
+            + " |"
+        )
+    if "freshnets" in compressed:
+        out_of_reach = [
+            name
+            for name, row in rows.items()
+            if any(
+                row["freshnets"]["best"] > v["chosen"] for m, v in row.items() if m != "freshnets"
+            )
+        ]
+        summary["freshnets_out_of_reach"] = out_of_reach
+        lines += [
+            "",
+            "Rows where even freshnets' best candidate is above another method's chosen one on "
+            "the tuning seed: " + (", ".join(out_of_reach) or "none") + ".",
+        ]
+    return summary, "\n".join(lines)
+
+
 def _significant(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two cells' mean test errors differ by Welch's t-test over their seeds (p <
     SIGNIFICANCE, two-sided); never with one seed or no spread at all."""

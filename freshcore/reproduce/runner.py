@@ -125,7 +125,11 @@ class RunStore:
         return self.root / "checkpoints" / f"{spec.key()}.ckpt"
 
     def get(self, spec: RunSpec) -> dict[str, Any] | None:
-        path = self.run_path(spec)
+        return self.get_key(spec.key())
+
+    def get_key(self, key: str) -> dict[str, Any] | None:
+        """A finished run by its key (a selection's candidates name their runs by key)."""
+        path = self.root / "runs" / f"{key}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def put(self, spec: RunSpec, record: dict[str, Any]) -> None:

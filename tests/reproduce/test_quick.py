@@ -275,10 +275,17 @@ def test_second_stage_refines_the_choice_on_validation(tmp_path: Path, workers: 
         "budget_policy"
     )
     assert summary["cells"]["digits/hashednets/1/16"]["test_error"]["n"] == 2
-    assert (
-        "second stage: hashednets also tries its choice with budget_policy=conv-boost"
-        in (tmp_path / "results.md").read_text()
-    )
+    md = (tmp_path / "results.md").read_text()
+    assert "second stage: hashednets also tries its choice with budget_policy=conv-boost" in md
+    tests = {
+        c["key"]: 100 * RunStore(tmp_path).get_key(c["key"])["result"]["test_error"]
+        for c in entry["candidates"]
+    }
+    assert summary["headroom"]["rows"]["digits 1/16"]["hashednets"] == {
+        "chosen": tests[chosen["key"]],
+        "best": min(tests.values()),
+    }
+    assert "## Could a better choice change the winner?" in md
     again = Counting()
     reproduce(replace(options, workers=1), again)
     assert again.trained == [] and len(again.skipped) == 3

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The table on a lent GPU machine (one NVIDIA H100/H200, 16 cores, no network), in one call of
 # about 9 minutes: the GPU tests, the freshcore benchmarks on CUDA, then as much of the table in
-# progress (table v7: the harness's defaults plus docs/results/table7/refine.json) as fits, 14
+# progress (table v8: the harness's defaults plus docs/results/table8/refine.json) as fits, 14
 # training processes sharing the GPU and one store. What is done comes back in $OUT (runs.tgz is
 # refreshed every 15 s, so a run cut off by the time limit loses only itself).
 #
@@ -10,19 +10,20 @@
 #   .devcarry/  the MNIST cache, three generated variants, the runs already done on CPU, and the
 #               dense teachers' model files of the data sets whose second stage distils (MNIST)
 # Environment: OUT (where results go), PY (python, default python3), SKIP_WHEELS=1 (use PY's
-# own packages), DEVICE (cuda), DEADLINE (seconds from start when training stops, default 530), WORKERS (14),
-# STORE (runs/table7), REFINE (the second stage's JSON file, default table v7's; empty: the
-# harness's default, table v6), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g. to shrink
-# a dry run), DATASETS (the table's, in the order run), CHECKS=0 (skip the GPU tests and
-# benchmarks), ABLATIONS=1 (then table v3's ablations on MNIST and mnist-rot; the distillation and
+# own packages), DEVICE (cuda), DEADLINE (seconds from start when training stops, default 530),
+# WORKERS (14), STORE (runs/table8), REFINE (the second stage's JSON file, default table v8's;
+# empty: the harness's default, table v6), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g.
+# to shrink a dry run), DATASETS (the table's, in the order run), CHECKS=0 (skip the GPU tests and
+# benchmarks), TESTS_TIMEOUT (75 s), BENCH=0 (skip the benchmarks only), CUDA_GRAPH=1 (train the
+# table with --cuda-graph; auto: only if the GPU tests passed), ABLATIONS=1 (then table v3's ablations on MNIST and mnist-rot; the distillation and
 # projection ones need their dense teachers' model files in the store, which .devcarry lacks).
 set -u
 cd "$(dirname "$0")/../../.."
 PY=${PY:-python3}
 DEADLINE=${DEADLINE:-530}
 WORKERS=${WORKERS:-14}
-STORE=${STORE:-runs/table7}
-REFINE=${REFINE-docs/results/table7/refine.json}
+STORE=${STORE:-runs/table8}
+REFINE=${REFINE-docs/results/table8/refine.json}
 export PYTHONUNBUFFERED=1
 if [ "${SKIP_WHEELS:-0}" != 1 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -34,7 +35,7 @@ mkdir -p "$FRESHNETS_DATA_DIR" "$STORE/runs"
 for t in .devcarry/cache-*.tar.gz; do tar -C "$FRESHNETS_DATA_DIR" -xzf "$t"; done
 cp -n .devcarry/store/runs/*.json "$STORE/runs/" 2>/dev/null
 mkdir -p "$STORE/models" && cp -n .devcarry/store/models/* "$STORE/models/" 2>/dev/null
-[ -f "$STORE/selection.json" ] || cp .devcarry/store/selection.json "$STORE/"
+[ -f "$STORE/selection.json" ] || cp .devcarry/store/selection.json "$STORE/" 2>/dev/null
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; $PY -V
   $PY -c 'import torch; print(torch.__version__, torch.cuda.is_available())'; } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
@@ -53,12 +54,21 @@ for name in ["mnist-rot", "mnist-bg-rand", "mnist-bg-img", "mnist-bg-img-rot", "
 PYEOF
 GEN=$!
 
+tests_passed=0
 if [ "${CHECKS:-1}" = 1 ]; then
-  timeout 75 $PY -m pytest tests/gpu --noconftest -q -p no:cacheprovider -p no:randomly 2>&1 \
-    | tee "$OUT/gpu-tests.log" | tail -15
+  timeout "${TESTS_TIMEOUT:-75}" $PY -m pytest tests/gpu --noconftest -q -p no:cacheprovider \
+    -p no:randomly >"$OUT/gpu-tests.log" 2>&1 && tests_passed=1
+  tail -15 "$OUT/gpu-tests.log"
+fi
+if [ "${CHECKS:-1}" = 1 ] && [ "${BENCH:-1}" = 1 ]; then
   FRESHNETS_BENCH_REPEATS=30 timeout 75 $PY -m benchmarks freshcore --json "$OUT/bench.json" \
     >"$OUT/bench.log" 2>&1; tail -25 "$OUT/bench.log"
 fi
+# CUDA_GRAPH=1: the table trains with --cuda-graph; =auto: only if the GPU tests just passed.
+if [ "${CUDA_GRAPH:-0}" = 1 ] || { [ "${CUDA_GRAPH:-0}" = auto ] && [ $tests_passed = 1 ]; }; then
+  TABLE_ARGS="${TABLE_ARGS:-} --cuda-graph"
+fi
+echo "table arguments: ${TABLE_ARGS:-}"
 wait $GEN; cat "$OUT/digests.txt"
 
 pack() {

@@ -17,12 +17,11 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 CACHE=${FRESHNETS_DATA_DIR:-$HOME/.freshnets}
 tar -C "$CACHE" -czf .devcarry/cache-mnist.tar.gz cache/mnist
 tar -C "$CACHE" -czf .devcarry/cache-extra.tar.gz cache/mnist-rot.npz cache/convex.npz cache/rectangles.npz
-# The store to continue (default table v7's; where runs/table7 is missing, first
-# `tar -C runs -xzf docs/results/table6/runs.tar.gz && tar -C runs -xzf
-# docs/results/table7/runs.tar.gz && cp -n runs/table6/runs/*.json runs/table7/runs/`).
-SEED=${SEED:-runs/table7}
+# The store to continue (default table v8's, which starts from table v7's runs and the probe10
+# records: docs/results.md, "Tables v8 and v9").
+SEED=${SEED:-runs/table8}
 cp "$SEED"/runs/*.json .devcarry/store/runs/
-cp "$SEED"/selection.json .devcarry/store/
+[ ! -f "$SEED"/selection.json ] || cp "$SEED"/selection.json .devcarry/store/
 # The dense teachers of the data sets whose second stage distils (table v7: MNIST), where their
 # model files are here: 3 files of about 2 MB each per data set.
 .venv/bin/python - "$SEED" ${TEACHERS:-mnist} <<'PYEOF'
