@@ -116,7 +116,10 @@ class RunStore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def run_path(self, spec: RunSpec) -> Path:
-        return self.root / "runs" / f"{spec.key()}.json"
+        return self._run_file(spec.key())
+
+    def _run_file(self, key: str) -> Path:
+        return self.root / "runs" / f"{key}.json"
 
     def model_path(self, spec: RunSpec) -> Path:
         return self.root / "models" / f"{spec.key()}.safetensors"
@@ -129,7 +132,7 @@ class RunStore:
 
     def get_key(self, key: str) -> dict[str, Any] | None:
         """A finished run by its key (a selection's candidates name their runs by key)."""
-        path = self.root / "runs" / f"{key}.json"
+        path = self._run_file(key)
         return json.loads(path.read_text()) if path.exists() else None
 
     def put(self, spec: RunSpec, record: dict[str, Any]) -> None:

@@ -15,8 +15,9 @@
 # empty: the harness's default, table v6), TABLE_ARGS (extra `freshnets reproduce` arguments, e.g.
 # to shrink a dry run), DATASETS (the table's, in the order run), CHECKS=0 (skip the GPU tests and
 # benchmarks), TESTS_TIMEOUT (75 s), BENCH=0 (skip the benchmarks only), CUDA_GRAPH=1 (train the
-# table with --cuda-graph; auto: only if the GPU tests passed), ABLATIONS=1 (then table v3's ablations on MNIST and mnist-rot; the distillation and
-# projection ones need their dense teachers' model files in the store, which .devcarry lacks).
+# table with --cuda-graph; auto: only if the GPU tests passed), ABLATIONS=1 (then table v3's
+# ablations on MNIST and mnist-rot; the distillation and projection ones need their dense
+# teachers' model files in the store, which .devcarry lacks).
 set -u
 cd "$(dirname "$0")/../../.."
 PY=${PY:-python3}
