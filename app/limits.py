@@ -9,7 +9,7 @@ from typing import Any
 import freshcore
 from app.settings import Settings
 from freshcore import data as fdata
-from freshcore.build import parse_allocation, parse_budget_policy, plan_layers
+from freshcore.build import parse_allocation, parse_budget_policy, parse_width, plan_layers
 
 
 def upload_limits(settings: Settings) -> fdata.UploadLimits:
@@ -34,10 +34,11 @@ def expected_model_bytes(
     seed: int = 0,
     allocation: Any = None,
     budget_policy: Any = None,
+    width: float = 1.0,
 ) -> int:
     """The trained model's tensor bytes (4 per stored value), without building the model.
 
-    freshcore's plan (with the job's allocation and budget policy, in freshcore's JSON form) is
+    freshcore's plan (with the job's allocation, budget policy and width, in freshcore's form) is
     cheap (no hash indices are made) and lands within 2% of its budget, round(compression x
     virtual parameters), or raises ValueError naming why it cannot (e.g. `lrd` at 1/128); `dense`
     stores everything. The options move stored values between layers and bands, not the total.
@@ -45,6 +46,6 @@ def expected_model_bytes(
     """
     c = 1.0 if method == "dense" else compression
     alloc, policy = parse_allocation(allocation, method), parse_budget_policy(budget_policy)
-    plan_layers(spec, method, c, seed, alloc, policy)
+    plan_layers(spec, method, c, seed, alloc, policy, width=parse_width(width, method))
     virtual = sum(s.weights + s.biases for s in spec.check())
     return 4 * round(c * virtual)

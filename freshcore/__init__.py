@@ -23,6 +23,7 @@ from freshcore.dct import dct2, dct_matrix, idct2
 from freshcore.hashing import bucket_and_sign, derive_seed
 from freshcore.layers import (
     FreshConv2d,
+    FreshLinear,
     HashedConv2d,
     HashedLinear,
     LowFreqConv2d,
@@ -63,6 +64,7 @@ __all__ = [
     "EpochMetrics",
     "ExponentialShape",
     "FreshConv2d",
+    "FreshLinear",
     "FreshModel",
     "HashedConv2d",
     "HashedLinear",

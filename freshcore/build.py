@@ -25,10 +25,10 @@ from freshcore.budget import (
     band_buckets,
     layer_budgets,
 )
-from freshcore.dct import band_of
 from freshcore.hashing import derive_seed
 from freshcore.layers import (
     FreshConv2d,
+    FreshLinear,
     HashedConv2d,
     HashedLinear,
     LowFreqConv2d,
@@ -36,6 +36,7 @@ from freshcore.layers import (
     LowRankLinear,
     Normalize,
     _Generated,
+    slice_band_sizes,
 )
 from freshcore.presets import resolve_spec
 from freshcore.spec import (
@@ -93,6 +94,26 @@ def parse_allocation(allocation: Any, method: str) -> dict[str, Any] | None:
     return _parse_option(_ALLOCATION, allocation, DEFAULT_ALLOCATION, "shape", "allocation")
 
 
+def parse_fc_allocation(allocation: Any, method: str) -> dict[str, Any] | None:
+    """The fc layers' allocation as a JSON dict; None (the default) keeps HashedNets fc layers."""
+    if allocation is None:
+        return None
+    if method != "freshnets":
+        raise ValueError(f"fc_allocation applies to method 'freshnets', not {method!r}")
+    return _parse_option(_ALLOCATION, allocation, DEFAULT_ALLOCATION, "shape", "fc_allocation")
+
+
+def parse_width(width: Any, method: str) -> float:
+    """The virtual width multiplier in (0, 1]; other than 1 only for a method with a budget."""
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= 1:
+        raise ValueError(f"width must be a number in (0, 1], got {width!r}")
+    if width != 1 and method in ("dense", "equivalent"):
+        raise ValueError(
+            f"width applies to the hashed, low-rank and low-frequency methods, not {method!r}"
+        )
+    return float(width)
+
+
 def parse_budget_policy(policy: Any) -> dict[str, Any]:
     return _parse_option(_POLICY, policy, DEFAULT_POLICY, "kind", "budget_policy")
 
@@ -135,11 +156,19 @@ def plan_layers(
     allocation: dict[str, Any] | None,
     budget_policy: dict[str, Any],
     balanced: bool = False,
+    fc_allocation: dict[str, Any] | None = None,
+    width: float = 1.0,
 ) -> list[dict[str, Any] | None]:
     """Per spec layer: None (no parameters to compress) or the dict that fixes its structure.
 
+    ``width`` (budgeted methods): the virtual network's hidden widths are this multiple of the
+    spec's (each entry then has a "width"), while the budget stays ``compression`` of the spec's
+    network: the same stored parameters spread over fewer virtual weights.
+
     ``balanced`` (FreshNets conv layers only) is written into their entries only when set, so the
-    plans of existing files keep their meaning."""
+    plans of existing files keep their meaning. ``fc_allocation`` (freshnets only; None: every fc
+    layer is HashedNets): an fc layer that reads a (C, H, W) map with H * W > 1 is a
+    `FreshLinear` whose bands get this allocation, with its own ``balanced`` too."""
     shapes = spec.check()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -157,6 +186,17 @@ def plan_layers(
         for s in param:
             plan[s.index] = {"kind": s.type, "width": widths[s.index]}
         return plan
+    narrow: dict[int, int] = {}
+    if width != 1:
+        narrow = _scaled_widths(*_width_steps(spec), width)
+        spec = _with_widths(spec, narrow)
+        shapes = spec.check()
+        param = [s for s in shapes if s.weights]
+        if budget > sum(s.weights + s.biases for s in shapes):
+            raise ValueError(
+                f"width {width:g} leaves fewer weights than compression {compression:g} "
+                "stores: use a larger width"
+            )
     fixed = sum(s.biases for s in shapes)
     try:
         per_layer = layer_budgets(
@@ -180,11 +220,18 @@ def plan_layers(
             plan[s.index] = (
                 {"kind": s.type} if r is None else {"kind": f"lowrank-{s.type}", "rank": r}
             )
-        return plan
+        return _set_widths(plan, narrow)
     for s, k in zip(param, per_layer, strict=True):
         layer_seed = derive_seed(seed, s.index)
         layer = spec.layers[s.index]
-        if isinstance(layer, FcLayer):
+        if isinstance(layer, FcLayer) and fc_allocation is not None and _is_map(s.in_shape):
+            _, h, w = s.in_shape
+            sizes = slice_band_sizes(h, w, s.weights // (h * w))
+            bands = band_buckets(sizes, k, _ALLOCATION.validate_python(fc_allocation))
+            plan[s.index] = {"kind": "fresh-fc", "bands": bands, "seed": layer_seed}
+            if balanced:
+                plan[s.index]["balanced"] = True
+        elif isinstance(layer, FcLayer):
             plan[s.index] = {"kind": "hashed-fc", "buckets": k, "seed": layer_seed}
         elif method == "hashednets":
             plan[s.index] = {"kind": "hashed-conv", "buckets": k, "seed": layer_seed}
@@ -193,13 +240,24 @@ def plan_layers(
         else:
             assert isinstance(layer, ConvLayer) and allocation is not None
             kh, kw = _pair(layer.kernel_size)
-            slices = s.weights // (kh * kw)
-            sizes = [int(n) * slices for n in torch.bincount(torch.from_numpy(band_of(kh, kw)))]
+            sizes = slice_band_sizes(kh, kw, s.weights // (kh * kw))
             bands = band_buckets(sizes, k, _ALLOCATION.validate_python(allocation))
             plan[s.index] = {"kind": "fresh-conv", "bands": bands, "seed": layer_seed}
             if balanced:
                 plan[s.index]["balanced"] = True
-    return plan
+    return _set_widths(plan, narrow)
+
+
+def _set_widths(
+    plan: list[dict[str, Any] | None], widths: dict[int, int]
+) -> list[dict[str, Any] | None]:
+    """``plan`` with a "width" in the entry of each layer in ``widths``."""
+    return [p if i not in widths else {**(p or {}), "width": widths[i]} for i, p in enumerate(plan)]
+
+
+def _is_map(shape: tuple[int, ...]) -> bool:
+    """Whether a layer input is a (C, H, W) feature map with more than one position."""
+    return len(shape) == 3 and shape[1] * shape[2] > 1
 
 
 def _check_reach(method: str, compression: float, stored: int, budget: int) -> None:
@@ -316,8 +374,9 @@ def _count_with_widths(spec: ArchitectureSpec, widths: dict[int, int]) -> int:
     return total
 
 
-def _equivalent_widths(spec: ArchitectureSpec, budget: int) -> dict[int, int]:
-    """Widths of a smaller dense network: a common multiplier, then per-layer fine tuning."""
+def _width_steps(spec: ArchitectureSpec) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """Per hidden layer with weights, its spec width and the step its width moves by (its and
+    the next conv's groups); and the last layer's width, which the classes fix."""
     shapes = spec.check()
     last = len(spec.layers) - 1
     base: dict[int, int] = {}
@@ -332,9 +391,31 @@ def _equivalent_widths(spec: ArchitectureSpec, budget: int) -> dict[int, int]:
                 g = math.lcm(g, layers[nxt].groups)
             step[s.index] = g
     fixed = {last: spec.num_classes} if shapes[last].weights else {}
+    return base, step, fixed
+
+
+def _scaled_widths(
+    base: dict[int, int], step: dict[int, int], fixed: dict[int, int], m: float
+) -> dict[int, int]:
+    """Every hidden width times ``m``, rounded to its step (at least one step)."""
+    return {i: max(step[i], round(m * b / step[i]) * step[i]) for i, b in base.items()} | fixed
+
+
+def _with_widths(spec: ArchitectureSpec, widths: dict[int, int]) -> ArchitectureSpec:
+    """``spec`` with the out widths of its conv and fc layers set from ``widths``."""
+    layers = list(spec.layers)
+    for i, w in widths.items():
+        key = "out_channels" if isinstance(layers[i], ConvLayer) else "out_features"
+        layers[i] = layers[i].model_copy(update={key: w})
+    return spec.model_copy(update={"layers": layers})
+
+
+def _equivalent_widths(spec: ArchitectureSpec, budget: int) -> dict[int, int]:
+    """Widths of a smaller dense network: a common multiplier, then per-layer fine tuning."""
+    base, step, fixed = _width_steps(spec)
 
     def widths_for(m: float) -> dict[int, int]:
-        return {i: max(step[i], round(m * b / step[i]) * step[i]) for i, b in base.items()} | fixed
+        return _scaled_widths(base, step, fixed, m)
 
     lo, hi = 0.0, 1.0
     for _ in range(40):
@@ -421,13 +502,21 @@ def build_body(
         elif isinstance(layer, FcLayer):
             if p is None:
                 raise ValueError(f"plan entry {i} is missing for an fc layer")
+            in_map = shape
             if len(shape) != 1:
                 mods.append(nn.Flatten())
                 shape = (math.prod(shape),)
             n_in = shape[0]
             out = int(p.get("width", layer.out_features))
             kind = p["kind"]
-            if kind == "fc":
+            if kind == "fresh-fc":
+                if not _is_map(in_map):
+                    raise ValueError(f"plan entry {i}: fresh-fc needs a (C, H, W) map input")
+                mod = FreshLinear(
+                    in_map, out, band_buckets=p["bands"], seed=p["seed"],
+                    balanced=p.get("balanced", False), bias=layer.bias,
+                )  # fmt: skip
+            elif kind == "fc":
                 mod = nn.Linear(n_in, out, bias=layer.bias)
             elif kind == "hashed-fc":
                 mod = HashedLinear(n_in, out, buckets=p["buckets"], seed=p["seed"], bias=layer.bias)
@@ -534,6 +623,8 @@ def build_model(
     allocation: Any = None,
     budget_policy: Any = None,
     balanced: bool = False,
+    fc_allocation: Any = None,
+    width: float = 1.0,
 ) -> FreshModel:
     """Build a model; ``allocation`` (freshnets only) and ``budget_policy`` shape the budget.
 
@@ -541,6 +632,11 @@ def build_model(
     dict like ``{"shape": "beta", "a": 1, "b": 3}``. ``budget_policy``: None (same factor for every
     layer), "conv-boost" or ``{"kind": "conv-boost", "conv_factor": 8}``. ``balanced``: FreshNets
     conv layers deal each band's coefficients evenly to its buckets (`FreshConv2d`).
+    ``fc_allocation`` (freshnets only; None, the paper's choice: HashedNets fc layers): an
+    allocation like ``allocation``'s, for the fc layers that read a conv feature map, which are
+    then hashed in the DCT domain of that map (`FreshLinear`). ``width`` (in (0, 1]; the
+    compressed methods but ``equivalent``): the hidden widths of the virtual network are this
+    multiple of the spec's, the stored budget is still ``compression`` of the spec's network.
     """
     spec = resolve_spec(spec_or_preset_name, input_shape, num_classes)
     if method not in METHODS:
@@ -554,7 +650,9 @@ def build_model(
         raise ValueError(f"balanced must be true or false, got {balanced!r}")
     if balanced and method not in ("freshnets", "freshnets-uniform"):
         raise ValueError(f"balanced applies to FreshNets conv layers; method {method!r} has none")
-    plan = plan_layers(spec, method, c, seed, alloc, policy, balanced)
+    fc_alloc = parse_fc_allocation(fc_allocation, method)
+    w = parse_width(width, method)
+    plan = plan_layers(spec, method, c, seed, alloc, policy, balanced, fc_alloc, w)
     return model_from_plan(spec, method, c, seed, plan, alloc, policy)
 
 
@@ -615,8 +713,8 @@ def compress_dense(
     """
     if not isinstance(dense_model, FreshModel) or dense_model.method != "dense":
         raise ValueError("compress_dense needs a FreshModel built with method='dense'")
-    if method == "equivalent":
-        raise ValueError("'equivalent' has other widths: train it from scratch")
+    if method == "equivalent" or kwargs.get("width", 1) != 1:
+        raise ValueError("a narrower network has other widths: train it from scratch")
     model = build_model(dense_model.spec, method, compression, seed, **kwargs)
     model.set_normalization(dense_model.input_mean, dense_model.input_std)
     model.class_names = None if dense_model.class_names is None else list(dense_model.class_names)

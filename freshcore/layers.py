@@ -142,12 +142,19 @@ class _Generated(nn.Module):
 class _BucketTable(_Generated):
     """A weight gathered from the stored ``buckets`` through ``[w, -w, 0]`` by a signed ``index``.
 
-    Shared by the hashed, FreshNets and low-frequency layers, conv or fc; a conv table may work
-    in the DCT domain (``_TableConv2d`` overrides the coefficient mapping).
+    Shared by the hashed, FreshNets and low-frequency layers, conv or fc. The gathered values are
+    the weight itself, or (``_register_dct`` with a slice shape) the 2-D DCT coefficients of each
+    consecutive kh x kw slice of it: a conv filter's, or an fc unit's weights on one input map.
     """
 
     buckets: nn.Parameter
     index: Tensor
+    idct: Tensor | None
+
+    def _register_dct(self, slice_shape: tuple[int, int] | None) -> None:
+        """Hold the weight as DCT coefficients of ``slice_shape`` slices (None: as itself)."""
+        matrix = None if slice_shape is None else idct2_matrix(*slice_shape, torch.float32)
+        self.register_buffer("idct", matrix, persistent=False)
 
     def _init_table(self, buckets: int, index: Tensor) -> None:
         """Store ``buckets`` values gathered by ``index`` and initialise them (and the bias)."""
@@ -160,11 +167,17 @@ class _BucketTable(_Generated):
         return self.buckets.numel()
 
     def rebuild_weight(self) -> Tensor:
-        return gather_table(self.buckets, self.index).view(self.weight_shape)
+        v = gather_table(self.buckets, self.index)
+        if self.idct is not None:
+            v = v.view(-1, self.idct.shape[0]) @ self.idct
+        return v.view(self.weight_shape)
 
     def coefficients_of(self, weight: Tensor) -> Tensor:
-        """The virtual values (flat, in ``index`` order) of a dense weight."""
-        return weight.detach().reshape(-1).double()
+        """The virtual values or coefficients (flat, in ``index`` order) of a dense weight."""
+        v = weight.detach().double()
+        if self.idct is not None:  # the DCT: the transpose of the orthonormal inverse
+            v = v.reshape(-1, self.idct.shape[0]) @ self.idct.double().T
+        return v.reshape(-1)
 
     def project(self, weight: Tensor) -> None:
         """Least-squares bucket values for a dense weight: mean of sign x value per bucket.
@@ -285,23 +298,43 @@ class _TableConv2d(_BucketTable, _GeneratedConv2d):
         **options: Unpack[ConvOptions],
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, **options)
-        kh, kw = self.kernel_size
-        self.register_buffer(
-            "idct", idct2_matrix(kh, kw, torch.float32) if dct else None, persistent=False
-        )
+        self._register_dct(self.kernel_size if dct else None)
 
-    def rebuild_weight(self) -> Tensor:
-        v = gather_table(self.buckets, self.index)
-        if self.idct is not None:
-            v = v.view(-1, self.idct.shape[0]) @ self.idct
-        return v.view(self.weight_shape)
 
-    def coefficients_of(self, weight: Tensor) -> Tensor:
-        """The virtual coefficients (flat, in ``index`` order) of a dense weight."""
-        v = weight.detach().reshape(-1, self.kernel_size[0] * self.kernel_size[1]).double()
-        if self.idct is not None:
-            v = v @ self.idct.double().T  # the DCT: the transpose of the orthonormal inverse
-        return v.reshape(-1)
+def check_band_buckets(band_buckets: list[int], bands: int) -> list[int]:
+    """``band_buckets`` as ints, or a ValueError: one non-negative count per band, total > 0."""
+    if len(band_buckets) != bands:
+        raise ValueError(f"need {bands} band bucket counts, got {len(band_buckets)}")
+    if sum(band_buckets) < 1 or min(band_buckets) < 0:
+        raise ValueError("band bucket counts must be non-negative with a positive total")
+    return [int(k) for k in band_buckets]
+
+
+def fresh_index(
+    band: np.ndarray, band_buckets: list[int], seed: int, balanced: bool = False
+) -> Tensor:
+    """FreshNets' signed gather index: coefficient i of band ``band[i]`` is hashed (bucket and
+    sign) among that band's ``band_buckets[band[i]]`` buckets; a band without buckets is zero.
+
+    ``balanced``: a hashed permutation of each band deals its coefficients out to the band's
+    buckets in turn, so every bucket has N_b / K_b members, give or take one (`FreshConv2d`).
+    """
+    k_b = np.asarray(band_buckets, dtype=np.int64)
+    offset = np.concatenate(([0], np.cumsum(k_b)[:-1]))
+    n = k_b[band]
+    local, sign = bucket_and_sign(seed, band.size, np.maximum(n, 1))
+    if balanced:  # deal each band's coefficients, in hashed order, to its buckets in turn
+        order = np.lexsort((hash64(mix64(seed ^ _DEAL), np.arange(band.size)), band))
+        start = np.searchsorted(band[order], np.arange(len(k_b)))
+        rank = np.arange(band.size) - start[band[order]]
+        local[order] = rank % np.maximum(n[order], 1)
+    sign[n == 0] = 0
+    return signed_index(local + offset[band], sign, int(k_b.sum()))
+
+
+def slice_band_sizes(kh: int, kw: int, slices: int) -> list[int]:
+    """Coefficients per band b = j1 + j2 of ``slices`` kh x kw DCT slices."""
+    return [int(n) * slices for n in np.bincount(band_of(kh, kw))]
 
 
 class FreshConv2d(_TableConv2d):
@@ -327,35 +360,17 @@ class FreshConv2d(_TableConv2d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dct=True, **options)
         kh, kw = self.kernel_size
-        if len(band_buckets) != kh + kw - 1:
-            raise ValueError(f"need {kh + kw - 1} band bucket counts, got {len(band_buckets)}")
-        total = sum(band_buckets)
-        if total < 1 or min(band_buckets) < 0:
-            raise ValueError("band bucket counts must be non-negative with a positive total")
-        self.band_buckets = [int(k) for k in band_buckets]
+        self.band_buckets = check_band_buckets(band_buckets, kh + kw - 1)
         self.seed = int(seed)
         self.balanced = bool(balanced)
-        self._init_table(total, self._make_index())
+        band = np.tile(band_of(kh, kw), self.virtual_weights // (kh * kw))
+        self._init_table(
+            sum(self.band_buckets), fresh_index(band, self.band_buckets, self.seed, self.balanced)
+        )
 
     def band_sizes(self) -> list[int]:
         kh, kw = self.kernel_size
-        slices = self.virtual_weights // (kh * kw)
-        return [int(n) * slices for n in np.bincount(band_of(kh, kw))]
-
-    def _make_index(self) -> Tensor:
-        kh, kw = self.kernel_size
-        k_b = np.asarray(self.band_buckets, dtype=np.int64)
-        offset = np.concatenate(([0], np.cumsum(k_b)[:-1]))
-        band = np.tile(band_of(kh, kw), self.virtual_weights // (kh * kw))
-        n = k_b[band]
-        local, sign = bucket_and_sign(self.seed, band.size, np.maximum(n, 1))
-        if self.balanced:  # deal each band's coefficients, in hashed order, to its buckets in turn
-            order = np.lexsort((hash64(mix64(self.seed ^ _DEAL), np.arange(band.size)), band))
-            start = np.searchsorted(band[order], np.arange(len(k_b)))
-            rank = np.arange(band.size) - start[band[order]]
-            local[order] = rank % np.maximum(n[order], 1)
-        sign[n == 0] = 0
-        return signed_index(local + offset[band], sign, int(k_b.sum()))
+        return slice_band_sizes(kh, kw, self.virtual_weights // (kh * kw))
 
     def extra_repr(self) -> str:
         balanced = ", balanced=True" if self.balanced else ""
@@ -456,11 +471,57 @@ class HashedLinear(_BucketTable, _GeneratedLinear):
     ) -> None:
         super().__init__(in_features, out_features, bias)
         self.seed = int(seed)
+        self._register_dct(None)
         index = signed_bucket_index(self.seed, self.virtual_weights, int(buckets))
         self._init_table(buckets, torch.from_numpy(index))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", buckets={self.num_buckets}"
+
+
+class FreshLinear(_BucketTable, _GeneratedLinear):
+    """An fc layer that reads a flattened (C, H, W) feature map, hashed the FreshNets way.
+
+    The weights of one output unit on one input channel form an H x W map; each map is held as
+    its 2-D DCT coefficients, hashed per band b = j1 + j2 into ``band_buckets[b]`` buckets, as
+    `FreshConv2d` does with a filter slice. Why: the fc layer after the convs holds most of a
+    small CNN's weights, and what training adds to it is smooth over the map (measured on
+    mnist-bg-img, docs/results.md: the energy per coefficient of the trained-minus-initial fc1
+    falls about 7 times from band 0 to band 12), which HashedNets' uniform hashing ignores.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        out_features: int,
+        band_buckets: list[int],
+        seed: int,
+        balanced: bool = False,
+        bias: bool = True,
+    ) -> None:
+        c, h, w = (int(d) for d in in_shape)
+        super().__init__(c * h * w, out_features, bias)
+        self.in_shape = (c, h, w)
+        self.band_buckets = check_band_buckets(band_buckets, h + w - 1)
+        self.seed = int(seed)
+        self.balanced = bool(balanced)
+        self._register_dct((h, w))
+        band = np.tile(band_of(h, w), out_features * c)
+        self._init_table(
+            sum(self.band_buckets), fresh_index(band, self.band_buckets, self.seed, self.balanced)
+        )
+
+    def band_sizes(self) -> list[int]:
+        c, h, w = self.in_shape
+        return slice_band_sizes(h, w, self.out_features * c)
+
+    def extra_repr(self) -> str:
+        balanced = ", balanced=True" if self.balanced else ""
+        return (
+            f"in_shape={self.in_shape}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, buckets={self.num_buckets}, "
+            f"bands={self.band_buckets}" + balanced
+        )
 
 
 class LowRankLinear(_LowRank, _GeneratedLinear):

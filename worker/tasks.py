@@ -300,6 +300,7 @@ def build_student(
     kwargs = {
         "allocation": options.get("allocation"),
         "budget_policy": options.get("budget_policy"),
+        "width": options.get("width", 1.0),
     }
     try:
         if job.init == "project":

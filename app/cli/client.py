@@ -428,6 +428,13 @@ def submit(
             """'{"kind": "conv-boost", "conv_factor": 4}' (default: the same factor per layer)."""
         ),
     ] = None,
+    width: Annotated[
+        float | None,
+        typer.Option(
+            help="Hidden widths as a multiple of the architecture's, in (0, 1]: the same stored "
+            "budget over a narrower network (default: 1)."
+        ),
+    ] = None,
     teacher: Annotated[
         str | None,
         typer.Option(
@@ -472,6 +479,7 @@ def submit(
         for k, v in {
             "allocation": _json_option(allocation, "--allocation"),
             "budget_policy": _json_option(budget_policy, "--budget-policy"),
+            "width": width,
         }.items()
         if v is not None
     }

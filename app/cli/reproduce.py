@@ -89,7 +89,12 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
     distill_alpha) distils from the data set's dense cell."""
     from dataclasses import fields
 
-    from freshcore.build import parse_allocation, parse_budget_policy
+    from freshcore.build import (
+        parse_allocation,
+        parse_budget_policy,
+        parse_fc_allocation,
+        parse_width,
+    )
     from freshcore.data import list_datasets
     from freshcore.reproduce.plan import (
         ALL_METHODS,
@@ -146,6 +151,11 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
                     parse_budget_policy(override["budget_policy"])
                 if "allocation" in override:  # the parsed form, as --allocations keeps it
                     checked["allocation"] = parse_allocation(override["allocation"], method)
+                if "fc_allocation" in override:
+                    fc_allocation = parse_fc_allocation(override["fc_allocation"], method)
+                    checked["fc_allocation"] = fc_allocation
+                if "width" in override:
+                    parse_width(override["width"], method)
                 if not isinstance(override.get("balanced", False), bool):
                     raise ValueError("balanced must be true or false")
                 if TEACHER_KEY in override:

@@ -97,11 +97,13 @@ function fmtOptions(o) {
   if (!o) return "defaults";
   const p = o.budget_policy;
   const parts = [p?.kind === "conv-boost" ? `conv-boost ×${p.conv_factor}` : "same factor per layer"];
+  if (p?.head_factor) parts.push(`classifier ×${p.head_factor}`);
   const a = o.allocation;
   if (a?.shape === "exponential") parts.push(`exponential ${a.decay}`);
   else if (a?.shape === "beta") parts.push(`beta a=${a.a} b=${a.b}`);
   else if (a) parts.push(a.shape);
   if (a?.min_rate) parts.push(`cut off under ${a.min_rate}`);
+  if (o.width && o.width !== 1) parts.push(`width ×${o.width}`);
   return parts.join(" · ");
 }
 function fmtTime(iso) {
@@ -267,6 +269,7 @@ async function fillLaunchForm() {
   // Only freshnets spreads buckets over frequency bands.
   methodSelect.addEventListener("change", () => {
     $("#f-allocation").disabled = methodSelect.value !== "freshnets";
+    $("#f-width").disabled = ["dense", "equivalent"].includes(methodSelect.value);
   });
   // Pair a data set with the preset made for its shape, else one with its channel count.
   dsSelect.addEventListener("change", () => {
@@ -316,7 +319,7 @@ function clearFieldErrors(form) {
 // Map an API error to the form: 422 `loc` -> field; a string naming a field goes next to it.
 function showFieldErrors(form, err) {
   const fields = ["dataset", "architecture", "method", "compression", "budget_policy", "allocation",
-    "teacher_model_id", "init", "distill_alpha", "epochs"];
+    "width", "teacher_model_id", "init", "distill_alpha", "epochs"];
   const put = (field, msg) => {
     const box = field ? form.querySelector(`[data-error-for="${field}"]`) : null;
     const target = box || $("#launch-error");
@@ -364,6 +367,7 @@ $("#launch-form").addEventListener("submit", async (ev) => {
   const options = {};
   if (form.budget_policy.value) options.budget_policy = JSON.parse(form.budget_policy.value);
   if (!form.allocation.disabled && form.allocation.value) options.allocation = JSON.parse(form.allocation.value);
+  if (!form.width.disabled && form.width.value) options.width = Number(form.width.value);
   if (Object.keys(options).length) body.model_options = options;
   const teacher = teacherModels.get(form.teacher_model_id.value);
   if (teacher) {

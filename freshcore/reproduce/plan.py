@@ -98,7 +98,7 @@ class RunSpec:
 # ({"factors": ["1/64"], "datasets": ["mnist"], ...}), and TEACHER_KEY: {"teacher": "dense",
 # "distill_alpha": 0.9, ...} distils from the data set's dense cell as validation chose it,
 # trained with the run's own seed
-MODEL_OPTIONS = ("allocation", "budget_policy", "balanced")
+MODEL_OPTIONS = ("allocation", "budget_policy", "balanced", "fc_allocation", "width")
 SCOPE_KEY = "factors"
 DATASETS_KEY = "datasets"
 TEACHER_KEY = "teacher"

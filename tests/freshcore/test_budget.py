@@ -113,6 +113,21 @@ def test_layer_budgets_uniform_and_conv_boost():
     assert huge[0] == 800 and huge[1] == 51200 and sum(huge) == 60000  # capped at 1
 
 
+def test_head_factor_boosts_the_classifier_and_is_dumped_only_when_used():
+    weights, is_conv = [800, 51200, 470400, 1500], [True, True, False, False]
+    plain = layer_budgets(weights, is_conv, 7934, ConvBoostPolicy(conv_factor=8))
+    head = layer_budgets(weights, is_conv, 7934, ConvBoostPolicy(conv_factor=8, head_factor=64))
+    assert sum(head) == 7934 and head[3] > 40 * plain[3]
+    assert head[3] / weights[3] == pytest.approx(64 * head[2] / weights[2], rel=0.01)
+    assert head[1] / weights[1] == pytest.approx(8 * head[2] / weights[2], rel=0.01)
+    capped = layer_budgets(weights, is_conv, 7934, ConvBoostPolicy(head_factor=1e6))
+    assert capped[3] == 1500
+    assert "head_factor" not in ConvBoostPolicy(conv_factor=8).model_dump()  # old keys hold
+    assert ConvBoostPolicy(head_factor=16).model_dump()["head_factor"] == 16
+    with pytest.raises(ValueError):
+        ConvBoostPolicy(head_factor=0.5)
+
+
 def test_layer_budgets_too_small():
     with pytest.raises(ValueError, match="compression"):
         layer_budgets([100, 100], [True, False], 1, UniformPolicy())

@@ -227,3 +227,60 @@ def test_balanced_is_a_freshnets_option_kept_in_the_plan_and_the_file():
         fc.build_model("mnist-cnn", "hashednets", 1 / 16, 3, balanced=True)
     with pytest.raises(ValueError, match="true or false"):
         fc.build_model("mnist-cnn", "freshnets", 1 / 16, 3, balanced="yes")
+
+
+def test_fc_allocation_hashes_the_map_reading_fc_in_the_dct_domain():
+    """The fc after the convs becomes a FreshLinear with the same stored budget; the classifier,
+    which reads a vector, stays HashedNets; the plan rebuilds it from a file."""
+    base = fc.build_model("mnist-cnn", "freshnets", 1 / 64, 3, budget_policy="conv-boost")
+    model = fc.build_model(
+        "mnist-cnn", "freshnets", 1 / 64, 3, budget_policy="conv-boost",
+        fc_allocation={"shape": "exponential", "decay": 0.25},
+    )  # fmt: skip
+    kinds = [p["kind"] for p in model.plan if p]
+    assert kinds == ["fresh-conv", "fresh-conv", "fresh-fc", "hashed-fc"]
+    stored = [sum(p.numel() for p in m.parameters()) for m in model.generated_layers()]
+    assert stored == [sum(p.numel() for p in m.parameters()) for m in base.generated_layers()]
+    fc1 = model.generated_layers()[2]
+    assert isinstance(fc1, fc.FreshLinear) and fc1.in_shape == (64, 7, 7)
+    rates = [k / n for k, n in zip(fc1.band_buckets, fc1.band_sizes(), strict=True)]
+    assert all(a >= b for a, b in itertools.pairwise(rates)) and rates[0] > rates[-1]
+    loaded = fc.from_bytes(fc.to_bytes(model))
+    assert loaded.plan == model.plan
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(loaded.eval()(x), model.eval()(x))
+    torch.testing.assert_close(fc.to_dense(model)(x), model(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="fc_allocation applies to method 'freshnets'"):
+        fc.build_model("mnist-cnn", "hashednets", 1 / 64, 3, fc_allocation="uniform")
+    with pytest.raises(ValueError, match="invalid fc_allocation"):
+        fc.build_model("mnist-cnn", "freshnets", 1 / 64, 3, fc_allocation={"shape": "gauss"})
+
+
+@pytest.mark.parametrize(
+    "method", ["lrd", "hashednets", "lowfreq", "freshnets-uniform", "freshnets"]
+)
+def test_width_spreads_the_same_budget_over_a_narrower_virtual_network(method):
+    """At width 1/4 the hidden widths are a quarter of mnist-cnn's (the classes stay), the stored
+    parameters are still 1/64 of the full network's, and the file rebuilds the narrow model."""
+    full = fc.build_model("mnist-cnn", method, 1 / 64, 2)
+    narrow = fc.build_model("mnist-cnn", method, 1 / 64, 2, width=0.25)
+    assert [p.get("width") for p in narrow.plan if p] == [8, 16, 38, 10]
+    assert all("width" not in p for p in full.plan if p)
+    budget = sum(p.numel() for p in full.parameters())
+    assert abs(sum(p.numel() for p in narrow.parameters()) - budget) <= 0.02 * budget
+    assert narrow.spec_module(0).out_channels == 8
+    loaded = fc.from_bytes(fc.to_bytes(narrow))
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded.eval()(x), narrow.eval()(x))
+
+
+def test_width_is_checked():
+    with pytest.raises(ValueError, match=r"width must be a number in \(0, 1\]"):
+        fc.build_model("mnist-cnn", "freshnets", 1 / 64, 0, width=1.5)
+    with pytest.raises(ValueError, match="not 'equivalent'"):
+        fc.build_model("mnist-cnn", "equivalent", 1 / 64, 0, width=0.5)
+    with pytest.raises(ValueError, match="use a larger width"):
+        fc.build_model("mnist-cnn", "hashednets", 1 / 64, 0, width=0.05)
+    dense = fc.build_model("mnist-cnn", "dense")
+    with pytest.raises(ValueError, match="train it from scratch"):
+        fc.compress_dense(dense, "freshnets", 1 / 64, 0, width=0.5)

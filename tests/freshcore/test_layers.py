@@ -7,6 +7,7 @@ from torch.autograd import gradcheck
 from freshcore.dct import band_of, dct2
 from freshcore.layers import (
     FreshConv2d,
+    FreshLinear,
     HashedConv2d,
     HashedLinear,
     LowFreqConv2d,
@@ -27,13 +28,14 @@ def _layers():
         FreshConv2d(3, 4, (2, 3), band_buckets=[2, 3, 3, 1], seed=3, dilation=2, padding=2),
         HashedLinear(12, 5, buckets=7, seed=4),
         LowRankLinear(12, 5, rank=3),
+        FreshLinear((3, 2, 2), 5, band_buckets=[6, 5, 2], seed=5),
     ]
 
 
 @pytest.mark.parametrize("layer", _layers(), ids=lambda m: type(m).__name__)
 def test_gradcheck_float64(layer):
     layer = layer.double()
-    if isinstance(layer, HashedLinear | LowRankLinear):
+    if isinstance(layer, HashedLinear | LowRankLinear | FreshLinear):
         x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
     else:
         x = torch.randn(2, layer.in_channels, 7, 7, dtype=torch.float64, requires_grad=True)
@@ -176,3 +178,42 @@ def test_balanced_fresh_conv_deals_each_band_evenly():
     hashed_bucket, _ = split_signed_index(hashed.index, hashed.num_buckets)
     assert len(hashed_bucket[torch.from_numpy(band == 1)].unique()) < 32  # collisions
     assert "balanced=True" in repr(layer) and "balanced" not in repr(hashed)
+
+
+def test_fresh_linear_holds_each_unit_and_channel_map_as_hashed_dct_coefficients():
+    """Unit o's weights on channel c, as an H x W map, are the inverse DCT of coefficients hashed
+    within their band; the layer reads the map flattened as nn.Flatten lays it out."""
+    bands = [12, 20, 15, 8, 3, 0]  # 3x4 maps: band sizes 1, 2, 3, 3, 2, 1 per (unit, channel)
+    layer = FreshLinear((5, 3, 4), 6, band_buckets=bands, seed=11)
+    assert layer.weight_shape == (6, 60) and layer.num_buckets == sum(bands)
+    assert layer.band_sizes() == [n * 30 for n in (1, 2, 3, 3, 2, 1)]
+    bucket, sign = split_signed_index(layer.index, layer.num_buckets)
+    band = np.tile(band_of(3, 4), 30)
+    offsets = np.concatenate(([0], np.cumsum(bands)))
+    for b, k in enumerate(bands):
+        members = torch.from_numpy(band == b)
+        if k == 0:
+            assert (sign[members] == 0).all()
+        else:
+            got = bucket[members]
+            assert got.min() >= offsets[b] and got.max() < offsets[b + 1]
+    v = (layer.buckets.detach()[bucket] * sign).reshape(6, 5, 3, 4).double()
+    weight = layer.rebuild_weight().detach().double()
+    torch.testing.assert_close(dct2(weight.reshape(6, 5, 3, 4)), v, atol=1e-6, rtol=1e-5)
+    maps = torch.randn(2, 5, 3, 4)
+    torch.testing.assert_close(
+        layer(maps.flatten(1)), F.linear(maps.flatten(1), layer.rebuild_weight(), layer.bias)
+    )
+    with pytest.raises(ValueError, match="need 6 band bucket counts"):
+        FreshLinear((5, 3, 4), 6, band_buckets=[1, 2], seed=0)
+
+
+def test_fresh_linear_projection_recovers_a_weight_in_its_span():
+    layer = FreshLinear((4, 3, 3), 5, band_buckets=[20, 15, 10, 4, 1], seed=2, balanced=True)
+    target = torch.randn(layer.num_buckets)
+    with torch.no_grad():
+        layer.buckets.copy_(target)
+    weight = layer.rebuild_weight().detach()
+    layer.reset_parameters()
+    layer.project(weight)
+    torch.testing.assert_close(layer.buckets.detach(), target, atol=1e-5, rtol=1e-5)

@@ -37,6 +37,9 @@ BAD_OPTIONS = [
     ("freshnets-uniform", {"allocation": "exponential"}, "body.model_options.allocation",
      "freshnets-uniform uses the uniform allocation"),
     ("freshnets-uniform", {"allocation": "magic"}, "body.model_options.allocation", "'magic'"),
+    ("freshnets", {"width": 1.5}, "body.model_options.width", "(0, 1]"),
+    ("equivalent", {"width": 0.5}, "body.model_options.width", "not 'equivalent'"),
+    ("freshnets", {"width": "narrow"}, "body.model_options.width", "number"),
 ]  # fmt: skip
 
 
@@ -61,6 +64,16 @@ def test_bad_options_name_the_field(
     assert "\n" not in text and "validation error for" not in text, text  # one readable line
     with new_session(client) as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_a_width_too_narrow_for_the_budget_is_refused_before_training(
+    client: TestClient, alice: dict[str, str], upload: Callable[..., dict]
+) -> None:
+    body = job_body(upload(alice)["id"], compression="1/2", model_options={"width": 0.25})
+    response = client.post("/v1/jobs", headers=alice, json=body)
+    assert response.status_code == 422, response.text
+    text = detail_text(response)
+    assert "body.compression" in text and "use a larger width" in text, text
 
 
 def test_options_are_stored_as_freshcore_parses_them(
@@ -90,6 +103,11 @@ def test_options_are_stored_as_freshcore_parses_them(
         model_options={"allocation": "exponential", "budget_policy": CONV_BOOST},
     )
     assert hashed["model_options"] == {"allocation": None, "budget_policy": CONV_BOOST}
+    # A width is kept only when given.
+    narrow = post(method="hashednets", model_options={"width": 0.5})
+    assert narrow["model_options"] == {
+        "allocation": None, "budget_policy": {"kind": "uniform"}, "width": 0.5,
+    }  # fmt: skip
 
     assert (
         client.get(f"/v1/jobs/{boosted['id']}", headers=alice).json()["model_options"]
@@ -112,6 +130,7 @@ def test_expected_model_bytes_takes_the_options() -> None:
         ("freshnets", {"budget_policy": CONV_BOOST, "allocation": {"shape": "beta", "b": 4}}),
         ("hashednets", {"budget_policy": {"kind": "conv-boost", "conv_factor": 16}}),
         ("freshnets", {}),
+        ("hashednets", {"width": 0.5}),
     ):
         expected = expected_model_bytes(spec, method, 1 / 2, 0, **options)
         model = freshcore.build_model(spec, method, 1 / 2, 0, **options)

@@ -81,3 +81,34 @@ def test_conv_boost_job_trains_reloads_and_serves(stack: Any) -> None:
             local = torch.softmax(loaded(samples), dim=1).numpy()
         np.testing.assert_allclose(served, local, atol=1e-5)
         assert (served.argmax(1) == local.argmax(1)).all()
+
+
+def test_width_job_trains_the_narrow_network_within_the_full_budget(stack: Any) -> None:
+    from app.main import create_app
+
+    _, key = stack.owner_key()
+    stack.start_worker("width")
+    headers = bearer(key)
+    with TestClient(create_app()) as client:
+        resp = client.post(
+            "/v1/jobs",
+            headers=headers,
+            json={
+                "dataset": "digits",
+                "architecture": stack.tiny_spec,
+                "method": "hashednets",
+                "compression": "1/8",
+                "training": {"epochs": 1, "batch_size": 32, "lr": 0.05},
+                "model_options": {"width": 0.5},
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        job = stack.wait_state(resp.json()["id"], {"succeeded", "failed", "cancelled"}, 90)
+        assert job.state == "succeeded", f"{job.error}\n{stack.worker_logs()}"
+        model_id = client.get(f"/v1/jobs/{job.id}", headers=headers).json()["model_id"]
+        blob = client.get(f"/v1/models/{model_id}/file", headers=headers).content
+    loaded = freshcore.from_bytes(blob)
+    assert [p.get("width") for p in loaded.plan if p] == [8, 32, 10]  # half of 16, 64; classes
+    full = freshcore.build_model(job.architecture, "hashednets", 1 / 8, 0)
+    budget = sum(p.numel() for p in full.parameters())
+    assert abs(sum(p.numel() for p in loaded.parameters()) - budget) <= 0.02 * budget

@@ -19,7 +19,7 @@ from app.db.models import EpochMetric, Job, JobState, Model, Owner
 from app.limits import expected_model_bytes, max_train_threads
 from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
 from app.settings import Settings
-from freshcore.build import parse_allocation, parse_budget_policy
+from freshcore.build import parse_allocation, parse_budget_policy, parse_width
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -93,7 +93,13 @@ def _model_options(body: JobCreate) -> dict[str, Any] | None:
         budget_policy = parse_budget_policy(options.budget_policy)
     except ValueError as exc:
         raise invalid((*loc, "budget_policy"), str(exc)) from exc
-    return {"allocation": allocation, "budget_policy": budget_policy}
+    parsed = {"allocation": allocation, "budget_policy": budget_policy}
+    if options.width is not None:
+        try:
+            parsed["width"] = parse_width(options.width, body.method)
+        except ValueError as exc:
+            raise invalid((*loc, "width"), str(exc)) from exc
+    return parsed
 
 
 def _check_model_size(
@@ -109,7 +115,13 @@ def _check_model_size(
     options = options or {}
     try:
         expected = expected_model_bytes(
-            spec, method, compression, seed, options.get("allocation"), options.get("budget_policy")
+            spec,
+            method,
+            compression,
+            seed,
+            options.get("allocation"),
+            options.get("budget_policy"),
+            options.get("width", 1.0),
         )
     except ValueError as exc:
         raise invalid(("body", "compression"), str(exc)) from exc

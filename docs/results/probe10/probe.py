@@ -5,9 +5,9 @@ from their chosen seed-0 record with a few settings changed, into a store of the
     python docs/results/probe10/probe.py VARIANTS SEEDS [RECORD ...]
 
 VARIANTS is a JSON list of changes, each with an optional "conv_factor" (the conv-boost factor
-of the budget split) and "train" (TrainConfig fields); every variant is trained on every seed
-in SEEDS (a JSON list) from every RECORD (default: table v7's freshnets choice on
-mnist-bg-img 1/64). Session 10:
+of the budget split), "model" (build_model keywords) and "train" (TrainConfig fields); every
+variant is trained on every seed in SEEDS (a JSON list) from every RECORD (default: table v7's
+freshnets choice on mnist-bg-img 1/64). Session 10:
 
     python docs/results/probe10/probe.py '[{"conv_factor": 32, "train": {"epochs": 16}}]' '[0]'
 
@@ -51,6 +51,7 @@ if __name__ == "__main__":
             spec = json.loads(json.dumps(base))
             if "conv_factor" in variant:
                 spec["model"]["budget_policy"]["conv_factor"] = variant["conv_factor"]
+            spec["model"].update(variant.get("model", {}))
             spec["train"].update(variant.get("train", {}))
             jobs += [(spec, seed) for seed in json.loads(sys.argv[2])]
     with ProcessPoolExecutor(2) as pool:
