@@ -61,21 +61,26 @@ def test_fresh_conv_matches_manual_reconstruction():
     torch.testing.assert_close(layer(x), want)
 
 
-def test_fresh_conv_bands_own_their_bucket_ranges():
-    bands = [4, 6, 5, 3, 2, 1, 1, 0, 0]
-    layer = FreshConv2d(8, 16, 5, band_buckets=bands, seed=1)
+def assert_bands_own_their_buckets(layer, band: np.ndarray, bands: list[int]) -> None:
+    """Band b's coefficients use only (and here every one of) its own range of buckets; a band
+    without buckets is zero."""
     bucket, sign = split_signed_index(layer.index, layer.num_buckets)
-    band = np.tile(band_of(5, 5), 8 * 16)
     offsets = np.concatenate(([0], np.cumsum(bands)))
     for b, k in enumerate(bands):
         members = torch.from_numpy(band == b)
         if k == 0:
-            assert (sign[members] == 0).all()  # a band without buckets is zero
+            assert (sign[members] == 0).all()
         else:
             got = bucket[members]
             assert got.min() >= offsets[b] and got.max() < offsets[b + 1]
-            assert len(got.unique()) == k  # every bucket of the band is used
+            assert len(got.unique()) == k
             assert (sign[members] != 0).all()
+
+
+def test_fresh_conv_bands_own_their_bucket_ranges():
+    bands = [4, 6, 5, 3, 2, 1, 1, 0, 0]
+    layer = FreshConv2d(8, 16, 5, band_buckets=bands, seed=1)
+    assert_bands_own_their_buckets(layer, np.tile(band_of(5, 5), 8 * 16), bands)
 
 
 def test_lowfreq_keeps_lowest_bands_first():
@@ -183,20 +188,12 @@ def test_balanced_fresh_conv_deals_each_band_evenly():
 def test_fresh_linear_holds_each_unit_and_channel_map_as_hashed_dct_coefficients():
     """Unit o's weights on channel c, as an H x W map, are the inverse DCT of coefficients hashed
     within their band; the layer reads the map flattened as nn.Flatten lays it out."""
-    bands = [12, 20, 15, 8, 3, 0]  # 3x4 maps: band sizes 1, 2, 3, 3, 2, 1 per (unit, channel)
+    bands = [6, 8, 8, 5, 2, 0]  # 3x4 maps: band sizes 1, 2, 3, 3, 2, 1 per (unit, channel)
     layer = FreshLinear((5, 3, 4), 6, band_buckets=bands, seed=11)
     assert layer.weight_shape == (6, 60) and layer.num_buckets == sum(bands)
     assert layer.band_sizes() == [n * 30 for n in (1, 2, 3, 3, 2, 1)]
+    assert_bands_own_their_buckets(layer, np.tile(band_of(3, 4), 30), bands)
     bucket, sign = split_signed_index(layer.index, layer.num_buckets)
-    band = np.tile(band_of(3, 4), 30)
-    offsets = np.concatenate(([0], np.cumsum(bands)))
-    for b, k in enumerate(bands):
-        members = torch.from_numpy(band == b)
-        if k == 0:
-            assert (sign[members] == 0).all()
-        else:
-            got = bucket[members]
-            assert got.min() >= offsets[b] and got.max() < offsets[b + 1]
     v = (layer.buckets.detach()[bucket] * sign).reshape(6, 5, 3, 4).double()
     weight = layer.rebuild_weight().detach().double()
     torch.testing.assert_close(dct2(weight.reshape(6, 5, 3, 4)), v, atol=1e-6, rtol=1e-5)

@@ -103,6 +103,16 @@ class Stack:
     logs: list[Path] = field(default_factory=list)
     tiny_spec: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(TINY_SPEC))
 
+    def digits_job(self, **overrides: Any) -> dict[str, Any]:
+        """A POST /v1/jobs body: the tiny spec on digits at 1/8, one epoch; ``overrides`` win."""
+        return {
+            "dataset": "digits",
+            "architecture": self.tiny_spec,
+            "method": "freshnets",
+            "compression": "1/8",
+            "training": {"epochs": 1, "batch_size": 32, "lr": 0.05},
+        } | overrides
+
     def start_worker(
         self, name: str, wait: bool = True, cli: bool = False, concurrency: int = 1
     ) -> subprocess.Popen[bytes]:

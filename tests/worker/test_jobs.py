@@ -27,17 +27,8 @@ def test_end_to_end_through_the_api(stack: Any) -> None:
     headers = bearer(key)
     with TestClient(create_app()) as client:
         epochs = 4
-        resp = client.post(
-            "/v1/jobs",
-            headers=headers,
-            json={
-                "dataset": "digits",
-                "architecture": stack.tiny_spec,
-                "method": "freshnets",
-                "compression": "1/8",
-                "training": {"epochs": epochs, "batch_size": 16, "lr": 0.05},
-            },
-        )
+        body = stack.digits_job(training={"epochs": epochs, "batch_size": 16, "lr": 0.05})
+        resp = client.post("/v1/jobs", headers=headers, json=body)
         assert resp.status_code == 202, resp.text
         job_id = resp.json()["id"]
         assert resp.headers["location"] == f"/v1/jobs/{job_id}"

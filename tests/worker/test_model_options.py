@@ -28,18 +28,8 @@ def test_conv_boost_job_trains_reloads_and_serves(stack: Any) -> None:
     stack.start_worker("options")
     headers = bearer(key)
     with TestClient(create_app()) as client:
-        resp = client.post(
-            "/v1/jobs",
-            headers=headers,
-            json={
-                "dataset": "digits",
-                "architecture": stack.tiny_spec,
-                "method": "freshnets",
-                "compression": "1/8",
-                "training": {"epochs": 1, "batch_size": 32, "lr": 0.05},
-                "model_options": {"budget_policy": "conv-boost"},
-            },
-        )
+        body = stack.digits_job(model_options={"budget_policy": "conv-boost"})
+        resp = client.post("/v1/jobs", headers=headers, json=body)
         assert resp.status_code == 202, resp.text
         job = stack.wait_state(resp.json()["id"], {"succeeded", "failed", "cancelled"}, 90)
         assert job.state == "succeeded", f"{job.error}\n{stack.worker_logs()}"
@@ -90,18 +80,8 @@ def test_width_job_trains_the_narrow_network_within_the_full_budget(stack: Any) 
     stack.start_worker("width")
     headers = bearer(key)
     with TestClient(create_app()) as client:
-        resp = client.post(
-            "/v1/jobs",
-            headers=headers,
-            json={
-                "dataset": "digits",
-                "architecture": stack.tiny_spec,
-                "method": "hashednets",
-                "compression": "1/8",
-                "training": {"epochs": 1, "batch_size": 32, "lr": 0.05},
-                "model_options": {"width": 0.5},
-            },
-        )
+        body = stack.digits_job(method="hashednets", model_options={"width": 0.5})
+        resp = client.post("/v1/jobs", headers=headers, json=body)
         assert resp.status_code == 202, resp.text
         job = stack.wait_state(resp.json()["id"], {"succeeded", "failed", "cancelled"}, 90)
         assert job.state == "succeeded", f"{job.error}\n{stack.worker_logs()}"
