@@ -488,6 +488,8 @@ class FreshLinear(_BucketTable, _GeneratedLinear):
     small CNN's weights, and what training adds to it is smooth over the map (measured on
     mnist-bg-img, docs/results.md: the energy per coefficient of the trained-minus-initial fc1
     falls about 7 times from band 0 to band 12), which HashedNets' uniform hashing ignores.
+    Measured in session 12 on mnist-bg-img 1/64: no gain over HashedNets (docs/results.md), so
+    `build_model` keeps HashedNets fc layers unless ``fc_allocation`` is given.
     """
 
     def __init__(
