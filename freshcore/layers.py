@@ -301,15 +301,6 @@ class _TableConv2d(_BucketTable, _GeneratedConv2d):
         self._register_dct(self.kernel_size if dct else None)
 
 
-def check_band_buckets(band_buckets: list[int], bands: int) -> list[int]:
-    """``band_buckets`` as ints, or a ValueError: one non-negative count per band, total > 0."""
-    if len(band_buckets) != bands:
-        raise ValueError(f"need {bands} band bucket counts, got {len(band_buckets)}")
-    if sum(band_buckets) < 1 or min(band_buckets) < 0:
-        raise ValueError("band bucket counts must be non-negative with a positive total")
-    return [int(k) for k in band_buckets]
-
-
 def fresh_index(
     band: np.ndarray, band_buckets: list[int], seed: int, balanced: bool = False
 ) -> Tensor:
@@ -337,7 +328,41 @@ def slice_band_sizes(kh: int, kw: int, slices: int) -> list[int]:
     return [int(n) * slices for n in np.bincount(band_of(kh, kw))]
 
 
-class FreshConv2d(_TableConv2d):
+class _FreshBands(_BucketTable):
+    """FreshNets' table, shared by its conv and fc layers: the DCT coefficients of each kh x kw
+    slice of the weight, hashed per band b = j1 + j2 into ``band_buckets[b]`` buckets."""
+
+    band_buckets: list[int]
+    seed: int
+    balanced: bool
+    slice_shape: tuple[int, int]
+
+    def _init_bands(
+        self, slice_shape: tuple[int, int], band_buckets: list[int], seed: int, balanced: bool
+    ) -> None:
+        """Check the band counts, make the index and initialise the table (the DCT is set)."""
+        kh, kw = self.slice_shape = slice_shape
+        if len(band_buckets) != kh + kw - 1:
+            raise ValueError(f"need {kh + kw - 1} band bucket counts, got {len(band_buckets)}")
+        if sum(band_buckets) < 1 or min(band_buckets) < 0:
+            raise ValueError("band bucket counts must be non-negative with a positive total")
+        self.band_buckets = [int(k) for k in band_buckets]
+        self.seed = int(seed)
+        self.balanced = bool(balanced)
+        band = np.tile(band_of(kh, kw), self.virtual_weights // (kh * kw))
+        index = fresh_index(band, self.band_buckets, self.seed, self.balanced)
+        self._init_table(sum(self.band_buckets), index)
+
+    def band_sizes(self) -> list[int]:
+        kh, kw = self.slice_shape
+        return slice_band_sizes(kh, kw, self.virtual_weights // (kh * kw))
+
+    def _bands_repr(self) -> str:
+        balanced = ", balanced=True" if self.balanced else ""
+        return f", buckets={self.num_buckets}, bands={self.band_buckets}" + balanced
+
+
+class FreshConv2d(_FreshBands, _TableConv2d):
     """FreshNets conv: DCT coefficients hashed per frequency band into sum(band_buckets) buckets.
 
     ``band_buckets[b]`` buckets serve band b = j1 + j2 (0 buckets: that band is zero). A coefficient
@@ -359,26 +384,10 @@ class FreshConv2d(_TableConv2d):
         **options: Unpack[ConvOptions],
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dct=True, **options)
-        kh, kw = self.kernel_size
-        self.band_buckets = check_band_buckets(band_buckets, kh + kw - 1)
-        self.seed = int(seed)
-        self.balanced = bool(balanced)
-        band = np.tile(band_of(kh, kw), self.virtual_weights // (kh * kw))
-        self._init_table(
-            sum(self.band_buckets), fresh_index(band, self.band_buckets, self.seed, self.balanced)
-        )
-
-    def band_sizes(self) -> list[int]:
-        kh, kw = self.kernel_size
-        return slice_band_sizes(kh, kw, self.virtual_weights // (kh * kw))
+        self._init_bands(self.kernel_size, band_buckets, seed, balanced)
 
     def extra_repr(self) -> str:
-        balanced = ", balanced=True" if self.balanced else ""
-        return (
-            super().extra_repr()
-            + f", buckets={self.num_buckets}, bands={self.band_buckets}"
-            + balanced
-        )
+        return super().extra_repr() + self._bands_repr()
 
 
 class HashedConv2d(_TableConv2d):
@@ -479,7 +488,7 @@ class HashedLinear(_BucketTable, _GeneratedLinear):
         return super().extra_repr() + f", buckets={self.num_buckets}"
 
 
-class FreshLinear(_BucketTable, _GeneratedLinear):
+class FreshLinear(_FreshBands, _GeneratedLinear):
     """An fc layer that reads a flattened (C, H, W) feature map, hashed the FreshNets way.
 
     The weights of one output unit on one input channel form an H x W map; each map is held as
@@ -504,25 +513,13 @@ class FreshLinear(_BucketTable, _GeneratedLinear):
         c, h, w = (int(d) for d in in_shape)
         super().__init__(c * h * w, out_features, bias)
         self.in_shape = (c, h, w)
-        self.band_buckets = check_band_buckets(band_buckets, h + w - 1)
-        self.seed = int(seed)
-        self.balanced = bool(balanced)
         self._register_dct((h, w))
-        band = np.tile(band_of(h, w), out_features * c)
-        self._init_table(
-            sum(self.band_buckets), fresh_index(band, self.band_buckets, self.seed, self.balanced)
-        )
-
-    def band_sizes(self) -> list[int]:
-        c, h, w = self.in_shape
-        return slice_band_sizes(h, w, self.out_features * c)
+        self._init_bands((h, w), band_buckets, seed, balanced)
 
     def extra_repr(self) -> str:
-        balanced = ", balanced=True" if self.balanced else ""
         return (
             f"in_shape={self.in_shape}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, buckets={self.num_buckets}, "
-            f"bands={self.band_buckets}" + balanced
+            f"bias={self.bias is not None}" + self._bands_repr()
         )
 
 
