@@ -21,6 +21,7 @@ def _conv(out: int, k: int = 5, pad: int = 2) -> dict[str, Any]:
 
 _RELU = {"type": "relu"}
 _POOL = {"type": "pool", "kind": "max", "kernel_size": 2}
+_BN = {"type": "batchnorm"}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -38,6 +39,26 @@ PRESETS: dict[str, Preset] = {
                         _conv(32), _RELU, _POOL,
                         _conv(64), _RELU, _POOL,
                         {"type": "fc", "out_features": 150}, _RELU, {"type": "dropout", "p": 0.5},
+                        {"type": "fc", "out_features": 10},
+                    ],
+                }
+            ),
+        ),
+        Preset(
+            "mnist-allconv",
+            "Three 5x5 conv layers (32, 64, 64 channels) with batch norm, max pooling twice, a "
+            "global average pool, fc-10; 28x28 grey input, about 155 thousand weights, over 99% of "
+            "them conv filters, where the conv compression decides the size.",
+            ArchitectureSpec.model_validate(
+                {
+                    "name": "mnist-allconv",
+                    "input_shape": (1, 28, 28),
+                    "num_classes": 10,
+                    "layers": [
+                        _conv(32), _BN, _RELU, _POOL,
+                        _conv(64), _BN, _RELU, _POOL,
+                        _conv(64), _BN, _RELU,
+                        {"type": "pool", "kind": "avg", "kernel_size": 7},
                         {"type": "fc", "out_features": 10},
                     ],
                 }
