@@ -1,13 +1,14 @@
 """Session 14's probe: the same methods on a network whose weights are almost all conv filters.
 
-`mnist-cnn` keeps 90% of its weights in fc-150, so at a given factor the table mostly compares
-HashedNets fc layers, which every budgeted method shares. The `mnist-allconv` preset replaces
-fc-150 by a third 5x5 conv layer and a global average pool: over 99% of its weights are conv
-filters, the regime the paper's conv compression is for. Batch norm follows each conv: without
-it the dense network trained to 19.8% test error on mnist-rot in 8 epochs, worse than HashedNets
-at 1/16 (10.4%). Outside the table's protocol: one seed, no tuning, the table's base training
-(SGD, Nesterov, lr 0.02, cosine, batch 64) for 8 epochs, every method with the same budget
-policy (the same rate for every layer) and FreshNets with its default allocation.
+`mnist-cnn` keeps 90% of its weights in fc-150, which `hashednets`, `lowfreq` and both FreshNets
+methods store the same way (HashedNets), so much of the table compares identical fc layers. The
+`mnist-allconv` preset replaces fc-150 by a third 5x5 conv layer and a global average pool: over
+99% of its weights are conv filters, the regime the paper's conv compression is for. Batch norm
+follows each conv: without it the dense network trained to 19.8% test error on mnist-rot in 8
+epochs, worse than HashedNets at 1/16 (10.4%). Outside the table's protocol: one seed, no
+tuning, the table's base training (SGD, Nesterov, lr 0.02, cosine, batch 64) for 8 epochs,
+every method with the same budget policy (the same rate for every layer) and FreshNets with its
+default allocation.
 
     python docs/results/probe14/convheavy.py DATASET FACTOR[,FACTOR...] > log
 
@@ -20,19 +21,11 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from freshcore.reproduce.plan import default_protocol
+
 METHODS = ("equivalent", "hashednets", "lowfreq", "freshnets-uniform", "freshnets")
-TRAIN = {
-    "epochs": 8,
-    "batch_size": 64,
-    "lr": 0.02,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "device": "cpu",
-    "num_threads": 1,
-}
+# the table's base training, at its learning rate, one thread per process
+TRAIN = {**default_protocol(epochs=8).base, "lr": 0.02, "device": "cpu", "num_threads": 1}
 
 
 def one(job: tuple[str, str, str]) -> str:
