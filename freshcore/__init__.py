@@ -14,6 +14,7 @@ from freshcore.budget import (
 from freshcore.build import (
     METHODS,
     FreshModel,
+    UnreachableCompression,
     build_model,
     compress_dense,
     parse_compression,
@@ -84,6 +85,7 @@ __all__ = [
     "TrainingError",
     "UniformPolicy",
     "UniformShape",
+    "UnreachableCompression",
     "band_buckets",
     "bucket_and_sign",
     "build_model",

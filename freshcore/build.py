@@ -206,7 +206,7 @@ def plan_layers(
             _POLICY.validate_python(budget_policy),
         )
     except ValueError as e:
-        raise ValueError(
+        raise UnreachableCompression(
             f"compression {compression:g} is too small for this network: {e}"
         ) from None
     if method == "lrd":
@@ -260,9 +260,15 @@ def _is_map(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3 and shape[1] * shape[2] > 1
 
 
+class UnreachableCompression(ValueError):
+    """The method has no structure that stores this compression of this network (``lrd`` at
+    rank 1 everywhere still over the budget, say): a fact about the combination, not a bad value,
+    so a table can leave the cell out and say why."""
+
+
 def _check_reach(method: str, compression: float, stored: int, budget: int) -> None:
     if abs(stored - budget) > 0.02 * budget:
-        raise ValueError(
+        raise UnreachableCompression(
             f"{method} cannot reach compression {compression:g} on this network: the closest "
             f"structure stores {stored:,} parameters for a budget of {budget:,}"
         )

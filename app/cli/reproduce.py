@@ -254,6 +254,14 @@ def register(cli: typer.Typer) -> None:
         factors: Annotated[list[str] | None, typer.Option(help="Factors like 1/16.")] = None,
         seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell.")] = 3,
         out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/reproduce"),
+        arch: Annotated[
+            str | None,
+            typer.Option(
+                help="Preset for every data set (default: by input shape, mnist-cnn for 28x28 "
+                "grey, cifar-cnn for colour). Cells a method cannot store at its factor (lrd on "
+                "mnist-allconv at 1/64) are left out and named in the report."
+            ),
+        ] = None,
         epochs: Annotated[int, typer.Option(min=1, help="Epochs per run.")] = 8,
         lrs: Annotated[
             str, typer.Option(help="Learning rates tried on the tuning seed (comma-separated).")
@@ -339,6 +347,7 @@ def register(cli: typer.Typer) -> None:
         import torch
 
         from freshcore import reproduce as rp
+        from freshcore.data import DatasetNotFound
         from freshcore.train import TrainConfig, TrainConfigError
 
         if threads:
@@ -368,6 +377,7 @@ def register(cli: typer.Typer) -> None:
                 factors=_split(factors) or list(rp.DEFAULT_FACTORS),
                 seeds=seeds,
                 out=out,
+                arch=arch,
                 protocol=rp.default_protocol(
                     epochs=epochs,
                     lrs=lr_values,
@@ -397,6 +407,14 @@ def register(cli: typer.Typer) -> None:
                 allocation=_json_option(allocation, "--allocation"),
                 budget_policy=_json_option(budget_policy, "--budget-policy"),
             )
+        if quick and arch is not None:
+            options.arch = arch
+        try:  # the preset must fit every data set, on --quick's digits too
+            rp.dataset_archs(options.datasets, options.arch)
+        except DatasetNotFound as exc:
+            raise typer.BadParameter(str(exc), param_hint="--datasets") from exc
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--arch") from exc
         for method in options.methods:
             if method not in rp.ALL_METHODS:
                 raise typer.BadParameter(

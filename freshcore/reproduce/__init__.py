@@ -32,11 +32,12 @@ from freshcore.reproduce.plan import (
     TABLE_DATASETS,
     Protocol,
     RunSpec,
-    arch_for,
+    dataset_archs,
     default_protocol,
     model_options,
     quick_protocol,
     table_groups,
+    unreachable,
 )
 from freshcore.reproduce.report import (
     ablation_rows,
@@ -73,6 +74,7 @@ __all__ = [
     "RunSpec",
     "RunStore",
     "ablation_plan",
+    "dataset_archs",
     "default_ablations",
     "default_datasets",
     "default_protocol",
@@ -91,6 +93,7 @@ class Options:
     factors: list[str] = field(default_factory=lambda: list(DEFAULT_FACTORS))
     seeds: int = 3
     out: Path | str = Path("runs/reproduce")
+    arch: str | None = None  # a preset for every data set (None: by input shape, `arch_for`)
     protocol: Protocol = field(default_factory=default_protocol)
     # build_model keywords of the table (None: the library's default, not written into keys)
     allocation: dict[str, Any] | None = None
@@ -136,17 +139,22 @@ def quick_options(out: Path | str, device: str = "cpu") -> Options:
     )
 
 
-def _archs(datasets: list[str]) -> dict[str, str]:
-    from freshcore.data import get_info
-
-    return {name: arch_for(tuple(get_info(name).input_shape)) for name in datasets}
+def _table_groups(options: Options) -> list[Any]:
+    return table_groups(
+        options.datasets,
+        options.methods,
+        options.factors,
+        dataset_archs(options.datasets, options.arch),
+        options.allocation,
+        options.budget_policy,
+    )
 
 
 def ablation_plan(options: Options, store: RunStore) -> list[tuple[str, str, str, RunSpec]]:
     """(variant, knob, metric, spec) for every ablation run, in the order they are run."""
     datasets = options.ablation_datasets or options.datasets[:1]
     factors = options.ablation_factors or options.factors
-    archs = _archs(datasets)
+    archs = dataset_archs(datasets, options.arch)
     fallback = {**options.protocol.base, **options.protocol.grid[0]}
     plan = []
     for dataset in datasets:
@@ -177,14 +185,9 @@ def reproduce(
     failures: list[tuple[RunSpec, BaseException]] = []
     seeds = list(range(options.seeds))
     if options.table:
-        groups = table_groups(
-            options.datasets,
-            options.methods,
-            options.factors,
-            _archs(options.datasets),
-            options.allocation,
-            options.budget_policy,
-        )
+        groups = _table_groups(options)
+        skipped = unreachable(groups)
+        groups = [g for g in groups if g.name not in skipped]
         if options.workers > 1:
             reporter.begin(options.protocol.runs(groups, seeds))
             failures += run_parallel(
@@ -276,19 +279,23 @@ def write_report(
         "",
     ]
     if options.table:
+        skipped = unreachable(_table_groups(options))
+        summary["unreachable"] = skipped
         summary["standings"], standings_md = standings(
-            cells, options.datasets, options.methods, options.factors, options.seeds
+            cells, options.datasets, options.methods, options.factors, options.seeds, skipped
         )
         summary["headroom"], headroom_md = headroom(
-            store, options.datasets, options.methods, options.factors
+            store, options.datasets, options.methods, options.factors, skipped
         )
         md += [
             "## Test error (%), mean ± std over seeds (bold: best compressed method of the row)",
             "",
             markdown_table(
-                cells, options.datasets, options.methods, options.factors, options.seeds
+                cells, options.datasets, options.methods, options.factors, options.seeds, skipped
             ),
             "",
+            *(f"- {name}: not run, {reason}." for name, reason in skipped.items()),
+            *([""] if skipped else []),
             "## Standings of the compressed methods",
             "",
             standings_md,

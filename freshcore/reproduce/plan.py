@@ -258,6 +258,26 @@ def arch_for(input_shape: tuple[int, ...]) -> str:
     return "cifar-cnn" if input_shape[0] == 3 else "mnist-cnn"
 
 
+def dataset_archs(datasets: list[str], arch: str | None = None) -> dict[str, str]:
+    """The preset of each data set: ``arch`` for all of them (refused with a ValueError naming
+    the data set where its shape walk fails, a 7x7 pool on 8x8 digits say), or by input shape."""
+    from freshcore.data import get_info
+    from freshcore.presets import PRESETS, resolve_spec
+
+    if arch is not None and arch not in PRESETS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(PRESETS)}")
+    out = {}
+    for name in datasets:
+        info = get_info(name)
+        shape = tuple(info.input_shape)
+        out[name] = arch or arch_for(shape)
+        try:
+            resolve_spec(out[name], shape, info.num_classes)
+        except ValueError as exc:
+            raise ValueError(f"{out[name]} does not fit data set {name} {shape}: {exc}") from exc
+    return out
+
+
 @dataclass
 class Group:
     """The runs of one table cell: a data set, a method and a factor over several seeds."""
@@ -337,3 +357,26 @@ def table_groups(
                 model = model_options(method, allocation, budget_policy)
                 groups.append(Group(dataset, method, factor, archs[dataset], model))
     return groups
+
+
+def unreachable(groups: list[Group]) -> dict[str, str]:
+    """Cell name -> why, for the groups whose method cannot store their factor of their network
+    (`freshcore.UnreachableCompression`): the table leaves them out and prints the reason."""
+    import freshcore
+    from freshcore.data import get_info
+
+    out = {}
+    for group in groups:
+        info = get_info(group.dataset)
+        try:
+            freshcore.build_model(
+                group.arch,
+                method=group.method,
+                compression=factor_value(group.factor),
+                input_shape=tuple(info.input_shape),
+                num_classes=info.num_classes,
+                **group.model,
+            )
+        except freshcore.UnreachableCompression as exc:
+            out[group.name] = str(exc)
+    return out

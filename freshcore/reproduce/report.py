@@ -87,10 +87,12 @@ def markdown_table(
     methods: list[str],
     factors: list[str],
     seeds: int,
+    unreachable: dict[str, str] | None = None,
 ) -> str:
     """Rows: data set x factor; columns: methods. Test error in %, mean ± std over seeds.
 
-    The best compressed method of each row (lowest mean) is in bold; dense is the reference.
+    The best compressed method of each row (lowest mean) is in bold; dense is the reference; a
+    cell the method cannot store (``unreachable``, cell name -> why) reads "cannot reach".
     """
     methods = [m for m in ALL_METHODS if m in methods]
     lines = [
@@ -111,7 +113,11 @@ def markdown_table(
             texts = []
             for method in methods:
                 summary = row[method]
-                text = _fmt(summary, seeds) if summary else "–"
+                f = DENSE_FACTOR if method == "dense" else factor
+                if f"{dataset}/{method}/{f}" in (unreachable or {}):
+                    text = "cannot reach"
+                else:
+                    text = _fmt(summary, seeds) if summary else "–"
                 texts.append(f"**{text}**" if method == best else text)
             lines.append(f"| {dataset} | {factor} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
@@ -123,9 +129,11 @@ def standings(
     methods: list[str],
     factors: list[str],
     seeds: int,
+    unreachable: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """How the compressed methods compare over the complete rows (every one of them on every
-    seed): mean rank, rows won, rows where freshnets is lower or higher, and the gap to dense
+    seed, but those that cannot store the row's factor, ``unreachable``; a row ranks the methods
+    it has): mean rank, rows won, rows where freshnets is lower or higher, and the gap to dense
     per factor. Errors are compared as the table prints them (two decimals, in %), so a tie is a
     tie. With 3 seeds most gaps are within the seeds' spread, so the rows where freshnets is
     lower or higher are also counted where Welch's t-test over the seeds says the difference is
@@ -141,8 +149,12 @@ def standings(
     rows: list[tuple[str, str, dict[str, float], float | None]] = []
     for dataset in datasets:
         for factor in factors:
-            errors = {m: printed(f"{dataset}/{m}/{factor}") for m in compressed}
-            if compressed and all(e is not None for e in errors.values()):
+            errors = {
+                m: printed(f"{dataset}/{m}/{factor}")
+                for m in compressed
+                if f"{dataset}/{m}/{factor}" not in (unreachable or {})
+            }
+            if errors and all(e is not None for e in errors.values()):
                 dense = printed(f"{dataset}/dense/{DENSE_FACTOR}")
                 rows.append((dataset, factor, errors, dense))  # type: ignore[arg-type]
     summary: dict[str, Any] = {"rows": [f"{d} {f}" for d, f, _, _ in rows], "methods": {}}
@@ -151,6 +163,8 @@ def standings(
     for method in compressed:
         ranks, won, gaps = [], 0.0, {f: [] for f in factors}
         for _, factor, errors, dense in rows:
+            if method not in errors:
+                continue
             lower = sum(e < errors[method] for e in errors.values())
             equal = sum(e == errors[method] for e in errors.values())
             ranks.append(lower + (equal + 1) / 2)  # ties share the ranks they span
@@ -158,8 +172,11 @@ def standings(
                 won += 1 / equal
             if dense is not None:
                 gaps[factor].append(round(errors[method] - dense, 2))
+        if not ranks:  # unreachable in every row
+            continue
         entry: dict[str, Any] = {
             "mean_rank": statistics.fmean(ranks),
+            "rows": len(ranks),
             "rows_won": won,
             "gap_to_dense": {
                 f: {"mean": statistics.fmean(g), "max": max(g), "rows": len(g)}
@@ -168,7 +185,12 @@ def standings(
             },
         }
         if "freshnets" in compressed and method != "freshnets":
-            pairs = [(d, f, e["freshnets"], e[method]) for d, f, e, _ in rows]
+            pairs = [
+                (d, f, e["freshnets"], e[method])
+                for d, f, e, _ in rows
+                if "freshnets" in e and method in e
+            ]
+            entry["rows_compared"] = len(pairs)
             entry["freshnets_lower"] = sum(ours < theirs for _, _, ours, theirs in pairs)
             entry["freshnets_higher"] = sum(ours > theirs for _, _, ours, theirs in pairs)
             significant = [
@@ -182,7 +204,8 @@ def standings(
         summary["methods"][method] = entry
     lines = [
         f"Over the {len(rows)} complete rows ({', '.join(summary['rows'])}); rank 1 is the "
-        f"lowest error of the {len(compressed)} compressed methods; gaps in points. "
+        f"lowest error of the {len(compressed)} compressed methods (of those that can store "
+        "the row's factor, where some cannot); gaps in points. "
         "freshnets lower / higher: rows where its error is below / above the method's, and in "
         f"brackets those where Welch's t-test over the seeds gives p < {SIGNIFICANCE}.",
         "",
@@ -191,14 +214,13 @@ def standings(
         + " |",
         "|---|---|---|---|---|" + "---|" * len(factors),
     ]
-    for method in sorted(compressed, key=lambda m: summary["methods"][m]["mean_rank"]):
-        entry = summary["methods"][method]
+    for method, entry in sorted(summary["methods"].items(), key=lambda i: i[1]["mean_rank"]):
         gaps = [entry["gap_to_dense"].get(f) for f in factors]
         if "freshnets_lower" in entry:
             versus = (
-                f"{entry['freshnets_lower']} of {len(rows)} "
+                f"{entry['freshnets_lower']} of {entry['rows_compared']} "
                 f"({len(entry['freshnets_significantly_lower'])}) | "
-                f"{entry['freshnets_higher']} of {len(rows)} "
+                f"{entry['freshnets_higher']} of {entry['rows_compared']} "
                 f"({len(entry['freshnets_significantly_higher'])})"
             )
         else:
@@ -224,10 +246,15 @@ def standings(
 
 
 def headroom(
-    store: RunStore, datasets: list[str], methods: list[str], factors: list[str]
+    store: RunStore,
+    datasets: list[str],
+    methods: list[str],
+    factors: list[str],
+    unreachable: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Whether a better choice could change a row's winner: per compressed method, the tuning
-    seed's test error of the candidate validation chose and of the best of all its candidates.
+    """Whether a better choice could change a row's winner: per compressed method (but those
+    that cannot store the row's factor, ``unreachable``), the tuning seed's test error of the
+    candidate validation chose and of the best of all its candidates.
     A diagnostic read after the choice, never part of it: where even freshnets' best candidate
     is above a rival's chosen one, no choice among freshnets' candidates wins the row."""
     selection = store.selection()
@@ -236,7 +263,8 @@ def headroom(
     for dataset in datasets:
         for factor in factors:
             row: dict[str, dict[str, float]] = {}
-            for method in compressed:
+            wanted = [m for m in compressed if f"{dataset}/{m}/{factor}" not in (unreachable or {})]
+            for method in wanted:
                 entry = selection.get(f"{dataset}/{method}/{factor}")
                 if entry is None:
                     continue
@@ -249,7 +277,7 @@ def headroom(
                         tests[candidate["key"]] = 100 * record["result"]["test_error"]
                 if chosen in tests:
                     row[method] = {"chosen": tests[chosen], "best": min(tests.values())}
-            if len(row) == len(compressed) and compressed:
+            if len(row) == len(wanted) and wanted:
                 rows[f"{dataset} {factor}"] = row
     summary: dict[str, Any] = {"rows": rows}
     if not rows:
@@ -265,14 +293,18 @@ def headroom(
     for name, row in rows.items():
         lines.append(
             f"| {name} | "
-            + " | ".join(f"{row[m]['chosen']:.2f} / {row[m]['best']:.2f}" for m in compressed)
+            + " | ".join(
+                f"{row[m]['chosen']:.2f} / {row[m]['best']:.2f}" if m in row else "–"
+                for m in compressed
+            )
             + " |"
         )
     if "freshnets" in compressed:
         out_of_reach = [
             name
             for name, row in rows.items()
-            if any(
+            if "freshnets" in row
+            and any(
                 row["freshnets"]["best"] > v["chosen"] for m, v in row.items() if m != "freshnets"
             )
         ]

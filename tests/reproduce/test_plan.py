@@ -9,10 +9,12 @@ import pytest
 
 from freshcore.reproduce.plan import (
     RunSpec,
+    dataset_archs,
     default_protocol,
     factor_value,
     split_point,
     table_groups,
+    unreachable,
 )
 from freshcore.reproduce.report import (
     collect_cells,
@@ -194,6 +196,56 @@ def test_standings_rank_the_complete_rows_as_printed() -> None:
     assert "| hashednets | 2.17 | 0.5 | 2 of 3 (0) | 0 of 3 (0) | 0.60 / 1.00 | 0.50 / 0.50 |" in md
     summary, md = standings(cells, ["convex"], methods, ["1/64"], 3)
     assert summary["rows"] == [] and "No row is complete" in md
+
+
+def test_archs_follow_the_input_shape_or_one_preset_that_fits_every_data_set() -> None:
+    assert dataset_archs(["mnist", "digits"]) == {"mnist": "mnist-cnn", "digits": "mnist-cnn"}
+    assert dataset_archs(["mnist-rot", "convex"], "mnist-allconv") == {
+        "mnist-rot": "mnist-allconv",
+        "convex": "mnist-allconv",
+    }
+    with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
+        dataset_archs(["mnist"], "resnet")
+    # a 7x7 average pool after two 2x2 max pools needs 28x28 input: digits are 8x8
+    with pytest.raises(ValueError, match=r"mnist-allconv does not fit data set digits \(1, 8, 8\)"):
+        dataset_archs(["mnist", "digits"], "mnist-allconv")
+
+
+def test_cells_a_method_cannot_store_are_named_with_the_reason() -> None:
+    """lrd at rank 1 in every layer of mnist-allconv stores more than 1/64 of it; every other
+    10-class cell fits, and so does every cell of mnist-cnn."""
+    methods = ["dense", "equivalent", "lrd", "hashednets", "freshnets"]
+    allconv = dataset_archs(["mnist"], "mnist-allconv")
+    cells = unreachable(table_groups(["mnist"], methods, ["1/16", "1/64"], allconv))
+    assert list(cells) == ["mnist/lrd/1/64"]
+    assert cells["mnist/lrd/1/64"].startswith("lrd cannot reach compression 0.015625")
+    cnn = dataset_archs(["mnist"])
+    assert unreachable(table_groups(["mnist"], methods, ["1/16", "1/64"], cnn)) == {}
+
+
+def test_a_row_is_complete_without_the_methods_that_cannot_store_it() -> None:
+    """An unreachable cell neither blocks its row nor takes a rank in it; the table says why."""
+    methods = ["dense", "lrd", "hashednets", "freshnets"]
+    cells = _cells(
+        {
+            "mnist 1/16": {"dense": 0.5, "lrd": 0.6, "hashednets": 0.9, "freshnets": 0.7},
+            "mnist 1/64": {"hashednets": 1.2, "freshnets": 1.0},
+        }
+    )
+    skipped = {"mnist/lrd/1/64": "lrd cannot reach compression 0.015625"}
+    summary, md = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3, skipped)
+    assert summary["rows"] == ["mnist 1/16", "mnist 1/64"]
+    lrd, hashed = summary["methods"]["lrd"], summary["methods"]["hashednets"]
+    assert (lrd["mean_rank"], lrd["rows"], lrd["rows_won"]) == (1, 1, 1)
+    assert (lrd["freshnets_higher"], lrd["rows_compared"]) == (1, 1)
+    assert (hashed["mean_rank"], hashed["rows_compared"]) == (2.5, 2)
+    assert summary["methods"]["freshnets"]["mean_rank"] == 1.5
+    assert "| lrd | 1.00 | 1 | 0 of 1 (0) | 1 of 1 (0) |" in md
+    assert standings(cells, ["mnist"], methods, ["1/64"], 3)[0]["rows"] == []  # not told
+    table = markdown_table(cells, ["mnist"], methods, ["1/64"], 3, skipped)
+    assert table.splitlines()[2] == (
+        "| mnist | 1/64 | 0.50 ± 0.00 | cannot reach | 1.20 ± 0.00 | **1.00 ± 0.00** |"
+    )
 
 
 def test_standings_count_significant_differences_by_welch_over_the_seeds() -> None:

@@ -122,6 +122,47 @@ def test_unknown_method_is_refused_by_name(tmp_path: Path) -> None:
     assert "pruning" in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--datasets", "digits", "--arch", "resnet"], "unknown architecture 'resnet'"),
+        (["--datasets", "digits", "--arch", "mnist-allconv"], "does not fit data set digits"),
+        (["--quick", "--arch", "mnist-allconv"], "does not fit data set digits"),
+        (["--datasets", "digits,mnist-noise"], "unknown data set 'mnist-noise'"),
+    ],
+)
+def test_an_architecture_or_data_set_that_does_not_fit_is_refused_by_name(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    result = CliRunner().invoke(cli, ["reproduce", *args, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert ("--arch" if "--arch" in args else "--datasets") in result.output
+    assert says in result.output
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_a_cell_the_method_cannot_store_is_left_out_and_named(tmp_path: Path) -> None:
+    """lrd cannot store 1/64 of mnist-cnn on digits: it is not run, not a failure, and the
+    report says why while freshnets' row is still complete."""
+    options = replace(
+        quick_options(tmp_path),
+        methods=["lrd", "freshnets"],
+        factors=["1/64"],
+        arch="mnist-cnn",
+        ablations=False,
+    )
+    counting = Counting()
+    summary = reproduce(options, counting)
+    assert summary["failures"] == []
+    assert [k.split("_")[1] for k in counting.trained] == ["freshnets"]
+    assert list(summary["unreachable"]) == ["digits/lrd/1/64"]
+    assert summary["standings"]["rows"] == ["digits 1/64"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| digits | 1/64 | cannot reach | **" in md
+    assert "- digits/lrd/1/64: not run, lrd cannot reach compression 0.015625" in md
+    assert summary["options"]["arch"] == "mnist-cnn"
+
+
 def test_defaults_are_the_tables_protocol(tmp_path: Path) -> None:
     """Without options the harness runs table v6's protocol (docs/results.md); null restores
     freshcore's own model defaults."""
