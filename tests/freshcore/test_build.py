@@ -39,6 +39,17 @@ def test_each_method_within_two_percent_of_budget(preset, method, compression):
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize(("classes", "widths"), [(2, [4, 9, 6]), (10, [3, 8, 8])])
+def test_equivalent_moves_two_widths_only_where_one_cannot_reach_the_budget(classes, widths):
+    """2-class mnist-allconv at 1/64: one-width moves stop 3% under the budget (3, 8, 8 channels);
+    moving two at once reaches it. With 10 classes one-width moves reach it and are kept."""
+    model = fc.build_model("mnist-allconv", "equivalent", 1 / 64, num_classes=classes)
+    budget = round(fc.resolve_spec("mnist-allconv", num_classes=classes).virtual_weights() / 64)
+    stored = sum(p.numel() for p in model.parameters())
+    assert abs(stored - budget) <= 0.02 * budget, (stored, budget)
+    assert [m.out_channels for m in model.body if isinstance(m, torch.nn.Conv2d)] == widths
+
+
 def test_build_is_deterministic_and_seeded():
     a = fc.build_model("mnist-cnn", seed=3)
     b = fc.build_model("mnist-cnn", seed=3)
