@@ -260,6 +260,15 @@ def write_report(
         f"Wall time of this invocation: {wall_s:.0f} s; training time of all {len(records)} "
         f"finished runs: {summary['run_seconds_total']:.0f} s.",
         "",
+        "Network: "
+        + (
+            f"`{options.arch}` for every data set (--arch)."
+            if options.arch
+            else "by input shape, "
+            + ", ".join(f"`{a}` for {d}" for d, a in dataset_archs(options.datasets).items())
+            + "."
+        ),
+        "",
         "Protocol: "
         + ", ".join(f"{k}={v}" for k, v in options.protocol.base.items())
         + "; grid: "

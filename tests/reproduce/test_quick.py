@@ -63,6 +63,7 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     assert fresh["stored_parameters"] < dense["stored_parameters"] / 8
     md = (out / "results.md").read_text()
     assert "| digits | 1/16 |" in md and "Ablations" in md and "project dense" in md
+    assert "Network: by input shape, `mnist-cnn` for digits." in md
     assert summary["standings"]["rows"] == ["digits 1/16"]  # freshnets is the one compressed
     assert summary["standings"]["methods"]["freshnets"]["rows_won"] == 1
     assert "## Standings of the compressed methods" in md
@@ -160,6 +161,7 @@ def test_a_cell_the_method_cannot_store_is_left_out_and_named(tmp_path: Path) ->
     md = (tmp_path / "results.md").read_text()
     assert "| digits | 1/64 | cannot reach | **" in md
     assert "- digits/lrd/1/64: not run, lrd cannot reach compression 0.015625" in md
+    assert "Network: `mnist-cnn` for every data set (--arch)." in md
     assert summary["options"]["arch"] == "mnist-cnn"
 
 
