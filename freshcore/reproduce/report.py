@@ -101,10 +101,12 @@ def markdown_table(
     ]
     for dataset in datasets:
         for factor in factors:
+            names = {
+                m: f"{dataset}/{m}/{DENSE_FACTOR if m == 'dense' else factor}" for m in methods
+            }
             row: dict[str, dict[str, Any] | None] = {}
             for method in methods:
-                f = DENSE_FACTOR if method == "dense" else factor
-                cell = cells.get(f"{dataset}/{method}/{f}")
+                cell = cells.get(names[method])
                 row[method] = cell["test_error"] if cell else None
             compressed = {
                 m: s for m, s in row.items() if m in COMPRESSED_METHODS and s and s["n"] > 0
@@ -113,8 +115,7 @@ def markdown_table(
             texts = []
             for method in methods:
                 summary = row[method]
-                f = DENSE_FACTOR if method == "dense" else factor
-                if f"{dataset}/{method}/{f}" in (unreachable or {}):
+                if names[method] in (unreachable or {}):
                     text = "cannot reach"
                 else:
                     text = _fmt(summary, seeds) if summary else "–"
