@@ -51,6 +51,8 @@ def test_onnx_matches_the_service_under_onnxruntime(setup, digits) -> None:
     assert (logits.argmax(1) == expected.argmax(1)).all()
 
 
+# The export module uses torch.jit knowingly: TorchScript is still the portable format users load.
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_and_dense_safetensors_match(setup, digits, digits_model) -> None:
     client, model_id, headers = setup
     x = digits[0][1500:1510]
