@@ -42,11 +42,14 @@ from freshcore.reproduce.plan import (
 from freshcore.reproduce.report import (
     ablation_rows,
     collect_cells,
+    describe_machine,
     describe_override,
     describe_point,
+    describe_seconds,
     headroom,
     markdown_table,
     plot_errors,
+    running_time,
     selection_table,
     standings,
 )
@@ -223,6 +226,25 @@ def reproduce(
     return write_report(options, command, time.perf_counter() - started, failures)
 
 
+def _running_line(running: dict[str, Any], runs: int, run_seconds: float) -> str:
+    """The store's runs on the clock: what the table cost, however many invocations built it."""
+    if not runs:
+        return "No finished runs yet."
+    line = f"The {runs} finished runs"
+    if running["first_started"]:
+        line += (
+            f" ran between {running['first_started']} and {running['last_finished']}, busy "
+            f"{describe_seconds(running['busy_s'])} of wall time (the union of their run "
+            "intervals: parallel runs count once, pauses between invocations not at all)"
+        )
+    line += f"; their run times add up to {describe_seconds(run_seconds)}. Ran on: " + "; ".join(
+        f"{m['machine']} ({m['runs']} runs)" for m in running["machines"]
+    )
+    if running["runs_without_time"]:
+        line += f"; {running['runs_without_time']} runs have no finish time (older records)"
+    return line + "."
+
+
 def write_report(
     options: Options,
     command: str,
@@ -235,6 +257,7 @@ def write_report(
     cells = collect_cells(store, list(range(options.seeds)))
     records = store.records()
     machine = machine_info(options.protocol.device)
+    running = running_time(records)
     summary: dict[str, Any] = {
         "command": command,
         "machine": machine,
@@ -242,6 +265,7 @@ def write_report(
         "wall_s": wall_s,
         "run_seconds_total": sum(r["result"]["seconds"] for r in records),
         "runs_finished": len(records),
+        "running": running,
         "options": options.to_dict(),
         "procedure": PROCEDURE,
         "cells": cells,
@@ -254,11 +278,9 @@ def write_report(
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {machine['cpu']} ({machine['cpu_count']} cores, {machine['threads']} torch "
-        f"threads), GPU: {machine['gpu'] or 'none'}, torch {machine['torch']}.",
+        f"This invocation: {describe_machine(machine)}; wall time {describe_seconds(wall_s)}.",
         "",
-        f"Wall time of this invocation: {wall_s:.0f} s; training time of all {len(records)} "
-        f"finished runs: {summary['run_seconds_total']:.0f} s.",
+        _running_line(running, len(records), summary["run_seconds_total"]),
         "",
         "Network: "
         + (

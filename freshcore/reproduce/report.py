@@ -6,8 +6,10 @@ resumed on another machine) is always one command away.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import statistics
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,52 @@ def summarise(values: list[float]) -> dict[str, Any]:
         "n": len(values),
         "mean": statistics.fmean(values),
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    threads = machine.get("threads")
+    return (
+        f"{machine['cpu']} ({machine['cpu_count']} cores, {threads} torch "
+        f"thread{'' if threads == 1 else 's'}), GPU: {machine.get('gpu') or 'none'}"
+        f"{' with CUDA graphs' if machine.get('cuda_graph') else ''}, torch {machine['torch']}"
+    )
+
+
+def describe_seconds(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def running_time(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the runs ran, and on what. A table resumed over several invocations (sessions,
+    machines) has no one invocation whose wall time is the table's: the union of the runs'
+    [start, finish] intervals is, since parallel runs count once and the gaps between
+    invocations not at all."""
+    intervals = sorted(
+        (end - r["result"]["seconds"], end)
+        for r in records
+        if "finished_at" in r
+        for end in [dt.datetime.fromisoformat(r["finished_at"]).timestamp()]
+    )
+    busy, reach = 0.0, -math.inf
+    for start, end in intervals:
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+
+    def when(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+    machines = Counter(describe_machine(r["machine"]) for r in records if "machine" in r)
+    return {
+        "busy_s": busy,
+        "first_started": when(intervals[0][0]) if intervals else None,
+        "last_finished": when(reach) if intervals else None,
+        "runs_without_time": len(records) - len(intervals),
+        "machines": [{"machine": m, "runs": n} for m, n in machines.most_common()],
     }
 
 

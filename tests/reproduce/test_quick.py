@@ -64,6 +64,8 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     md = (out / "results.md").read_text()
     assert "| digits | 1/16 |" in md and "Ablations" in md and "project dense" in md
     assert "Network: by input shape, `mnist-cnn` for digits." in md
+    assert "The 5 finished runs ran between " in md
+    assert summary["running"]["machines"][0]["runs"] == 5 and summary["running"]["busy_s"] > 0
     assert summary["standings"]["rows"] == ["digits 1/16"]  # freshnets is the one compressed
     assert summary["standings"]["methods"]["freshnets"]["rows_won"] == 1
     assert "## Standings of the compressed methods" in md

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from freshcore.reproduce.report import headroom
+from freshcore.reproduce.report import describe_seconds, headroom, running_time
 from freshcore.reproduce.runner import RunStore
 
 
@@ -46,3 +46,35 @@ def test_headroom_waits_for_every_method_of_a_row(tmp_path: Path) -> None:
     _cell(store, "freshnets", [(0.01, 0.07)])
     summary, md = headroom(store, ["d"], ["hashednets", "freshnets"], ["1/64"])
     assert summary["rows"] == {} and "No row" in md
+
+
+def test_running_time_counts_parallel_runs_once_and_pauses_not_at_all() -> None:
+    """Three runs: two side by side (10:00-10:10 and 10:05-10:15), a pause of a day, then one of
+    5 minutes on a GPU: 20 minutes busy, though the runs add up to 25 and the span is a day."""
+    cpu = {"cpu": "EPYC", "cpu_count": 2, "threads": 1, "gpu": None, "torch": "2.13"}
+    gpu = {**cpu, "gpu": "H200", "cuda_graph": True}
+
+    def record(finished: str, seconds: float, machine: dict) -> dict:
+        return {"finished_at": finished, "result": {"seconds": seconds}, "machine": machine}
+
+    records = [
+        record("2026-11-27T10:15:00+00:00", 600, cpu),
+        record("2026-11-27T10:10:00+00:00", 600, cpu),
+        record("2026-11-28T10:05:00+00:00", 300, gpu),
+        {"result": {"seconds": 60}, "machine": cpu},  # an older record, without a finish time
+    ]
+    running = running_time(records)
+    assert running["busy_s"] == pytest.approx(1200)
+    assert running["first_started"] == "2026-11-27T10:00:00+00:00"
+    assert running["last_finished"] == "2026-11-28T10:05:00+00:00"
+    assert running["runs_without_time"] == 1
+    assert running["machines"] == [
+        {"machine": "EPYC (2 cores, 1 torch thread), GPU: none, torch 2.13", "runs": 3},
+        {
+            "machine": "EPYC (2 cores, 1 torch thread), GPU: H200 with CUDA graphs, torch 2.13",
+            "runs": 1,
+        },
+    ]
+    assert describe_seconds(running["busy_s"]) == "20 min 0 s"
+    assert describe_seconds(9264.3) == "2 h 34 min"
+    assert running_time([])["first_started"] is None
