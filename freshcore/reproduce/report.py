@@ -120,6 +120,12 @@ def collect_cells(store: RunStore, seeds: list[int]) -> dict[str, dict[str, Any]
     return cells
 
 
+def printed_error(summary: dict[str, Any]) -> float:
+    """A mean error as the table prints it (in %, two decimals): what ranks and bolds compare,
+    so two errors that print the same are a tie."""
+    return round(100 * summary["mean"], 2)
+
+
 def _fmt(summary: dict[str, Any], seeds: int) -> str:
     if not summary["n"]:
         return "–"
@@ -139,8 +145,9 @@ def markdown_table(
 ) -> str:
     """Rows: data set x factor; columns: methods. Test error in %, mean ± std over seeds.
 
-    The best compressed method of each row (lowest mean) is in bold; dense is the reference; a
-    cell the method cannot store (``unreachable``, cell name -> why) reads "cannot reach".
+    The best compressed methods of each row (lowest printed mean, every one of a tie) are in
+    bold; dense is the reference; a cell the method cannot store (``unreachable``, cell name ->
+    why) reads "cannot reach".
     """
     methods = [m for m in ALL_METHODS if m in methods]
     lines = [
@@ -157,9 +164,11 @@ def markdown_table(
                 cell = cells.get(names[method])
                 row[method] = cell["test_error"] if cell else None
             compressed = {
-                m: s for m, s in row.items() if m in COMPRESSED_METHODS and s and s["n"] > 0
+                m: printed_error(s)
+                for m, s in row.items()
+                if m in COMPRESSED_METHODS and s and s["n"] > 0
             }
-            best = min(compressed, key=lambda m: compressed[m]["mean"]) if compressed else None
+            best = min(compressed.values(), default=None)
             texts = []
             for method in methods:
                 summary = row[method]
@@ -167,7 +176,7 @@ def markdown_table(
                     text = "cannot reach"
                 else:
                     text = _fmt(summary, seeds) if summary else "–"
-                texts.append(f"**{text}**" if method == best else text)
+                texts.append(f"**{text}**" if compressed.get(method, -1) == best else text)
             lines.append(f"| {dataset} | {factor} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
@@ -193,7 +202,7 @@ def standings(
         cell = cells.get(name)
         if cell is None or cell["test_error"]["n"] < seeds:
             return None
-        return round(100 * cell["test_error"]["mean"], 2)
+        return printed_error(cell["test_error"])
 
     rows: list[tuple[str, str, dict[str, float], float | None]] = []
     for dataset in datasets:

@@ -152,6 +152,11 @@ def test_table_from_disk_bolds_best_compressed_and_counts_seeds(tmp_path: Path) 
     assert "**0.60" not in row  # dense is a reference, never bold
     assert "2.50 ± 0.71 (n=2)" in row
 
+    tied = {**cells, "mnist/hashednets/1/16": {**cells["mnist/hashednets/1/16"]}}
+    tied["mnist/hashednets/1/16"]["test_error"] = {"n": 3, "mean": 0.011004, "std": 0.001}
+    row = markdown_table(tied, ["mnist"], ["hashednets", "freshnets"], ["1/16"], 3).splitlines()[2]
+    assert row.count("**") == 4  # 1.10 and 1.10: a tie as printed, both bold (standings agree)
+
 
 def _cells(
     errors: dict[str, dict[str, float]], n: int = 3, std: float = 0.0
