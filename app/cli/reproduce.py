@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -187,15 +188,41 @@ def _pick_ablations(rp: Any, names: list[str] | None) -> list[Any]:
 
 
 class _RichReporter:
-    """Two bars: runs of the plan, and epochs of the run in progress."""
+    """Two bars: runs of the plan, and epochs of the run in progress. The runs bar says how long
+    the rest should take, from the runs this invocation trained (the finished ones it skips
+    cost nothing). Where no bar can show (output to a log file), each finished run adds a line
+    with that count instead."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.runs: TaskID = progress.add_task("runs", total=0)
         self.epochs: TaskID = progress.add_task("", total=1, visible=False)
+        self.started = time.perf_counter()
+        self.total = self.done = self.skipped = 0
 
     def begin(self, total: int) -> None:
         self.progress.reset(self.runs, total=total, description="runs")
+        self.started = time.perf_counter()
+        self.total, self.done, self.skipped = total, 0, 0
+
+    def _count(self, runs: int, skipped: bool) -> None:
+        from freshcore.reproduce.report import describe_seconds  # torch loads with the command
+
+        self.progress.advance(self.runs, runs)
+        self.done += runs
+        if skipped:
+            self.skipped += runs
+            return
+        elapsed = time.perf_counter() - self.started
+        trained = self.done - self.skipped
+        waiting = max(self.total - self.done, 0)
+        eta = f"about {describe_seconds(elapsed / trained * waiting)} left" if waiting else "done"
+        self.progress.update(self.runs, description=f"runs, {eta}")
+        if not self.progress.console.is_terminal:
+            self.progress.console.print(
+                f"runs {self.done}/{self.total} ({self.skipped} finished before), "
+                f"{describe_seconds(elapsed)} so far, {eta}"
+            )
 
     def start_run(self, spec: Any, epochs: int) -> None:
         self.progress.reset(
@@ -214,7 +241,6 @@ class _RichReporter:
         )
 
     def end_run(self, spec: Any, record: dict[str, Any] | None, skipped: bool) -> None:
-        self.progress.advance(self.runs)
         if record is not None and not skipped and record["result"].get("diverged"):
             self.progress.console.print(
                 f"{spec.dataset} {spec.method} {spec.factor} seed {spec.seed} "
@@ -227,16 +253,17 @@ class _RichReporter:
                 f"lr {spec.train.get('lr')}: test error {100 * r['test_error']:.2f}% "
                 f"(val {100 * r['val_error']:.2f}%, {r['seconds']:.0f} s)"
             )
+        self._count(1, skipped)
 
-    def advance(self, runs: int) -> None:
-        self.progress.advance(self.runs, runs)
+    def advance(self, runs: int, skipped: bool = False) -> None:
+        self._count(runs, skipped)
 
     def failed(self, spec: Any, error: BaseException) -> None:
-        self.progress.advance(self.runs)
         self.progress.console.print(
             f"[red]FAILED[/red] {spec.dataset} {spec.method} {spec.factor} seed {spec.seed}: "
             f"{error!r}"
         )
+        self._count(1, False)
 
 
 def register(cli: typer.Typer) -> None:
@@ -342,8 +369,6 @@ def register(cli: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Train every data set x method x factor x seed not yet done; write results.md/json/png."""
-        import time
-
         import torch
 
         from freshcore import reproduce as rp

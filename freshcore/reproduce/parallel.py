@@ -100,14 +100,15 @@ def run_parallel(
     seeds: list[int] | None = None,
     specs: Iterable[RunSpec] = (),
     threads: int = 1,
-    advance: Callable[[int], None] | None = None,
+    advance: Callable[[int, bool], None] | None = None,
 ) -> list[tuple[RunSpec, BaseException]]:
     """Run ``groups`` (each tuned, then its other ``seeds``) and single ``specs`` on ``workers``
     processes of ``threads`` torch threads each, in the order given: a free worker takes the
     waiting run of the earliest group (its grid, second stage or seeds), then the ``specs``, so
-    the data set named first is finished first, as `run_groups` does. ``advance(1)`` is called
-    as each run finishes. Returns the failures (a group with a failed grid run is not chosen, so
-    its other seeds wait for the next invocation, as with `run_groups`)."""
+    the data set named first is finished first, as `run_groups` does. ``advance(1, skipped)`` is
+    called as each run finishes (``skipped``: it had finished before). Returns the failures (a
+    group with a failed grid run is not chosen, so its other seeds wait for the next
+    invocation, as with `run_groups`)."""
     store, groups = RunStore(out), list(groups)  # the directories exist before workers race
     extra = [s for s in seeds or [protocol.tune_seed] if s != protocol.tune_seed]
     failures: list[tuple[RunSpec, BaseException]] = []
@@ -126,7 +127,8 @@ def run_parallel(
     queued: Counter[str] = Counter()  # the keys in ``queue``, kept as runs come and go
     order = itertools.count()
     with ProcessPoolExecutor(workers, context, _init_worker, (threads, os.getpid())) as pool:
-        pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int]] = {}
+        # future -> (spec, group, point, whether the run had finished before this invocation)
+        pending: dict[Future[dict[str, Any]], tuple[RunSpec, Group | None, int, bool]] = {}
 
         def submit(
             spec: RunSpec, group: Group | None = None, point: int = -1, of: str = ""
@@ -138,7 +140,7 @@ def run_parallel(
             queued[spec.key()] += 1
 
         def feed() -> None:
-            busy = set().union(*(_trains(spec, store) for spec, _, _ in pending.values()))
+            busy = set().union(*(_trains(spec, store) for spec, *_ in pending.values()))
             held: list[tuple[int, int, RunSpec, Group | None, int]] = []  # waiting for a teacher
             while queue and len(pending) < workers:
                 entry = heapq.heappop(queue)
@@ -161,7 +163,7 @@ def run_parallel(
                 except BrokenProcessPool as exc:  # a worker died: the rest waits for next time
                     failures.append((spec, exc))
                     continue
-                pending[future] = (spec, group, point)
+                pending[future] = (spec, group, point, store.run_path(spec).exists())
             for entry in held:
                 heapq.heappush(queue, entry)
 
@@ -204,7 +206,7 @@ def run_parallel(
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                spec, group, point = pending.pop(future)
+                spec, group, point, skipped = pending.pop(future)
                 try:
                     record: dict[str, Any] | None = future.result()
                 except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
@@ -215,7 +217,7 @@ def run_parallel(
                     print(f"{spec.key()}: FAILED {exc!r}", flush=True)
                     record = None
                 if advance is not None:
-                    advance(1)
+                    advance(1, skipped)
                 if group is None or point < 0:
                     continue
                 points, back = grids[group.name]

@@ -43,8 +43,9 @@ class Reporter:
 
     def failed(self, spec: RunSpec, error: BaseException) -> None: ...
 
-    def advance(self, runs: int) -> None:
-        """``runs`` runs finished (or were skipped) in other processes (`run_parallel`)."""
+    def advance(self, runs: int, skipped: bool = False) -> None:
+        """``runs`` runs finished in other processes (`run_parallel`); ``skipped``: they had
+        finished before this invocation."""
 
 
 def machine_info(device: str = "auto") -> dict[str, Any]:

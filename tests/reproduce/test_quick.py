@@ -52,6 +52,9 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     out = tmp_path / "quick"
     result = CliRunner().invoke(cli, ["reproduce", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # no terminal: a count line per trained run; the table's dense run is the ablations' default
+    assert "runs 2/2 (0 finished before), " in result.output
+    assert "runs 4/4 (1 finished before), " in result.output and ", done\n" in result.output
     summary = json.loads((out / "results.json").read_text())
     assert summary["failures"] == []
     assert summary["command"].startswith("freshnets ")
@@ -80,6 +83,8 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     counting = Counting()
     again = reproduce(quick_options(out), counting, command="again")
     assert counting.trained == [] and len(counting.skipped) >= 5
+    result = CliRunner().invoke(cli, ["reproduce", "--quick", "--out", str(out)])
+    assert result.exit_code == 0 and "so far" not in result.output  # nothing trained, no count
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == before
     assert again["cells"]["digits/freshnets/1/16"] == fresh
 
@@ -417,10 +422,15 @@ def test_workers_share_one_store_and_a_serial_rerun_skips_everything(tmp_path: P
     """`--workers 2`: the table's cells and the ablations run in two processes writing one
     output directory; every run lands once and the serial command then finds them all."""
     out = tmp_path / "par"
-    result = CliRunner().invoke(cli, ["reproduce", "--quick", "--workers", "2", "--out", str(out)])
+    args = ["reproduce", "--quick", "--workers", "2", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    assert "runs 2/2 (0 finished before), " in result.output
+    assert "runs 4/4 (1 finished before), " in result.output
     summary = json.loads((out / "results.json").read_text())
     assert summary["failures"] == [] and summary["runs_finished"] == 5
+    result = CliRunner().invoke(cli, args)  # the workers skip every run: nothing to count down
+    assert result.exit_code == 0 and "so far" not in result.output
     assert set(RunStore(out).selection()) == {"digits/dense/1", "digits/freshnets/1/16"}
     counting = Counting()
     reproduce(quick_options(out), counting, command="serial")
