@@ -189,39 +189,43 @@ def _pick_ablations(rp: Any, names: list[str] | None) -> list[Any]:
 
 class _RichReporter:
     """Two bars: runs of the plan, and epochs of the run in progress. The runs bar says how long
-    the rest should take, from the runs this invocation trained (the finished ones it skips
-    cost nothing). Where no bar can show (output to a log file), each finished run adds a line
-    with that count instead."""
+    the rest should take, from the runs this invocation trained and those left to train (the
+    finished ones it skips cost nothing). Where no bar can show (output to a log file), each
+    trained run adds a line with that count instead."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.runs: TaskID = progress.add_task("runs", total=0)
         self.epochs: TaskID = progress.add_task("", total=1, visible=False)
         self.started = time.perf_counter()
-        self.total = self.done = self.skipped = 0
+        self.total = self.finished = self.trained = 0
 
-    def begin(self, total: int) -> None:
+    def begin(self, total: int, finished: int = 0) -> None:
         self.progress.reset(self.runs, total=total, description="runs")
         self.started = time.perf_counter()
-        self.total, self.done, self.skipped = total, 0, 0
+        self.total, self.finished, self.trained = total, finished, 0
 
     def _count(self, runs: int, skipped: bool) -> None:
         from freshcore.reproduce.report import describe_seconds  # torch loads with the command
 
         self.progress.advance(self.runs, runs)
-        self.done += runs
         if skipped:
-            self.skipped += runs
             return
+        self.trained += runs
         elapsed = time.perf_counter() - self.started
-        trained = self.done - self.skipped
-        waiting = max(self.total - self.done, 0)
-        eta = f"about {describe_seconds(elapsed / trained * waiting)} left" if waiting else "done"
+        to_train = max(self.total - self.finished, self.trained)
+        waiting = to_train - self.trained
+        eta = (
+            f"about {describe_seconds(elapsed / self.trained * waiting)} left"
+            if waiting
+            else "done"
+        )
         self.progress.update(self.runs, description=f"runs, {eta}")
         if not self.progress.console.is_terminal:
             self.progress.console.print(
-                f"runs {self.done}/{self.total} ({self.skipped} finished before), "
-                f"{describe_seconds(elapsed)} so far, {eta}"
+                f"{self.trained}/{to_train} runs trained ({self.finished} of the {self.total} "
+                f"planned were done before), {describe_seconds(elapsed)} so far, {eta}",
+                soft_wrap=True,  # one line a run, whatever the width
             )
 
     def start_run(self, spec: Any, epochs: int) -> None:

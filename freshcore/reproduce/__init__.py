@@ -58,6 +58,7 @@ from freshcore.reproduce.runner import (
     DataCache,
     Reporter,
     RunStore,
+    finished_runs,
     machine_info,
     run_groups,
     run_one,
@@ -192,7 +193,10 @@ def reproduce(
         skipped = unreachable(groups)
         groups = [g for g in groups if g.name not in skipped]
         if options.workers > 1:
-            reporter.begin(options.protocol.runs(groups, seeds))
+            protocol = options.protocol
+            reporter.begin(
+                protocol.runs(groups, seeds), finished_runs(groups, protocol, seeds, store)
+            )
             failures += run_parallel(
                 options.protocol,
                 store.root,
@@ -206,7 +210,7 @@ def reproduce(
     if options.ablations:
         plan = ablation_plan(options, store)
         unique = list({spec.key(): spec for *_, spec in plan}.values())
-        reporter.begin(len(unique))
+        reporter.begin(len(unique), sum(store.run_path(spec).exists() for spec in unique))
         if options.workers > 1:
             failures += run_parallel(
                 options.protocol,

@@ -33,7 +33,8 @@ from freshcore.reproduce.plan import (
 class Reporter:
     """Hooks for progress display; the default does nothing."""
 
-    def begin(self, total: int) -> None: ...
+    def begin(self, total: int, finished: int = 0) -> None:
+        """``total`` runs planned, ``finished`` of them already in the store (`finished_runs`)."""
 
     def start_run(self, spec: RunSpec, epochs: int) -> None: ...
 
@@ -356,6 +357,27 @@ def select(
     return chosen
 
 
+def finished_runs(
+    groups: Iterable[Group], protocol: Protocol, seeds: list[int], store: RunStore
+) -> int:
+    """How many of `Protocol.runs` are in the store already: a resumed table skips them, so a
+    time estimate must leave them out. Exact for the tuning-seed grid; the second stage and the
+    other seeds follow the group's recorded choice, which a changed protocol may yet revise."""
+    selection = store.selection()
+    extra_seeds = [s for s in seeds if s != protocol.tune_seed]
+    finished = 0
+    for group in groups:
+        entry = selection.get(group.name, {})
+        grid = protocol.points(group.method)
+        second = [c["overrides"] for c in entry.get("candidates", [])]
+        second = [p for p in second if p not in grid][: len(protocol.refine_overrides(group))]
+        runs = [group.point_spec(protocol.tune_seed, protocol.base, p) for p in grid + second]
+        if "chosen" in entry:
+            runs += [group.point_spec(s, protocol.base, entry["chosen"]) for s in extra_seeds]
+        finished += sum(store.run_path(spec).exists() for spec in runs)
+    return finished
+
+
 def run_groups(
     groups: Iterable[Group],
     protocol: Protocol,
@@ -374,7 +396,7 @@ def run_groups(
     reporter = reporter or Reporter()
     groups = list(groups)
     extra_seeds = [s for s in seeds if s != protocol.tune_seed]
-    reporter.begin(protocol.runs(groups, seeds))
+    reporter.begin(protocol.runs(groups, seeds), finished_runs(groups, protocol, seeds, store))
     failures: list[tuple[RunSpec, BaseException]] = []
 
     def attempt(spec: RunSpec) -> dict[str, Any] | None:

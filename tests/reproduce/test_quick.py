@@ -53,8 +53,9 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["reproduce", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     # no terminal: a count line per trained run; the table's dense run is the ablations' default
-    assert "runs 2/2 (0 finished before), " in result.output
-    assert "runs 4/4 (1 finished before), " in result.output and ", done\n" in result.output
+    assert "2/2 runs trained (0 of the 2 planned were done before), " in result.output
+    assert "3/3 runs trained (1 of the 4 planned were done before), " in result.output
+    assert ", done\n" in result.output
     summary = json.loads((out / "results.json").read_text())
     assert summary["failures"] == []
     assert summary["command"].startswith("freshnets ")
@@ -92,6 +93,31 @@ def test_quick_cli_writes_results_and_second_run_skips(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["reproduce", "--quick", "--report-only", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "| digits | 1/16 |" in (out / "results.md").read_text()
+
+
+class Planning(Counting):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plans: list[tuple[int, int]] = []
+
+    def begin(self, total: int, finished: int = 0) -> None:
+        self.plans.append((total, finished))
+
+
+def test_a_resumed_table_tells_the_progress_what_it_will_skip(tmp_path: Path) -> None:
+    """The time estimate leaves out the runs a resumed table skips: the tuning grid, and the
+    other seeds of a cell's recorded choice; in one process or several."""
+    options = replace(quick_options(tmp_path), ablations=False)
+    first = Planning()
+    reproduce(options, first)
+    ((grid, finished),) = first.plans
+    assert finished == 0 and len(first.trained) == grid == 2  # dense and freshnets, seed 0
+    second = Planning()
+    reproduce(replace(options, seeds=2), second)
+    assert second.plans == [(grid + 2, grid)] and len(second.trained) == 2  # seed 1 of each
+    third = Planning()
+    reproduce(replace(options, seeds=2, workers=2), third)
+    assert third.plans == [(grid + 2, grid + 2)]
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
@@ -425,8 +451,8 @@ def test_workers_share_one_store_and_a_serial_rerun_skips_everything(tmp_path: P
     args = ["reproduce", "--quick", "--workers", "2", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "runs 2/2 (0 finished before), " in result.output
-    assert "runs 4/4 (1 finished before), " in result.output
+    assert "2/2 runs trained (0 of the 2 planned were done before), " in result.output
+    assert "3/3 runs trained (1 of the 4 planned were done before), " in result.output
     summary = json.loads((out / "results.json").read_text())
     assert summary["failures"] == [] and summary["runs_finished"] == 5
     result = CliRunner().invoke(cli, args)  # the workers skip every run: nothing to count down
