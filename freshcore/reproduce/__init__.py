@@ -198,7 +198,7 @@ def reproduce(
                 protocol.runs(groups, seeds), finished_runs(groups, protocol, seeds, store)
             )
             failures += run_parallel(
-                options.protocol,
+                protocol,
                 store.root,
                 options.workers,
                 groups,
