@@ -70,7 +70,8 @@ class ModelOptions(BaseModel):
     budget_policy: str | dict[str, Any] | None = Field(
         None,
         description='Budget split across layers: None (the same factor per layer), "conv-boost" or '
-        '{"kind": "conv-boost", "conv_factor": 4} (conv rate = factor x fc rate, capped at 1).',
+        '{"kind": "conv-boost", "conv_factor": 4} (conv rate = factor x fc rate, capped at 1); '
+        '"head_factor" and "stem_factor" also multiply the last and the first layer\'s rate.',
     )
     width: float | None = Field(
         None,

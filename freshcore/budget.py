@@ -84,20 +84,29 @@ class ConvBoostPolicy(BaseModel):
     ``head_factor``: the last layer (the classifier) gets that many times the fc rate, capped at
     1. Why: it is tiny (mnist-cnn's: 1,500 weights of 524,000) but every class score goes through
     it; at 1/64 the fc rate leaves it 14 values for 10 classes, where `equivalent` keeps its
-    classifier dense. 1 (the default) is left out of the dumped dict, so policies without it read
-    as before.
+    classifier dense.
+
+    ``stem_factor``: the first layer gets that many times the rate of its kind, capped at 1.
+    Why: it is as tiny (`mnist-allconv`'s: 800 weights of 155,000) and every feature is built
+    from it; at 1/64 the same rate leaves its 32 filters 10 shared values, where `equivalent`
+    keeps 3 filters whole.
+
+    A factor of 1 (the default) is left out of the dumped dict, so policies without it read as
+    before.
     """
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["conv-boost"] = "conv-boost"
     conv_factor: float = Field(4.0, ge=1.0, le=1e6)
     head_factor: float = Field(1.0, ge=1.0, le=1e6)
+    stem_factor: float = Field(1.0, ge=1.0, le=1e6)
 
     @model_serializer(mode="wrap")
-    def _omit_no_head_boost(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+    def _omit_unit_factors(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
         data = handler(self)
-        if self.head_factor == 1:
-            data.pop("head_factor", None)
+        for name in ("head_factor", "stem_factor"):
+            if getattr(self, name) == 1:
+                data.pop(name, None)
         return data
 
 
@@ -190,7 +199,8 @@ def layer_budgets(
     weights: list[int], is_conv: list[bool], total: int, policy: UniformPolicy | ConvBoostPolicy
 ) -> list[int]:
     """Stored weights per compressed layer, summing exactly to ``total`` (each in [1, weights]);
-    the last of ``weights`` is the network's last layer (``head_factor``)."""
+    the first of ``weights`` is the network's first layer (``stem_factor``), the last its last
+    (``head_factor``)."""
     n = np.asarray(weights, dtype=np.int64)
     if total < len(n):
         raise ValueError(
@@ -201,6 +211,7 @@ def layer_budgets(
     if isinstance(policy, ConvBoostPolicy):
         w = np.where(np.asarray(is_conv), policy.conv_factor, 1.0)
         w[-1] *= policy.head_factor
+        w[0] *= policy.stem_factor
     else:
         w = np.ones(len(n))
     target = water_fill(n, w, total) * n

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from freshcore import build_model
 from freshcore.budget import (
     BetaShape,
     ConvBoostPolicy,
@@ -126,6 +127,34 @@ def test_head_factor_boosts_the_classifier_and_is_dumped_only_when_used():
     assert ConvBoostPolicy(head_factor=16).model_dump()["head_factor"] == 16
     with pytest.raises(ValueError):
         ConvBoostPolicy(head_factor=0.5)
+
+
+def test_stem_factor_boosts_the_first_layer_and_is_dumped_only_when_used():
+    weights, is_conv = [800, 51200, 102400, 640], [True, True, True, False]
+    plain = layer_budgets(weights, is_conv, 1940, ConvBoostPolicy(conv_factor=1))
+    stem = layer_budgets(weights, is_conv, 1940, ConvBoostPolicy(conv_factor=1, stem_factor=16))
+    assert sum(stem) == 1940 and stem[0] > 12 * plain[0]
+    assert stem[0] / weights[0] == pytest.approx(16 * stem[2] / weights[2], rel=0.02)
+    assert stem[1] / weights[1] == pytest.approx(stem[2] / weights[2], rel=0.01)
+    both = layer_budgets(
+        weights, is_conv, 1940, ConvBoostPolicy(conv_factor=1, stem_factor=16, head_factor=16)
+    )
+    assert both[3] > 12 * plain[3]  # each boost against the plain conv rate
+    assert both[0] / weights[0] == pytest.approx(16 * both[2] / weights[2], rel=0.02)
+    assert layer_budgets(weights, is_conv, 1940, ConvBoostPolicy(stem_factor=1e6))[0] == 800
+    assert "stem_factor" not in ConvBoostPolicy(conv_factor=8).model_dump()  # old keys hold
+    assert ConvBoostPolicy(stem_factor=16).model_dump()["stem_factor"] == 16
+    with pytest.raises(ValueError):
+        ConvBoostPolicy(stem_factor=0.5)
+
+
+def test_stem_factor_reaches_the_model_and_keeps_its_size():
+    policy = {"kind": "conv-boost", "conv_factor": 1, "stem_factor": 16}
+    plain = build_model("mnist-allconv", "freshnets", 1 / 64, budget_policy="uniform")
+    stem = build_model("mnist-allconv", "freshnets", 1 / 64, budget_policy=policy)
+    assert sum(p.numel() for p in stem.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert stem.spec_module(0).num_buckets > 12 * plain.spec_module(0).num_buckets
+    assert stem.spec_module(8).num_buckets < plain.spec_module(8).num_buckets
 
 
 def test_layer_budgets_too_small():
