@@ -627,6 +627,12 @@ class FreshModel(nn.Module):
         x = (x - self.input_mean.view(1, -1, 1, 1)) / self.input_std.view(1, -1, 1, 1)
         return self.body(x)
 
+    def built_spec(self) -> ArchitectureSpec:
+        """``spec`` with the plan's widths: the network this model computes, narrower than the
+        spec's where a plan entry has a "width" (`equivalent`, or the ``width`` option)."""
+        widths = {i: int(p["width"]) for i, p in enumerate(self.plan) if p and "width" in p}
+        return _with_widths(self.spec, widths)
+
     def spec_module(self, i: int) -> nn.Module:
         """The module of spec layer ``i``."""
         return self.body[self.layer_index[i]]

@@ -14,6 +14,7 @@ class LayerSize:
     type: str  # spec layer type (conv, fc, batchnorm)
     kind: str  # stored form: conv, fc, fresh-conv, hashed-fc, lowrank-conv, ...
     virtual_weights: int  # dense parameters of the spec's layer (weights + biases)
+    rebuilt_weights: int  # dense parameters of the layer the model computes (narrower: `width`)
     stored_parameters: int
     compact_bytes: int
     dense_bytes: int
@@ -30,15 +31,22 @@ class SizeReport:
     compact_bytes: int = 0
     dense_bytes: int = 0
     ratio: float = 0.0
+    rebuilt_weights: int = 0
+    rebuilt_ratio: float = 0.0  # stored / rebuilt: near 1, the rebuilt network is barely hashed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def size_report(model: FreshModel, half: bool = False) -> SizeReport:
-    """Per spec layer with parameters and in total; bytes at 4 per value (2 with ``half``)."""
+    """Per spec layer with parameters and in total; bytes at 4 per value (2 with ``half``).
+
+    ``ratio`` is the compression of the spec's network, the factor a user asks for;
+    ``rebuilt_ratio`` that of the network the model computes, which a narrower virtual network
+    (`width`, `equivalent`) makes larger: at width 1/4 and 1/16, mnist-allconv keeps 96% of it."""
     width = 2 if half else 4
     shapes = model.spec.check()
+    rebuilt = {s.index: s.weights + s.biases for s in model.built_spec().check()}
     report = SizeReport(model.method, model.compression)
     for s in shapes:
         virtual = s.weights + s.biases
@@ -53,6 +61,7 @@ def size_report(model: FreshModel, half: bool = False) -> SizeReport:
                 type=s.type,
                 kind=plan.get("kind", s.type),
                 virtual_weights=virtual,
+                rebuilt_weights=rebuilt[s.index],
                 stored_parameters=stored,
                 compact_bytes=stored * width,
                 dense_bytes=virtual * 4,
@@ -64,4 +73,6 @@ def size_report(model: FreshModel, half: bool = False) -> SizeReport:
     report.compact_bytes = sum(x.compact_bytes for x in report.layers)
     report.dense_bytes = sum(x.dense_bytes for x in report.layers)
     report.ratio = report.stored_parameters / max(1, report.virtual_weights)
+    report.rebuilt_weights = sum(x.rebuilt_weights for x in report.layers)
+    report.rebuilt_ratio = report.stored_parameters / max(1, report.rebuilt_weights)
     return report

@@ -413,17 +413,44 @@ def describe_override(override: dict[str, Any]) -> str:
     return f"{words} ({'; '.join(scope)})" if scope else words
 
 
+def rebuilt_ratio(entry: dict[str, Any]) -> float | None:
+    """Stored / rebuilt weights of the model a cell chose (`freshcore.size_report`): how hard
+    its virtual network is compressed, which a narrow ``width`` brings near 1. None where the
+    entry does not name its architecture (stores older than the ``arch`` key)."""
+    import freshcore
+    from freshcore.data import get_info
+
+    if "arch" not in entry:
+        return None
+    info = get_info(entry["dataset"])
+    model = freshcore.build_model(
+        entry["arch"],
+        method=entry["method"],
+        compression=entry["factor"],
+        input_shape=tuple(info.input_shape),
+        num_classes=info.num_classes,
+        **{**entry.get("model", {}), **split_point(entry["chosen"])[1]},
+    )
+    return freshcore.size_report(model).rebuilt_ratio
+
+
 def selection_table(store: RunStore) -> str:
-    """The grid value each cell chose, with every candidate's validation error."""
-    lines = ["| cell | chosen | candidates (validation error %) |", "|---|---|---|"]
+    """The grid value each cell chose, how hard that model compresses the network it rebuilds,
+    and every candidate's validation error."""
+    lines = [
+        "| cell | chosen | stored / rebuilt | candidates (validation error %) |",
+        "|---|---|---|---|",
+    ]
     for name, entry in sorted(store.selection().items()):
         chosen = describe_point(entry["chosen"])
+        ratio = rebuilt_ratio(entry)
         cands = "; ".join(
             describe_point(c["overrides"])
             + (f": {100 * c['val_error']:.2f}" if c["val_error"] is not None else ": diverged")
             for c in entry["candidates"]
         )
-        lines.append(f"| {name} | {chosen} | {cands} |")
+        rate = "–" if ratio is None else f"{ratio:.3f}"
+        lines.append(f"| {name} | {chosen} | {rate} | {cands} |")
     return "\n".join(lines)
 
 

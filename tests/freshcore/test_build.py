@@ -48,6 +48,7 @@ def test_equivalent_moves_two_widths_only_where_one_cannot_reach_the_budget(clas
     stored = sum(p.numel() for p in model.parameters())
     assert abs(stored - budget) <= 0.02 * budget, (stored, budget)
     assert [m.out_channels for m in model.body if isinstance(m, torch.nn.Conv2d)] == widths
+    assert fc.size_report(model).rebuilt_ratio == 1  # a dense network stores what it computes
 
 
 def test_build_is_deterministic_and_seeded():
@@ -288,6 +289,12 @@ def test_width_spreads_the_same_budget_over_a_narrower_virtual_network(method):
     budget = sum(p.numel() for p in full.parameters())
     assert abs(sum(p.numel() for p in narrow.parameters()) - budget) <= 0.02 * budget
     assert narrow.spec_module(0).out_channels == 8
+    wide, thin = fc.size_report(full), fc.size_report(narrow)
+    assert thin.ratio == pytest.approx(wide.ratio, rel=0.02)  # the same share of the spec's
+    assert wide.rebuilt_weights == wide.virtual_weights and wide.rebuilt_ratio == wide.ratio
+    rebuilt = narrow.built_spec().virtual_weights()  # the network the narrow model computes
+    assert thin.rebuilt_weights == rebuilt < wide.virtual_weights / 10
+    assert thin.rebuilt_ratio == pytest.approx(thin.stored_parameters / rebuilt)
     loaded = fc.from_bytes(fc.to_bytes(narrow))
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(loaded.eval()(x), narrow.eval()(x))

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from freshcore.reproduce.report import describe_seconds, headroom, running_time
+from freshcore.reproduce.report import (
+    describe_seconds,
+    headroom,
+    running_time,
+    selection_table,
+)
 from freshcore.reproduce.runner import RunStore
 
 
@@ -39,6 +44,31 @@ def test_headroom_names_rows_no_freshnets_candidate_could_win(tmp_path: Path) ->
     summary, md = headroom(store, ["d"], ["hashednets", "freshnets"], ["1/64"])
     assert summary["freshnets_out_of_reach"] == []
     assert "the tuning seed: none." in md
+
+
+def test_selection_table_says_how_hard_the_chosen_model_compresses_what_it_rebuilds(
+    tmp_path: Path,
+) -> None:
+    """At 1/16, a quarter-width mnist-cnn keeps 92% of its own weights: the row no longer
+    compares compression methods, and the table says so beside the choice."""
+    store = RunStore(tmp_path)
+    _cell(store, "lowfreq", [(0.01, 0.05)])  # no "arch": a store older than the key
+    for method, width in [("lowfreq", 0.25), ("freshnets", 1), ("equivalent", 1)]:
+        entry = {"dataset": "digits", "method": method, "factor": "1/16", "arch": "mnist-cnn"}
+        entry |= {"model": {}, "candidates": [], "chosen": {"lr": 0.1}}
+        if width != 1:
+            entry["chosen"]["model"] = {"width": width}
+        store.put_selection(f"digits/{method}/1/16", entry)
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")[2]
+        for line in selection_table(store).splitlines()[2:]
+    }
+    assert rows == {
+        "d/lowfreq/1/64": "–",
+        "digits/equivalent/1/16": "1.000",
+        "digits/freshnets/1/16": "0.063",
+        "digits/lowfreq/1/16": "0.917",
+    }
 
 
 def test_headroom_waits_for_every_method_of_a_row(tmp_path: Path) -> None:
