@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from app.db.models import JobState
 
@@ -80,6 +80,14 @@ class ModelOptions(BaseModel):
         "architecture's, in (0, 1] (not for dense or equivalent): the same stored budget over "
         "fewer virtual weights; 0.25 was best at 1/64 on mnist-bg-img (docs/results.md). "
         "None: 1.",
+    )
+    balanced: StrictBool | None = Field(
+        None,
+        exclude_if=lambda b: b is None,
+        description="Deal the hashed conv layers' weights (each frequency band's, for FreshNets) "
+        "evenly to their buckets instead of hashing each one independently (freshnets, "
+        "freshnets-uniform, hashednets): no bucket empty or crowded; best for freshnets with "
+        "a narrow network on mnist-bg-img-rot (docs/results.md). None: false.",
     )
 
 

@@ -115,6 +115,21 @@ def parse_width(width: Any, method: str) -> float:
     return float(width)
 
 
+BALANCED_METHODS = ("freshnets", "freshnets-uniform", "hashednets")
+
+
+def parse_balanced(balanced: Any, method: str) -> bool:
+    """Whether the hashed conv layers deal their buckets evenly; only methods that hash convs."""
+    if not isinstance(balanced, bool):
+        raise ValueError(f"balanced must be true or false, got {balanced!r}")
+    if balanced and method not in BALANCED_METHODS:
+        raise ValueError(
+            f"balanced applies to the hashed conv layers of {', '.join(BALANCED_METHODS)}; "
+            f"method {method!r} has none"
+        )
+    return balanced
+
+
 def parse_budget_policy(policy: Any) -> dict[str, Any]:
     return _parse_option(_POLICY, policy, DEFAULT_POLICY, "kind", "budget_policy")
 
@@ -166,10 +181,10 @@ def plan_layers(
     spec's (each entry then has a "width"), while the budget stays ``compression`` of the spec's
     network: the same stored parameters spread over fewer virtual weights.
 
-    ``balanced`` (FreshNets conv layers only) is written into their entries only when set, so the
-    plans of existing files keep their meaning. ``fc_allocation`` (freshnets only; None: every fc
-    layer is HashedNets): an fc layer that reads a (C, H, W) map with H * W > 1 is a
-    `FreshLinear` whose bands get this allocation, with its own ``balanced`` too."""
+    ``balanced`` (the hashed conv layers of `BALANCED_METHODS`) is written into their entries only
+    when set, so the plans of existing files keep their meaning. ``fc_allocation`` (freshnets
+    only; None: every fc layer is HashedNets): an fc layer that reads a (C, H, W) map with
+    H * W > 1 is a `FreshLinear` whose bands get this allocation, with its own ``balanced`` too."""
     shapes = spec.check()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -229,23 +244,22 @@ def plan_layers(
             _, h, w = s.in_shape
             sizes = slice_band_sizes(h, w, s.weights // (h * w))
             bands = band_buckets(sizes, k, _ALLOCATION.validate_python(fc_allocation))
-            plan[s.index] = {"kind": "fresh-fc", "bands": bands, "seed": layer_seed}
-            if balanced:
-                plan[s.index]["balanced"] = True
+            entry: dict[str, Any] = {"kind": "fresh-fc", "bands": bands, "seed": layer_seed}
         elif isinstance(layer, FcLayer):
-            plan[s.index] = {"kind": "hashed-fc", "buckets": k, "seed": layer_seed}
+            entry = {"kind": "hashed-fc", "buckets": k, "seed": layer_seed}
         elif method == "hashednets":
-            plan[s.index] = {"kind": "hashed-conv", "buckets": k, "seed": layer_seed}
+            entry = {"kind": "hashed-conv", "buckets": k, "seed": layer_seed}
         elif method == "lowfreq":
-            plan[s.index] = {"kind": "lowfreq-conv", "kept": k}
+            entry = {"kind": "lowfreq-conv", "kept": k}
         else:
             assert isinstance(layer, ConvLayer) and allocation is not None
             kh, kw = _pair(layer.kernel_size)
             sizes = slice_band_sizes(kh, kw, s.weights // (kh * kw))
             bands = band_buckets(sizes, k, _ALLOCATION.validate_python(allocation))
-            plan[s.index] = {"kind": "fresh-conv", "bands": bands, "seed": layer_seed}
-            if balanced:
-                plan[s.index]["balanced"] = True
+            entry = {"kind": "fresh-conv", "bands": bands, "seed": layer_seed}
+        if balanced and entry["kind"] != "hashed-fc":  # the paper's HashedNets fc stays as is
+            entry["balanced"] = True
+        plan[s.index] = entry
     return _set_widths(plan, narrow)
 
 
@@ -513,7 +527,13 @@ def build_body(
                     **kw,
                 )
             elif kind == "hashed-conv":
-                mod = HashedConv2d(*args, buckets=p["buckets"], seed=p["seed"], **kw)
+                mod = HashedConv2d(
+                    *args,
+                    buckets=p["buckets"],
+                    seed=p["seed"],
+                    balanced=p.get("balanced", False),
+                    **kw,
+                )
             elif kind == "lowfreq-conv":
                 mod = LowFreqConv2d(*args, kept=p["kept"], **kw)
             elif kind == "lowrank-conv":
@@ -669,8 +689,9 @@ def build_model(
 
     ``allocation``: None (exponential decay 0.5), a name ("uniform", "exponential", "beta") or a
     dict like ``{"shape": "beta", "a": 1, "b": 3}``. ``budget_policy``: None (same factor for every
-    layer), "conv-boost" or ``{"kind": "conv-boost", "conv_factor": 8}``. ``balanced``: FreshNets
-    conv layers deal each band's coefficients evenly to its buckets (`FreshConv2d`).
+    layer), "conv-boost" or ``{"kind": "conv-boost", "conv_factor": 8}``. ``balanced`` (freshnets,
+    freshnets-uniform, hashednets): the hashed conv layers deal their coefficients (each band's,
+    for FreshNets) evenly to their buckets (`FreshConv2d`, `HashedConv2d`).
     ``fc_allocation`` (freshnets only; None, the paper's choice: HashedNets fc layers): an
     allocation like ``allocation``'s, for the fc layers that read a conv feature map, which are
     then hashed in the DCT domain of that map (`FreshLinear`). ``width`` (in (0, 1]; the
@@ -685,10 +706,7 @@ def build_model(
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     alloc = parse_allocation(allocation, method)
     policy = parse_budget_policy(budget_policy)
-    if not isinstance(balanced, bool):
-        raise ValueError(f"balanced must be true or false, got {balanced!r}")
-    if balanced and method not in ("freshnets", "freshnets-uniform"):
-        raise ValueError(f"balanced applies to FreshNets conv layers; method {method!r} has none")
+    balanced = parse_balanced(balanced, method)
     fc_alloc = parse_fc_allocation(fc_allocation, method)
     w = parse_width(width, method)
     plan = plan_layers(spec, method, c, seed, alloc, policy, balanced, fc_alloc, w)

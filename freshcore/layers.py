@@ -391,7 +391,12 @@ class FreshConv2d(_FreshBands, _TableConv2d):
 
 
 class HashedConv2d(_TableConv2d):
-    """HashedNets applied to conv filters in the spatial domain (a baseline)."""
+    """HashedNets applied to conv filters in the spatial domain (a baseline).
+
+    ``balanced``: the weights are dealt to the buckets in a hashed order, as `FreshConv2d` deals
+    one band, so every bucket has N / K members give or take one: the same option FreshNets has,
+    so that a comparison between them is about the frequency domain, not the bucket loads.
+    """
 
     def __init__(
         self,
@@ -400,15 +405,22 @@ class HashedConv2d(_TableConv2d):
         kernel_size: int | tuple[int, int],
         buckets: int,
         seed: int,
+        balanced: bool = False,
         **options: Unpack[ConvOptions],
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, dct=False, **options)
         self.seed = int(seed)
-        index = signed_bucket_index(self.seed, self.virtual_weights, int(buckets))
-        self._init_table(buckets, torch.from_numpy(index))
+        self.balanced = bool(balanced)
+        n = self.virtual_weights
+        if self.balanced:  # one band holding every weight
+            index = fresh_index(np.zeros(n, np.int64), [int(buckets)], self.seed, balanced=True)
+        else:
+            index = torch.from_numpy(signed_bucket_index(self.seed, n, int(buckets)))
+        self._init_table(buckets, index)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", buckets={self.num_buckets}"
+        balanced = ", balanced=True" if self.balanced else ""
+        return super().extra_repr() + f", buckets={self.num_buckets}" + balanced
 
 
 class LowFreqConv2d(_TableConv2d):

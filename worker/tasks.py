@@ -301,6 +301,7 @@ def build_student(
         "allocation": options.get("allocation"),
         "budget_policy": options.get("budget_policy"),
         "width": options.get("width", 1.0),
+        "balanced": options.get("balanced", False),
     }
     try:
         if job.init == "project":

@@ -52,6 +52,36 @@ KeyOpt = Annotated[
         show_default=False,
     ),
 ]
+# How a model spreads its budget: the same flags for `train` (local) and `submit` (server).
+AllocationOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Buckets per frequency band (freshnets): uniform, exponential, beta, or JSON "
+        """such as '{"shape": "exponential", "decay": 0.5}' (default: that one)."""
+    ),
+]
+BudgetPolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Budget split across layers: conv-boost, or JSON such as "
+        """'{"kind": "conv-boost", "conv_factor": 4}' (default: the same factor per layer)."""
+    ),
+]
+WidthOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Hidden widths as a multiple of the architecture's, in (0, 1]: the same stored "
+        "budget over a narrower network (default: 1)."
+    ),
+]
+BalancedOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--balanced/--hashed",
+        help="Hashed conv layers (freshnets, freshnets-uniform, hashednets) deal their weights "
+        "evenly to the buckets instead of hashing each one (default: hashed).",
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -184,6 +214,20 @@ def _json_option(text: str | None, flag: str) -> str | dict[str, Any] | None:
     return value
 
 
+def _model_options(
+    allocation: str | None, budget_policy: str | None, width: float | None, balanced: bool | None
+) -> dict[str, Any]:
+    """The flags given, as the API's ``model_options`` and `build_model`'s keywords; flags left
+    out are left out, so freshcore's defaults apply."""
+    options = {
+        "allocation": _json_option(allocation, "--allocation"),
+        "budget_policy": _json_option(budget_policy, "--budget-policy"),
+        "width": width,
+        "balanced": balanced,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _metrics_text(m: dict[str, Any] | None) -> str:
     if not m:
         return ""
@@ -266,6 +310,10 @@ def train(
     max_train_samples: Annotated[int | None, typer.Option(min=1)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     half: Annotated[bool, typer.Option(help="Store the weights as float16.")] = False,
+    allocation: AllocationOpt = None,
+    budget_policy: BudgetPolicyOpt = None,
+    width: WidthOpt = None,
+    balanced: BalancedOpt = None,
 ) -> None:
     """Train a compressed model locally (no server), then write it and print its size report."""
     import freshcore
@@ -291,6 +339,7 @@ def train(
     except ValueError as exc:
         fail(f"--{getattr(exc, 'field', 'training').replace('_', '-')}: {exc}", 2)
 
+    options = _model_options(allocation, budget_policy, width, balanced)
     settings = get_settings()
     try:
         with console.status(f"Loading data set {dataset}..."):
@@ -313,6 +362,7 @@ def train(
             seed=seed,
             input_shape=input_shape,
             num_classes=ds.info.num_classes,
+            **options,
         )
     except (KeyError, ValueError) as exc:
         fail(f"cannot build {preset!r} with {method} at {compression}: {exc}", 2)
@@ -320,7 +370,8 @@ def train(
 
     console.print(
         f"Training [bold]{preset}[/] on [bold]{dataset}[/] {input_shape} with "
-        f"[bold]{method}[/] at {fmt_compression(ratio)} for {epochs} epochs",
+        f"[bold]{method}[/] at {fmt_compression(ratio)} for {epochs} epochs"
+        + (f", options {json.dumps(options)}" if options else ""),
         highlight=False,
     )
     with _progress() as progress:
@@ -414,27 +465,10 @@ def submit(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    allocation: Annotated[
-        str | None,
-        typer.Option(
-            help="Buckets per frequency band (freshnets): uniform, exponential, beta, or JSON "
-            """such as '{"shape": "exponential", "decay": 0.5}' (default: that one)."""
-        ),
-    ] = None,
-    budget_policy: Annotated[
-        str | None,
-        typer.Option(
-            help="Budget split across layers: conv-boost, or JSON such as "
-            """'{"kind": "conv-boost", "conv_factor": 4}' (default: the same factor per layer)."""
-        ),
-    ] = None,
-    width: Annotated[
-        float | None,
-        typer.Option(
-            help="Hidden widths as a multiple of the architecture's, in (0, 1]: the same stored "
-            "budget over a narrower network (default: 1)."
-        ),
-    ] = None,
+    allocation: AllocationOpt = None,
+    budget_policy: BudgetPolicyOpt = None,
+    width: WidthOpt = None,
+    balanced: BalancedOpt = None,
     teacher: Annotated[
         str | None,
         typer.Option(
@@ -474,15 +508,7 @@ def submit(
         }.items()
         if v is not None
     }
-    options = {
-        k: v
-        for k, v in {
-            "allocation": _json_option(allocation, "--allocation"),
-            "budget_policy": _json_option(budget_policy, "--budget-policy"),
-            "width": width,
-        }.items()
-        if v is not None
-    }
+    options = _model_options(allocation, budget_policy, width, balanced)
     architecture: str | dict[str, Any] | None = preset
     with _api(url, api_key) as client:
         if architecture is None and teacher is not None:

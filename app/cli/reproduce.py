@@ -92,6 +92,7 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
 
     from freshcore.build import (
         parse_allocation,
+        parse_balanced,
         parse_budget_policy,
         parse_fc_allocation,
         parse_width,
@@ -157,8 +158,7 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
                     checked["fc_allocation"] = fc_allocation
                 if "width" in override:
                     parse_width(override["width"], method)
-                if not isinstance(override.get("balanced", False), bool):
-                    raise ValueError("balanced must be true or false")
+                parse_balanced(override.get("balanced", False), method)
                 if TEACHER_KEY in override:
                     if override[TEACHER_KEY] != "dense" or method == "dense":
                         raise ValueError(

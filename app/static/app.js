@@ -104,6 +104,7 @@ function fmtOptions(o) {
   else if (a) parts.push(a.shape);
   if (a?.min_rate) parts.push(`cut off under ${a.min_rate}`);
   if (o.width && o.width !== 1) parts.push(`width ×${o.width}`);
+  if (o.balanced) parts.push("balanced buckets");
   return parts.join(" · ");
 }
 function fmtTime(iso) {
@@ -270,6 +271,7 @@ async function fillLaunchForm() {
   methodSelect.addEventListener("change", () => {
     $("#f-allocation").disabled = methodSelect.value !== "freshnets";
     $("#f-width").disabled = ["dense", "equivalent"].includes(methodSelect.value);
+    $("#f-balanced").disabled = !["freshnets", "freshnets-uniform", "hashednets"].includes(methodSelect.value);
   });
   // Pair a data set with the preset made for its shape, else one with its channel count.
   dsSelect.addEventListener("change", () => {
@@ -319,7 +321,7 @@ function clearFieldErrors(form) {
 // Map an API error to the form: 422 `loc` -> field; a string naming a field goes next to it.
 function showFieldErrors(form, err) {
   const fields = ["dataset", "architecture", "method", "compression", "budget_policy", "allocation",
-    "width", "teacher_model_id", "init", "distill_alpha", "epochs"];
+    "width", "balanced", "teacher_model_id", "init", "distill_alpha", "epochs"];
   const put = (field, msg) => {
     const box = field ? form.querySelector(`[data-error-for="${field}"]`) : null;
     const target = box || $("#launch-error");
@@ -368,6 +370,7 @@ $("#launch-form").addEventListener("submit", async (ev) => {
   if (form.budget_policy.value) options.budget_policy = JSON.parse(form.budget_policy.value);
   if (!form.allocation.disabled && form.allocation.value) options.allocation = JSON.parse(form.allocation.value);
   if (!form.width.disabled && form.width.value) options.width = Number(form.width.value);
+  if (!form.balanced.disabled && form.balanced.value) options.balanced = form.balanced.value === "true";
   if (Object.keys(options).length) body.model_options = options;
   const teacher = teacherModels.get(form.teacher_model_id.value);
   if (teacher) {

@@ -32,7 +32,8 @@ def test_train_writes_a_loadable_compact_file(cli, tmp_path: Path) -> None:
     env = {"FRESHNETS_DATA_DIR": str(tmp_path / "data"), "FRESHNETS_TORCH_THREADS": "1"}
     result = cli(
         "train", "--dataset", "digits", "--method", "freshnets", "--compression", "1/8",
-        "--epochs", "2", "--device", "cpu", "--output", str(out), env=env,
+        "--epochs", "2", "--device", "cpu", "--output", str(out), "--width", "0.5", "--balanced",
+        "--allocation", '{"shape": "exponential", "decay": 1}', env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Size report" in result.stdout and "total" in result.stdout
@@ -43,6 +44,10 @@ def test_train_writes_a_loadable_compact_file(cli, tmp_path: Path) -> None:
     model = freshcore.load(path)
     assert model.method == "freshnets"
     assert model.compression == pytest.approx(1 / 8)
+    # The model options reach the file: a half-width network, balanced convs, that allocation.
+    convs = [p for p in model.plan if p and p["kind"] == "fresh-conv"]
+    assert convs and all(p["balanced"] and p["width"] for p in convs)
+    assert model.allocation == {"shape": "exponential", "decay": 1.0}
     report = freshcore.size_report(model).to_dict()
     total = report.get("total", report)
     assert total["compact_bytes"] < total["dense_bytes"]
@@ -63,6 +68,10 @@ def test_train_bad_arguments_are_named() -> None:
         (["--compression", "1/0"], "--compression"),
         (["--method", "nope"], "nope"),
         (["--dataset", "no-such-set"], "no-such-set"),
+        (["--method", "lowfreq", "--balanced"], "balanced applies to"),
+        (["--width", "2"], "width must be"),
+        (["--allocation", "{oops"], "--allocation"),
+        (["--budget-policy", "magic"], "'magic'"),
     ]
     for extra, needle in cases:
         result = runner.invoke(cli_app, ["train", "--dataset", "digits", *extra])

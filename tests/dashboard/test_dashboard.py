@@ -188,10 +188,13 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
 
     # Cancel: a long job is stopped from its page. It asks for model options, which its page
     # shows as the API stored them; the allocation is only for freshnets, a width not for the
-    # dense networks.
+    # dense networks, balanced buckets only for the methods that hash their convs.
     page.click("#nav a[data-view=jobs]")
     page.select_option("#f-method", "hashednets")
     expect(page.locator("#f-allocation")).to_be_disabled()
+    expect(page.locator("#f-balanced")).to_be_enabled()
+    page.select_option("#f-method", "lowfreq")
+    expect(page.locator("#f-balanced")).to_be_disabled()
     page.select_option("#f-method", "equivalent")
     expect(page.locator("#f-width")).to_be_disabled()
     page.select_option("#f-method", "freshnets")
@@ -199,12 +202,13 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     page.select_option("#f-budget-policy", label="conv-boost ×4")
     page.select_option("#f-allocation", label="exponential 1, cut off under 0.1")
     page.select_option("#f-width", label="half")
+    page.select_option("#f-balanced", label="balanced")
     page.fill("#f-compression", "1/8")
     page.fill("#f-epochs", "200")
     page.click("#launch-submit")
     page.wait_for_url(re.compile(r"#/job/[0-9a-f]+$"))
     expect(page.locator("#job-facts")).to_contain_text(
-        "conv-boost ×4 · exponential 1 · cut off under 0.1 · width ×0.5"
+        "conv-boost ×4 · exponential 1 · cut off under 0.1 · width ×0.5 · balanced buckets"
     )
     cancel = page.locator("#job-cancel")
     expect(cancel).to_be_visible()

@@ -233,18 +233,28 @@ def test_compress_dense_projects_the_weights(method):
             fc.compress_dense(small, "freshnets")
 
 
-def test_balanced_is_a_freshnets_option_kept_in_the_plan_and_the_file():
-    plain = fc.build_model("mnist-cnn", "freshnets", 1 / 16, 3)
-    balanced = fc.build_model("mnist-cnn", "freshnets", 1 / 16, 3, balanced=True)
-    fresh = [p for p in balanced.plan if p and p["kind"] == "fresh-conv"]
-    assert fresh and all(p["balanced"] is True for p in fresh)
+@pytest.mark.parametrize(
+    ("method", "conv_kind"), [("freshnets", "fresh-conv"), ("hashednets", "hashed-conv")]
+)
+def test_balanced_is_kept_in_the_conv_plan_entries_and_the_file(method: str, conv_kind: str):
+    plain = fc.build_model("mnist-cnn", method, 1 / 16, 3)
+    balanced = fc.build_model("mnist-cnn", method, 1 / 16, 3, balanced=True)
+    convs = [p for p in balanced.plan if p and p["kind"] == conv_kind]
+    assert convs and all(p["balanced"] is True for p in convs)
+    fcs = [p for p in balanced.plan if p and p["kind"] == "hashed-fc"]
+    assert fcs and all("balanced" not in p for p in fcs)  # the paper's HashedNets fc layers
     assert all("balanced" not in p for p in plain.plan if p)  # old plans keep their meaning
     loaded = fc.from_bytes(fc.to_bytes(balanced))
     assert loaded.plan == balanced.plan
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(loaded.eval()(x), balanced.eval()(x))
-    with pytest.raises(ValueError, match="balanced applies to FreshNets"):
-        fc.build_model("mnist-cnn", "hashednets", 1 / 16, 3, balanced=True)
+    assert not torch.equal(plain.eval()(x), balanced.eval()(x))
+
+
+def test_balanced_is_refused_where_no_conv_is_hashed():
+    for method in ("lowfreq", "lrd", "dense", "equivalent"):
+        with pytest.raises(ValueError, match=f"method {method!r} has none"):
+            fc.build_model("mnist-cnn", method, 1 / 16, 3, balanced=True)
     with pytest.raises(ValueError, match="true or false"):
         fc.build_model("mnist-cnn", "freshnets", 1 / 16, 3, balanced="yes")
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from freshcore.dct import band_of, dct2
+from freshcore.hashing import signed_bucket_index
 from freshcore.layers import (
     FreshConv2d,
     FreshLinear,
@@ -183,6 +184,23 @@ def test_balanced_fresh_conv_deals_each_band_evenly():
     hashed_bucket, _ = split_signed_index(hashed.index, hashed.num_buckets)
     assert len(hashed_bucket[torch.from_numpy(band == 1)].unique()) < 32  # collisions
     assert "balanced=True" in repr(layer) and "balanced" not in repr(hashed)
+
+
+def test_balanced_hashed_conv_deals_its_weights_evenly():
+    """HashedNets' balanced form: every bucket gets N / K members give or take one, the signs
+    stay hashed, and the plain layer (whose stored files must keep loading) is unchanged."""
+    layer = HashedConv2d(8, 16, 3, buckets=100, seed=5, balanced=True)
+    bucket, sign = split_signed_index(layer.index, layer.num_buckets)
+    counts = torch.bincount(bucket, minlength=100)
+    assert len(counts) == 100 and counts.max() - counts.min() <= 1  # 1152 weights: 11 or 12
+    assert (sign != 0).all() and 0.4 < (sign > 0).float().mean() < 0.6
+    again = HashedConv2d(8, 16, 3, buckets=100, seed=5, balanced=True)
+    assert torch.equal(again.index, layer.index)
+    plain = HashedConv2d(8, 16, 3, buckets=100, seed=5)
+    expected = signed_bucket_index(5, 8 * 16 * 9, 100)
+    assert torch.equal(plain.index, torch.from_numpy(expected))
+    assert torch.bincount(split_signed_index(plain.index, 100)[0], minlength=100).min() < 11
+    assert "balanced=True" in repr(layer) and "balanced" not in repr(plain)
 
 
 def test_fresh_linear_holds_each_unit_and_channel_map_as_hashed_dct_coefficients():

@@ -274,6 +274,7 @@ def test_bad_allocations_are_refused_by_name(tmp_path: Path, bad: str, says: str
         ("--refine", '{"lrd": [{"budget_policy": {"kind": "tiny"}}]}', "lrd item 0"),
         ("--refine", '{"lrd": [{"lr": -1}]}', "TrainConfig.lr"),
         ("--refine", '{"lrd": [{"balanced": "yes"}]}', "balanced must be"),
+        ("--refine", '{"lowfreq": [{"balanced": true}]}', "balanced applies to"),
         ("--refine", '{"lrd": [{"lr": 0.05, "factors": ["1/16", "2"]}]}', "'2'"),
         ("--refine", '{"lrd": [{"lr": 0.05, "factors": "1/64"}]}', "non-empty list"),
         ("--refine", '{"dense": [{"teacher": "dense", "distill_alpha": 0.5}]}', "compressed"),

@@ -40,6 +40,9 @@ BAD_OPTIONS = [
     ("freshnets", {"width": 1.5}, "body.model_options.width", "(0, 1]"),
     ("equivalent", {"width": 0.5}, "body.model_options.width", "not 'equivalent'"),
     ("freshnets", {"width": "narrow"}, "body.model_options.width", "number"),
+    ("lowfreq", {"balanced": True}, "body.model_options.balanced", "method 'lowfreq' has none"),
+    ("freshnets", {"balanced": "yes"}, "body.model_options.balanced", "boolean"),
+    ("freshnets", {"balanced": 1}, "body.model_options.balanced", "boolean"),
 ]  # fmt: skip
 
 
@@ -108,6 +111,13 @@ def test_options_are_stored_as_freshcore_parses_them(
     assert narrow["model_options"] == {
         "allocation": None, "budget_policy": {"kind": "uniform"}, "width": 0.5,
     }  # fmt: skip
+    # So is balanced, even when false (what was asked).
+    dealt = post(method="hashednets", model_options={"balanced": True})
+    assert dealt["model_options"] == {
+        "allocation": None, "budget_policy": {"kind": "uniform"}, "balanced": True,
+    }  # fmt: skip
+    hashed_again = post(method="lowfreq", model_options={"balanced": False})
+    assert hashed_again["model_options"]["balanced"] is False
 
     assert (
         client.get(f"/v1/jobs/{boosted['id']}", headers=alice).json()["model_options"]

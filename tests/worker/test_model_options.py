@@ -74,13 +74,15 @@ def test_conv_boost_job_trains_reloads_and_serves(stack: Any) -> None:
 
 
 def test_width_job_trains_the_narrow_network_within_the_full_budget(stack: Any) -> None:
+    """A half-width hashednets job with balanced buckets: both options reach the model file."""
     from app.main import create_app
 
     _, key = stack.owner_key()
     stack.start_worker("width")
     headers = bearer(key)
     with TestClient(create_app()) as client:
-        body = stack.digits_job(method="hashednets", model_options={"width": 0.5})
+        options = {"width": 0.5, "balanced": True}
+        body = stack.digits_job(method="hashednets", model_options=options)
         resp = client.post("/v1/jobs", headers=headers, json=body)
         assert resp.status_code == 202, resp.text
         job = stack.wait_state(resp.json()["id"], {"succeeded", "failed", "cancelled"}, 90)
@@ -89,6 +91,7 @@ def test_width_job_trains_the_narrow_network_within_the_full_budget(stack: Any) 
         blob = client.get(f"/v1/models/{model_id}/file", headers=headers).content
     loaded = freshcore.from_bytes(blob)
     assert [p.get("width") for p in loaded.plan if p] == [8, 32, 10]  # half of 16, 64; classes
+    assert [p["kind"] for p in loaded.plan if p and p.get("balanced")] == ["hashed-conv"]  # not fc
     full = freshcore.build_model(job.architecture, "hashednets", 1 / 8, 0)
     budget = sum(p.numel() for p in full.parameters())
     assert abs(sum(p.numel() for p in loaded.parameters()) - budget) <= 0.02 * budget

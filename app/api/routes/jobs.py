@@ -19,7 +19,7 @@ from app.db.models import EpochMetric, Job, JobState, Model, Owner
 from app.limits import expected_model_bytes, max_train_threads
 from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
 from app.settings import Settings
-from freshcore.build import parse_allocation, parse_budget_policy, parse_width
+from freshcore.build import parse_allocation, parse_balanced, parse_budget_policy, parse_width
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -99,6 +99,11 @@ def _model_options(body: JobCreate) -> dict[str, Any] | None:
             parsed["width"] = parse_width(options.width, body.method)
         except ValueError as exc:
             raise invalid((*loc, "width"), str(exc)) from exc
+    if options.balanced is not None:
+        try:
+            parsed["balanced"] = parse_balanced(options.balanced, body.method)
+        except ValueError as exc:
+            raise invalid((*loc, "balanced"), str(exc)) from exc
     return parsed
 
 
