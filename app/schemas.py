@@ -86,8 +86,9 @@ class ModelOptions(BaseModel):
         exclude_if=lambda b: b is None,
         description="Deal the hashed conv layers' weights (each frequency band's, for FreshNets) "
         "evenly to their buckets instead of hashing each one independently (freshnets, "
-        "freshnets-uniform, hashednets): no bucket empty or crowded; best for freshnets with "
-        "a narrow network on mnist-bg-img-rot (docs/results.md). None: false.",
+        "freshnets-uniform, hashednets): no bucket empty or crowded; with a narrow network "
+        "(width) it helped every hashing method on mnist-allconv (docs/results.md, session "
+        "20). None: false.",
     )
 
 
