@@ -7,8 +7,9 @@
 #
 # Needs, beside the checkout (prepare them here with docs/results/gpu/prepare-carry.sh):
 #   .whl/       wheels the machine lacks (pydantic, pydantic-settings, typer, rich, click...)
-#   .devcarry/  the MNIST cache, three generated variants, the runs already done on CPU, and the
-#               dense teachers' model files of the data sets whose second stage distils (MNIST)
+#   .devcarry/  the MNIST cache, any generated variants carried (the others are generated here,
+#               seconds each), the runs already done on CPU, and the dense teachers' model files
+#               of the data sets whose second stage distils (MNIST in tables v7 to v9)
 # Environment: OUT (where results go), PY (python, default python3), SKIP_WHEELS=1 (use PY's
 # own packages), DEVICE (cuda), DEADLINE (seconds from start when training stops, default 530),
 # WORKERS (14), STORE (runs/table8), REFINE (the second stage's JSON file, default table v8's;
@@ -41,14 +42,19 @@ mkdir -p "$STORE/models" && cp -n .devcarry/store/models/* "$STORE/models/" 2>/d
   $PY -c 'import torch; print(torch.__version__, torch.cuda.is_available())'; } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-# The variants are generated once, before the workers need them, and their digests recorded
-# (they must equal the ones generated on the CPU machine for the runs to be comparable).
-$PY - >"$OUT/digests.txt" 2>&1 <<'PYEOF' &
+# The variants named are generated once, before the workers need them, and their digests
+# recorded (they must equal the ones generated on the CPU machine for the runs to be comparable).
+# by default MNIST (the goals' data set) first
+DATASETS=${DATASETS:-mnist,mnist-rot,mnist-bg-rand,mnist-bg-img,mnist-bg-img-rot,convex,rectangles}
+$PY - "$DATASETS" >"$OUT/digests.txt" 2>&1 <<'PYEOF' &
 import json
+import sys
 import numpy as np
 from freshcore.data import load
 from freshcore.data.sources import default_cache_dir
-for name in ["mnist-rot", "mnist-bg-rand", "mnist-bg-img", "mnist-bg-img-rot", "rectangles", "convex"]:
+for name in sys.argv[1].split(","):
+    if name in ("mnist", "digits"):  # carried or bundled, not generated
+        continue
     load(name)
     with np.load(default_cache_dir() / f"{name}.npz", allow_pickle=False) as z:
         print(name, json.loads(str(z["manifest"]))["sha256"], flush=True)
@@ -83,8 +89,6 @@ FRESHNETS="$PY -c 'from app.cli import main; main()' reproduce --device ${DEVICE
 FRESHNETS="$FRESHNETS --out $STORE ${REFINE:+--refine \"\$(cat $REFINE)\"} ${TABLE_ARGS:-}"
 left=$((DEADLINE - SECONDS))
 echo "table: $left s left at $(date -u +%T)"
-# by default MNIST (the goals' data set) first
-DATASETS=${DATASETS:-mnist,mnist-rot,mnist-bg-rand,mnist-bg-img,mnist-bg-img-rot,convex,rectangles}
 eval timeout "$left" "$FRESHNETS" --datasets "$DATASETS" \
   >"$OUT/table.log" 2>&1
 echo "table exit $? at $((SECONDS)) s"
