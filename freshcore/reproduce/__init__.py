@@ -62,6 +62,7 @@ from freshcore.reproduce.runner import (
     machine_info,
     run_groups,
     run_one,
+    second_stage_pending,
 )
 
 __all__ = [
@@ -259,6 +260,9 @@ def write_report(
     store = RunStore(options.out)
     out = Path(options.out)
     cells = collect_cells(store, list(range(options.seeds)))
+    for name, entry in store.selection().items():
+        if name in cells and second_stage_pending(store, options.protocol, entry):
+            cells[name]["second_stage_pending"] = True
     records = store.records()
     machine = machine_info(options.protocol.device)
     running = running_time(records)
@@ -316,6 +320,13 @@ def write_report(
     if options.table:
         skipped = unreachable(_table_groups(options))
         summary["unreachable"] = skipped
+        pending = [
+            name
+            for name, cell in cells.items()
+            if cell.get("second_stage_pending")
+            and cell["dataset"] in options.datasets
+            and cell["method"] in options.methods
+        ]
         summary["standings"], standings_md = standings(
             cells, options.datasets, options.methods, options.factors, options.seeds, skipped
         )
@@ -330,7 +341,12 @@ def write_report(
             ),
             "",
             *(f"- {name}: not run, {reason}." for name, reason in skipped.items()),
-            *([""] if skipped else []),
+            *(
+                f"- {name}: its second stage is not finished; the first stage's choice is shown "
+                '(marked "stage 1"), and its row is left out of the standings.'
+                for name in pending
+            ),
+            *([""] if skipped or pending else []),
             "## Standings of the compressed methods",
             "",
             standings_md,

@@ -147,7 +147,8 @@ def markdown_table(
 
     The best compressed methods of each row (lowest printed mean, every one of a tie) are in
     bold; dense is the reference; a cell the method cannot store (``unreachable``, cell name ->
-    why) reads "cannot reach".
+    why) reads "cannot reach"; a cell whose second stage is not finished is marked "(stage 1)"
+    and is never bold.
     """
     methods = [m for m in ALL_METHODS if m in methods]
     lines = [
@@ -160,13 +161,16 @@ def markdown_table(
                 m: f"{dataset}/{m}/{DENSE_FACTOR if m == 'dense' else factor}" for m in methods
             }
             row: dict[str, dict[str, Any] | None] = {}
+            pending: set[str] = set()
             for method in methods:
                 cell = cells.get(names[method])
                 row[method] = cell["test_error"] if cell else None
+                if cell and cell.get("second_stage_pending"):
+                    pending.add(method)
             compressed = {
                 m: printed_error(s)
                 for m, s in row.items()
-                if m in COMPRESSED_METHODS and s and s["n"] > 0
+                if m in COMPRESSED_METHODS and s and s["n"] > 0 and m not in pending
             }
             best = min(compressed.values(), default=None)
             texts = []
@@ -176,6 +180,8 @@ def markdown_table(
                     text = "cannot reach"
                 else:
                     text = _fmt(summary, seeds) if summary else "–"
+                    if method in pending:
+                        text += " (stage 1)"
                 texts.append(f"**{text}**" if compressed.get(method, -1) == best else text)
             lines.append(f"| {dataset} | {factor} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
@@ -190,17 +196,17 @@ def standings(
     unreachable: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """How the compressed methods compare over the complete rows (every one of them on every
-    seed, but those that cannot store the row's factor, ``unreachable``; a row ranks the methods
-    it has): mean rank, rows won, rows where freshnets is lower or higher, and the gap to dense
-    per factor. Errors are compared as the table prints them (two decimals, in %), so a tie is a
-    tie. With 3 seeds most gaps are within the seeds' spread, so the rows where freshnets is
-    lower or higher are also counted where Welch's t-test over the seeds says the difference is
-    significant (two-sided, p < SIGNIFICANCE)."""
+    seed with its final choice, but those that cannot store the row's factor, ``unreachable``;
+    a row ranks the methods it has): mean rank, rows won, rows where freshnets is lower or
+    higher, and the gap to dense per factor. Errors are compared as the table prints them (two
+    decimals, in %), so a tie is a tie. With 3 seeds most gaps are within the seeds' spread, so
+    the rows where freshnets is lower or higher are also counted where Welch's t-test over the
+    seeds says the difference is significant (two-sided, p < SIGNIFICANCE)."""
     compressed = [m for m in COMPRESSED_METHODS if m in methods]
 
     def printed(name: str) -> float | None:
         cell = cells.get(name)
-        if cell is None or cell["test_error"]["n"] < seeds:
+        if cell is None or cell["test_error"]["n"] < seeds or cell.get("second_stage_pending"):
             return None
         return printed_error(cell["test_error"])
 

@@ -483,6 +483,31 @@ class TeacherMissing(RuntimeError):
         )
 
 
+def second_stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, Any]) -> bool:
+    """Whether a chosen cell (its selection ``entry``) still waits for runs of ``protocol``'s
+    second stage. Until they are back its recorded choice is the first stage's, which a report
+    must not present as final; a protocol without a second stage never leaves a cell waiting."""
+    group = Group(
+        entry["dataset"], entry["method"], entry["factor"], entry["arch"], entry.get("model", {})
+    )
+    if not protocol.refine_overrides(group):
+        return False
+    grid = protocol.points(group.method)
+    first = [
+        (c["overrides"], {"result": {"val_error": c["val_error"]}})
+        for c in entry["candidates"]
+        if c["overrides"] in grid
+    ]
+    teacher = dense_choice(store, group.dataset) if protocol.needs_teacher(group) else None
+    if len(first) < len(grid) or (teacher is None and protocol.needs_teacher(group)):
+        return True
+    tried = {c["key"] for c in entry["candidates"]}
+    return any(
+        group.point_spec(protocol.tune_seed, protocol.base, point).key() not in tried
+        for point in protocol.refinements(group, choose(first), teacher)
+    )
+
+
 def dense_teacher(store: RunStore, dataset: str, seed: int) -> RunSpec | None:
     """The table's dense run for a data set and seed (chosen hyper-parameters), if tuned."""
     entry = store.selection().get(dense_cell(dataset))

@@ -26,6 +26,7 @@ from freshcore.reproduce import (
     default_protocol,
     quick_options,
     reproduce,
+    write_report,
 )
 from freshcore.reproduce.parallel import _waits, run_parallel
 from freshcore.reproduce.plan import table_groups
@@ -366,6 +367,29 @@ def test_second_stage_refines_the_choice_on_validation(tmp_path: Path, workers: 
     again = Counting()
     reproduce(replace(options, workers=1), again)
     assert again.trained == [] and len(again.skipped) == 3
+
+
+def test_a_cell_whose_second_stage_is_unfinished_is_marked_and_not_ranked(tmp_path: Path) -> None:
+    """A report written while a cell's second stage is still out (stopped, or trained by another
+    invocation) shows the first stage's choice as such and ranks no row with it; once the stage
+    is back the cell is final."""
+    first = _one_cell(tmp_path, "hashednets", 1)  # no second stage: never pending
+    summary = reproduce(first, Counting())
+    assert "second_stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
+    assert summary["standings"]["rows"] == ["digits 1/16"]
+
+    staged = _one_cell(tmp_path, "hashednets", 1, refine={"hashednets": [{"epochs": 2}]})
+    summary = write_report(staged, "report only", 0.0)
+    assert summary["cells"]["digits/hashednets/1/16"]["second_stage_pending"] is True
+    assert summary["standings"]["rows"] == []
+    md = (tmp_path / "results.md").read_text()
+    assert "(stage 1)" in md and "**" not in md.split("## Standings")[0].split("| digits |")[1]
+    assert "- digits/hashednets/1/16: its second stage is not finished" in md
+
+    summary = reproduce(staged, Counting())  # trains the refinement, then the other seed
+    assert "second_stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
+    assert summary["standings"]["rows"] == ["digits 1/16"]
+    assert "(stage 1)" not in (tmp_path / "results.md").read_text()
 
 
 DISTIL = {"teacher": "dense", "distill_alpha": 0.5, "distill_temperature": 4.0}
