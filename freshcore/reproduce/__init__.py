@@ -343,7 +343,7 @@ def write_report(
             *(f"- {name}: not run, {reason}." for name, reason in skipped.items()),
             *(
                 f"- {name}: its second stage is not finished; the first stage's choice is shown "
-                '(marked "stage 1"), and its row is left out of the standings.'
+                '(marked "stage 1") and left out of the standings.'
                 for name in pending
             ),
             *([""] if skipped or pending else []),

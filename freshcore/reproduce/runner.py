@@ -498,9 +498,13 @@ def second_stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, A
         for c in entry["candidates"]
         if c["overrides"] in grid
     ]
-    teacher = dense_choice(store, group.dataset) if protocol.needs_teacher(group) else None
-    if len(first) < len(grid) or (teacher is None and protocol.needs_teacher(group)):
+    if len(first) < len(grid):
         return True
+    teacher = None
+    if protocol.needs_teacher(group):
+        teacher = dense_choice(store, group.dataset)
+        if teacher is None:
+            return True
     tried = {c["key"] for c in entry["candidates"]}
     return any(
         group.point_spec(protocol.tune_seed, protocol.base, point).key() not in tried
