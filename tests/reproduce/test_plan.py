@@ -197,10 +197,32 @@ def test_standings_rank_the_complete_rows_as_printed() -> None:
     assert fresh["gap_to_dense"]["1/16"] == {"mean": pytest.approx(0.45), "max": 0.8, "rows": 2}
     assert fresh["gap_to_dense"]["1/64"] == {"mean": 0.5, "max": 0.5, "rows": 1}
     assert hashed["freshnets_higher"] == 0  # mnist 1/64 is a tie as printed
-    assert md.splitlines()[4] == "| freshnets | 1.50 | 1.5 | – | – | 0.45 / 0.80 | 0.50 / 0.50 |"
-    assert "| hashednets | 2.17 | 0.5 | 2 of 3 (0) | 0 of 3 (0) | 0.60 / 1.00 | 0.50 / 0.50 |" in md
+    assert hashed["sign_test_p"] == 0.5  # 2 lower, 0 higher: the tie drops out
+    assert summary["methods"]["freshnets-uniform"]["sign_test_p"] == 1.0  # 2 lower, 1 higher
+    assert md.splitlines()[4] == (
+        "| freshnets | 1.50 | 1.5 | – | – | – | 0.45 / 0.80 | 0.50 / 0.50 |"
+    )
+    hashed_line = "| hashednets | 2.17 | 0.5 | 2 of 3 (0) | 0 of 3 (0) | p = 0.5 | 0.60 / 1.00 |"
+    assert hashed_line in md
     summary, md = standings(cells, ["convex"], methods, ["1/64"], 3)
     assert summary["rows"] == [] and "No row is complete" in md
+
+
+def test_standings_sign_test_counts_rows_not_seeds() -> None:
+    """Lower in 8 rows of 8 is unlikely at even odds (2 / 2**8); lower in 5 and higher in 3 is
+    not; a rival level in every row has no test."""
+    datasets = [f"d{i}" for i in range(8)]
+    errors = {f"{d} 1/16": {"hashednets": 2.0, "lowfreq": 1.0 + (i < 3), "equivalent": 1.0,
+                             "freshnets": 1.5} for i, d in enumerate(datasets)}  # fmt: skip
+    summary, md = standings(
+        _cells(errors), datasets, ["hashednets", "lowfreq", "equivalent", "freshnets"], ["1/16"], 3
+    )
+    hashed, low = summary["methods"]["hashednets"], summary["methods"]["lowfreq"]
+    assert hashed["sign_test_p"] == pytest.approx(2 / 2**8)
+    assert (low["freshnets_lower"], low["freshnets_higher"]) == (3, 5)
+    assert low["sign_test_p"] == pytest.approx(0.7265625)
+    assert summary["methods"]["equivalent"]["sign_test_p"] == pytest.approx(2 / 2**8)
+    assert "| 8 of 8 (0) | 0 of 8 (0) | p = 0.0078 |" in md
 
 
 def test_archs_follow_the_input_shape_or_one_preset_that_fits_every_data_set() -> None:
