@@ -209,20 +209,22 @@ def test_standings_rank_the_complete_rows_as_printed() -> None:
 
 
 def test_standings_sign_test_counts_rows_not_seeds() -> None:
-    """Lower in 8 rows of 8 is unlikely at even odds (2 / 2**8); lower in 5 and higher in 3 is
-    not; a rival level in every row has no test."""
+    """Lower (or higher) in 8 rows of 8 is unlikely at even odds (2 / 2**8); lower in 3 and
+    higher in 5 is not; a rival level in every row has no test."""
     datasets = [f"d{i}" for i in range(8)]
-    errors = {f"{d} 1/16": {"hashednets": 2.0, "lowfreq": 1.0 + (i < 3), "equivalent": 1.0,
-                             "freshnets": 1.5} for i, d in enumerate(datasets)}  # fmt: skip
-    summary, md = standings(
-        _cells(errors), datasets, ["hashednets", "lowfreq", "equivalent", "freshnets"], ["1/16"], 3
-    )
+    errors = {f"{d} 1/16": {"lrd": 1.5, "hashednets": 2.0, "lowfreq": 1.0 + (i < 3),
+                             "equivalent": 1.0, "freshnets": 1.5}
+              for i, d in enumerate(datasets)}  # fmt: skip
+    methods = ["lrd", "hashednets", "lowfreq", "equivalent", "freshnets"]
+    summary, md = standings(_cells(errors), datasets, methods, ["1/16"], 3)
     hashed, low = summary["methods"]["hashednets"], summary["methods"]["lowfreq"]
     assert hashed["sign_test_p"] == pytest.approx(2 / 2**8)
     assert (low["freshnets_lower"], low["freshnets_higher"]) == (3, 5)
     assert low["sign_test_p"] == pytest.approx(0.7265625)
     assert summary["methods"]["equivalent"]["sign_test_p"] == pytest.approx(2 / 2**8)
     assert "| 8 of 8 (0) | 0 of 8 (0) | p = 0.0078 |" in md
+    assert summary["methods"]["lrd"]["sign_test_p"] is None
+    assert "| 0 of 8 (0) | 0 of 8 (0) | – |" in md
 
 
 def test_archs_follow_the_input_shape_or_one_preset_that_fits_every_data_set() -> None:

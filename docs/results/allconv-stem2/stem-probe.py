@@ -41,11 +41,15 @@ def percent(record: dict[str, Any], key: str) -> float:
 
 
 def probe(
-    cell: str, specs: list[RunSpec], src: RunStore, dst: RunStore, stems: list[float]
+    cell: str,
+    specs: list[RunSpec],
+    src: RunStore,
+    dst: RunStore,
+    data: DataCache,
+    stems: list[float],
 ) -> list[dict[str, Any]]:
     """One cell's runs as this stage chooses them: with the stem factor validation keeps, or
     the table's own where none beats the choice."""
-    data = DataCache()
     table = [src.get(spec) for spec in specs]
     if any(r is None for r in table):
         raise SystemExit(f"{cell}: the table's runs are not all finished in {src.root}")
@@ -88,7 +92,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    src, dst = RunStore(args.source), RunStore(args.target)
+    src, dst, data = RunStore(args.source), RunStore(args.target), DataCache()
     stems = [float(s) for s in args.stems.split(",")]
     datasets, methods = args.datasets.split(","), args.methods.split(",")
     specs = final_specs(src, SEEDS)
@@ -100,7 +104,7 @@ def main() -> None:
             if f"{dataset}/{m}/{args.factor}" in specs
         ]
         for name in names:
-            runs = probe(name, specs[name], src, dst, stems)
+            runs = probe(name, specs[name], src, dst, data, stems)
             cells[name]["test_error"] = summarise([r["result"]["test_error"] for r in runs])
     if set(BUDGETED_METHODS) - set(methods):
         return
