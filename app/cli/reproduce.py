@@ -84,10 +84,10 @@ def _allocations_option(text: str) -> tuple[dict[str, Any], ...]:
     return tuple(parsed)
 
 
-def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
-    """`--refine`: {method: [overrides]}, each a build_model keyword or a training setting,
-    checked by freshcore's own parsers and `TrainConfig`; `"teacher": "dense"` (with a
-    distill_alpha) distils from the data set's dense cell."""
+def _refine_option(text: str, hint: str = "--refine") -> dict[str, list[dict[str, Any]]]:
+    """`--refine` (or one `--later` stage): {method: [overrides]}, each a build_model keyword
+    or a training setting, checked by freshcore's own parsers and `TrainConfig`;
+    `"teacher": "dense"` (with a distill_alpha) distils from the data set's dense cell."""
     from dataclasses import fields
 
     from freshcore.build import (
@@ -111,8 +111,7 @@ def _refine_option(text: str) -> dict[str, list[dict[str, Any]]]:
 
     known = {*NOT_TRAINING, *(f.name for f in fields(TrainConfig))}
     dataset_names = sorted(info.name for info in list_datasets())
-    hint = "--refine"
-    value = _json_option(text, hint) or {}  # null, like {}: no second stage
+    value = _json_option(text, hint) or {}  # null, like {}: an empty stage
     out: dict[str, list[dict[str, Any]]] = {}
     for method, overrides in value.items():
         if method not in ALL_METHODS:
@@ -368,6 +367,16 @@ def register(cli: typer.Typer) -> None:
                 "every method; '{}': none).",
             ),
         ] = None,
+        later: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="A stage after --refine, in the same JSON form, tried on the tuning seed on "
+                "top of the choice the stages before it made (repeat for more stages), e.g. "
+                '\'{"freshnets": [{"budget_policy": {"kind": "conv-boost", "conv_factor": 1, '
+                "\"stem_factor\": 4.0}}]}'. Numbers are part of a run's key: 4.0 and 4 name "
+                "different runs.",
+            ),
+        ] = None,
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
@@ -425,6 +434,7 @@ def register(cli: typer.Typer) -> None:
                             for m in rp.ALL_METHODS
                         }
                     ),
+                    later=[_refine_option(stage, "--later") for stage in later or []],
                 ),
                 workers=workers,
                 table=table,

@@ -62,7 +62,7 @@ from freshcore.reproduce.runner import (
     machine_info,
     run_groups,
     run_one,
-    second_stage_pending,
+    stage_pending,
 )
 
 __all__ = [
@@ -261,8 +261,8 @@ def write_report(
     out = Path(options.out)
     cells = collect_cells(store, list(range(options.seeds)))
     for name, entry in store.selection().items():
-        if name in cells and second_stage_pending(store, options.protocol, entry):
-            cells[name]["second_stage_pending"] = True
+        if name in cells and stage_pending(store, options.protocol, entry):
+            cells[name]["stage_pending"] = True
     records = store.records()
     machine = machine_info(options.protocol.device)
     running = running_time(records)
@@ -308,9 +308,10 @@ def write_report(
             for method, models in options.protocol.model_grid.items()
         )
         + "".join(
-            f"; second stage: {method} also tries its choice with "
+            f"; stage {number}: {method} also tries its choice with "
             + "; ".join(map(describe_override, overrides))
-            for method, overrides in options.protocol.refine.items()
+            for number, stage in enumerate(options.protocol.stages, start=2)
+            for method, overrides in stage.items()
         )
         + f"; tuning seed {options.protocol.tune_seed}; seeds 0..{options.seeds - 1}.",
         "",
@@ -323,7 +324,7 @@ def write_report(
         pending = [
             name
             for name, cell in cells.items()
-            if cell.get("second_stage_pending")
+            if cell.get("stage_pending")
             and cell["dataset"] in options.datasets
             and cell["method"] in options.methods
         ]
@@ -342,8 +343,8 @@ def write_report(
             "",
             *(f"- {name}: not run, {reason}." for name, reason in skipped.items()),
             *(
-                f"- {name}: its second stage is not finished; the first stage's choice is shown "
-                '(marked "stage 1") and left out of the standings.'
+                f"- {name}: a stage after its grid is not finished; an earlier stage's choice "
+                'is shown (marked "not final") and left out of the standings.'
                 for name in pending
             ),
             *([""] if skipped or pending else []),

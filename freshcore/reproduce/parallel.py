@@ -2,8 +2,9 @@
 
 Every task is one run. A table cell (a `Group`) first contributes its grid on the tuning seed;
 when the last of those runs is back, this process chooses the point (validation only, as
-`run_groups` does), hands out the protocol's refinements of that choice if it has any, and
-when those are back too, chooses again and hands out the cell's other seeds. Single runs
+`run_groups` does), hands out the refinements of that choice of the protocol's next stage that
+has any, and so on, choosing again as each stage is back; then it hands out the cell's other
+seeds. Single runs
 (ablations) are tasks of their own. Run files are keyed and written atomically and
 `RunStore.put_selection` takes a file lock, so processes never lose each other's results. On one
 GPU, several small trainings side by side keep it busier than one, and on a CPU each worker takes
@@ -114,9 +115,9 @@ def run_parallel(
     failures: list[tuple[RunSpec, BaseException]] = []
     # per group: its grid points and the records of those back so far (None: failed)
     grids: dict[str, tuple[list[dict[str, Any]], dict[int, dict[str, Any] | None]]] = {}
-    refined: set[str] = set()  # groups whose second stage (possibly empty) has been handed out
+    stage_of: dict[str, int] = {}  # group name -> its next stage after the grid to hand out
     finals: dict[str, dict[str, Any]] = {}  # group name -> its final choice, as they come
-    # data set -> (group, first choice) whose second stage distils and waits for the dense cell
+    # data set -> (group, first choice) whose later stages distil and wait for the dense cell
     waiting: dict[str, list[tuple[Group, dict[str, Any]]]] = {}
     tunes_dense = {g.dataset for g in groups if g.method == "dense"}
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
@@ -172,27 +173,32 @@ def run_parallel(
                 return finals.get(dense_cell(group.dataset))
             return dense_choice(store, group.dataset)
 
-        def second_stage(group: Group, chosen: dict[str, Any]) -> bool:
-            """Hand out a group's refinements; False if it has none (its choice is final)."""
+        def next_stage(group: Group, chosen: dict[str, Any]) -> bool:
+            """Hand out the refinements of ``chosen`` of a group's next stage that has any;
+            False when no stage is left (its choice is final)."""
             points = grids[group.name][0]
-            more = protocol.refinements(
-                group, chosen, teacher(group) if protocol.needs_teacher(group) else None
-            )
-            for refinement in more:
-                points.append(refinement)
-                spec = group.point_spec(protocol.tune_seed, protocol.base, refinement)
-                submit(spec, group, len(points) - 1)
-            return bool(more)
+            dense = teacher(group) if protocol.needs_teacher(group) else None
+            while stage_of[group.name] < len(protocol.stages):
+                stage = stage_of[group.name]
+                stage_of[group.name] += 1
+                more = protocol.refinements(group, chosen, dense, stage)
+                for refinement in more:
+                    points.append(refinement)
+                    spec = group.point_spec(protocol.tune_seed, protocol.base, refinement)
+                    submit(spec, group, len(points) - 1)
+                if more:
+                    return True
+            return False
 
         def finish(group: Group, chosen: dict[str, Any]) -> None:
-            """A group's choice is final: its other seeds, and the second stages that waited
+            """A group's choice is final: its other seeds, and the later stages that waited
             for it as their teacher."""
             finals[group.name] = chosen
             for seed in extra:
                 submit(group.point_spec(seed, protocol.base, chosen), of=group.name)
             if group.method == "dense":
                 for other, first in waiting.pop(group.dataset, []):
-                    if not second_stage(other, first):
+                    if not next_stage(other, first):
                         finish(other, first)
 
         for group in groups:
@@ -226,8 +232,8 @@ def run_parallel(
                     continue
                 candidates = [(points[i], back[i]) for i in range(len(points))]
                 chosen = select(group, protocol, candidates, store)  # type: ignore[arg-type]
-                if group.name not in refined:  # the first stage is back: its second, if any
-                    refined.add(group.name)
+                if group.name not in stage_of:  # the grid is back: the stages after it, if any
+                    stage_of[group.name] = 0
                     if protocol.needs_teacher(group) and teacher(group) is None:
                         if group.dataset in tunes_dense:  # dense is still tuning: wait for it
                             waiting.setdefault(group.dataset, []).append((group, chosen))
@@ -235,8 +241,8 @@ def run_parallel(
                             error = TeacherMissing(group.name, dense_cell(group.dataset))
                             failures.append((spec, error))
                         continue
-                    if second_stage(group, chosen):
-                        continue
+                if next_stage(group, chosen):
+                    continue
                 finish(group, chosen)
             feed()
     for pending_groups in waiting.values():  # their dense cell failed: retried the next time

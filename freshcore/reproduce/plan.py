@@ -40,8 +40,9 @@ PROCEDURE = (
     "point with the lowest validation error is kept and the other seeds are trained with it (the "
     "tuning seed's run with that point is its result). Where the protocol has a second stage, "
     "the kept point is also trained with each of the method's refinements (a different budget "
-    "split, say) and the best of them on validation is kept instead. The test split is never "
-    "used to choose."
+    "split, say) and the best of them on validation is kept instead; each later stage does the "
+    "same with its own refinements on top of the choice the stages before it made. The test "
+    "split is never used to choose."
 )
 
 
@@ -120,6 +121,11 @@ class Protocol:
     stage's choice only; an override with a "factors" (or "datasets") list applies at those
     factors (data sets) only, and one with "teacher": "dense" distils from the dense cell's
     choice (`refinements`' teacher).
+
+    `later` holds further stages of the same form, each tried on the choice the stages before it
+    made (a larger rate for the first layer on top of the second stage's width, say): one more
+    stage costs a run per override, where crossing it into `refine` would multiply them.
+    Stage 0 is `refine`, stage i > 0 is ``later[i - 1]``.
     """
 
     base: dict[str, Any]
@@ -129,6 +135,12 @@ class Protocol:
     cuda_graph: bool = False  # on a GPU, TrainConfig.cuda_graph; not part of a run's key either
     model_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     refine: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    later: list[dict[str, list[dict[str, Any]]]] = field(default_factory=list)
+
+    @property
+    def stages(self) -> list[dict[str, list[dict[str, Any]]]]:
+        """The stages after the grid, in order: `refine`, then `later`."""
+        return [self.refine, *self.later]
 
     def points(self, method: str) -> list[dict[str, Any]]:
         """The candidates of a method: each grid point, with a "model" entry per alternative."""
@@ -137,32 +149,40 @@ class Protocol:
             {**point, "model": dict(m)} if m else dict(point) for point in self.grid for m in models
         ]
 
-    def refine_overrides(self, group: Group) -> list[dict[str, Any]]:
-        """The second-stage overrides that apply to a group: its method's, less those scoped
-        to other factors or data sets."""
+    def refine_overrides(self, group: Group, stage: int = 0) -> list[dict[str, Any]]:
+        """The overrides of a stage (0: the second) that apply to a group: its method's, less
+        those scoped to other factors or data sets."""
         return [
             o
-            for o in self.refine.get(group.method, [])
+            for o in self.stages[stage].get(group.method, [])
             if group.factor in o.get(SCOPE_KEY, [group.factor])
             and group.dataset in o.get(DATASETS_KEY, [group.dataset])
         ]
 
     def needs_teacher(self, group: Group) -> bool:
-        """Whether a group's second stage distils, so waits for its data set's dense choice."""
-        return any(TEACHER_KEY in o for o in self.refine_overrides(group))
+        """Whether a stage of a group distils, so waits for its data set's dense choice."""
+        return any(
+            TEACHER_KEY in o
+            for stage in range(len(self.stages))
+            for o in self.refine_overrides(group, stage)
+        )
 
     def refinements(
-        self, group: Group, chosen: dict[str, Any], teacher: dict[str, Any] | None = None
+        self,
+        group: Group,
+        chosen: dict[str, Any],
+        teacher: dict[str, Any] | None = None,
+        stage: int = 0,
     ) -> list[dict[str, Any]]:
-        """The second-stage candidates of a group: its first-stage choice with each override
-        merged in (training settings beside the choice's, model keywords into its "model", the
-        dense cell's chosen point ``teacher`` as its "teacher"), leaving out any that trains the
-        very same network."""
+        """The candidates of a stage (0: the second) of a group: the choice so far with each
+        override merged in (training settings beside the choice's, model keywords into its
+        "model", the dense cell's chosen point ``teacher`` as its "teacher"), leaving out any
+        that trains the very same network as the choice or as another of them."""
         if teacher is None and self.needs_teacher(group):
-            raise ValueError(f"{group.name}: its second stage distils, but dense is not chosen")
+            raise ValueError(f"{group.name}: a later stage distils, but dense is not chosen")
         out: list[dict[str, Any]] = []
         seen = {group.point_spec(self.tune_seed, self.base, chosen).key()}
-        for override in self.refine_overrides(group):
+        for override in self.refine_overrides(group, stage):
             train, model = split_override(override)
             point = {**chosen, **train}
             if model:
@@ -176,12 +196,14 @@ class Protocol:
         return out
 
     def runs(self, groups: list[Group], seeds: list[int]) -> int:
-        """How many runs ``groups`` take at most: every point and refinement on the tuning
-        seed, one per other seed."""
+        """How many runs ``groups`` take at most: every point and refinement of every stage
+        on the tuning seed, one per other seed."""
         extra = len([s for s in seeds if s != self.tune_seed])
-        return sum(
-            len(self.points(g.method)) + len(self.refine_overrides(g)) + extra for g in groups
-        )
+        return sum(len(self.points(g.method)) + self.refinement_count(g) + extra for g in groups)
+
+    def refinement_count(self, group: Group) -> int:
+        """How many refinements a group's stages try at most, all stages together."""
+        return sum(len(self.refine_overrides(group, i)) for i in range(len(self.stages)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,12 +232,14 @@ def default_protocol(
     allocations: tuple[dict[str, Any], ...] = (),
     refine: dict[str, list[dict[str, Any]]] | None = None,
     cuda_graph: bool = False,
+    later: list[dict[str, list[dict[str, Any]]]] | None = None,
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
     dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
     ``allocations``: freshnets frequency allocations tried with every point (empty: the table's
     one allocation, untuned); the other methods have no allocation to tune. ``refine``: the
-    second stage (`Protocol`), none by default."""
+    second stage (`Protocol`), none by default; ``later``: the stages after it, none by
+    default."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -242,8 +266,14 @@ def default_protocol(
         device=device,
         cuda_graph=cuda_graph,
         model_grid=model_grid,
-        refine={m: [dict(o) for o in overrides] for m, overrides in (refine or {}).items()},
+        refine=_copy_stage(refine or {}),
+        later=[_copy_stage(stage) for stage in later or []],
     )
+
+
+def _copy_stage(stage: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """A stage's overrides, copied so a caller's later edits never change the protocol."""
+    return {m: [dict(o) for o in overrides] for m, overrides in stage.items()}
 
 
 def quick_protocol(device: str = "cpu") -> Protocol:

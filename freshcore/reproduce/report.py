@@ -147,8 +147,8 @@ def markdown_table(
 
     The best compressed methods of each row (lowest printed mean, every one of a tie) are in
     bold; dense is the reference; a cell the method cannot store (``unreachable``, cell name ->
-    why) reads "cannot reach"; a cell whose second stage is not finished is marked "(stage 1)"
-    and is never bold.
+    why) reads "cannot reach"; a cell a stage after its grid still waits for is marked "(not
+    final)" and is never bold.
     """
     methods = [m for m in ALL_METHODS if m in methods]
     lines = [
@@ -165,7 +165,7 @@ def markdown_table(
             for method in methods:
                 cell = cells.get(names[method])
                 row[method] = cell["test_error"] if cell else None
-                if cell and cell.get("second_stage_pending"):
+                if cell and cell.get("stage_pending"):
                     pending.add(method)
             compressed = {
                 m: printed_error(s)
@@ -181,7 +181,7 @@ def markdown_table(
                 else:
                     text = _fmt(summary, seeds) if summary else "–"
                     if method in pending:
-                        text += " (stage 1)"
+                        text += " (not final)"
                 texts.append(f"**{text}**" if compressed.get(method, -1) == best else text)
             lines.append(f"| {dataset} | {factor} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
@@ -208,7 +208,7 @@ def standings(
 
     def printed(name: str) -> float | None:
         cell = cells.get(name)
-        if cell is None or cell["test_error"]["n"] < seeds or cell.get("second_stage_pending"):
+        if cell is None or cell["test_error"]["n"] < seeds or cell.get("stage_pending"):
             return None
         return printed_error(cell["test_error"])
 

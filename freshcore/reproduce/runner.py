@@ -362,7 +362,8 @@ def finished_runs(
 ) -> int:
     """How many of `Protocol.runs` are in the store already: a resumed table skips them, so a
     time estimate must leave them out. Exact for the tuning-seed grid; the second stage and the
-    other seeds follow the group's recorded choice, which a changed protocol may yet revise."""
+    other seeds follow the group's recorded choice, which a changed protocol may yet revise;
+    the later stages are counted from the group's recorded candidates."""
     selection = store.selection()
     extra_seeds = [s for s in seeds if s != protocol.tune_seed]
     finished = 0
@@ -370,7 +371,7 @@ def finished_runs(
         entry = selection.get(group.name, {})
         grid = protocol.points(group.method)
         second = [c["overrides"] for c in entry.get("candidates", [])]
-        second = [p for p in second if p not in grid][: len(protocol.refine_overrides(group))]
+        second = [p for p in second if p not in grid][: protocol.refinement_count(group)]
         runs = [group.point_spec(protocol.tune_seed, protocol.base, p) for p in grid + second]
         if "chosen" in entry:
             runs += [group.point_spec(s, protocol.base, entry["chosen"]) for s in extra_seeds]
@@ -386,8 +387,8 @@ def run_groups(
     data: DataCache,
     reporter: Reporter | None = None,
 ) -> list[tuple[RunSpec, BaseException]]:
-    """Tune each group on the tuning seed (its grid, then any refinements of the choice), then
-    run the other seeds with the chosen setting.
+    """Tune each group on the tuning seed (its grid, then each stage's refinements of the
+    choice so far), then run the other seeds with the chosen setting.
 
     Data set by data set: first every group's grid on the tuning seed (a one-seed table appears
     early), then the remaining seeds. A failed run is reported and skipped, not fatal: it is
@@ -433,16 +434,21 @@ def run_groups(
                     failures.append((spec, TeacherMissing(group.name, dense)))
                     reporter.failed(spec, failures[-1][1])
                     continue
-            refinements = protocol.refinements(group, first, teacher)
-            for point in refinements:
-                record = attempt(group.point_spec(protocol.tune_seed, protocol.base, point))
-                if record is not None:
-                    candidates.append((point, record))
-            if len(candidates) < len(points) + len(refinements):
-                continue  # the first stage's choice stays recorded until the second is done
-            chosen[group.name] = (
-                select(group, protocol, candidates, store) if refinements else first
-            )
+            final: dict[str, Any] | None = first
+            for stage in range(len(protocol.stages)):
+                refinements = protocol.refinements(group, final, teacher, stage)
+                tried = len(candidates)
+                for point in refinements:
+                    record = attempt(group.point_spec(protocol.tune_seed, protocol.base, point))
+                    if record is not None:
+                        candidates.append((point, record))
+                if len(candidates) < tried + len(refinements):
+                    final = None  # the choice so far stays recorded until this stage is done
+                    break
+                if refinements:
+                    final = select(group, protocol, candidates, store)
+            if final is not None:
+                chosen[group.name] = final
         for group in (g for g in groups if g.dataset == dataset):
             if group.name not in chosen:
                 continue
@@ -483,33 +489,38 @@ class TeacherMissing(RuntimeError):
         )
 
 
-def second_stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, Any]) -> bool:
-    """Whether a chosen cell (its selection ``entry``) still waits for runs of ``protocol``'s
-    second stage. Until they are back its recorded choice is the first stage's, which a report
-    must not present as final; a protocol without a second stage never leaves a cell waiting."""
+def stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, Any]) -> bool:
+    """Whether a chosen cell (its selection ``entry``) still waits for runs of one of
+    ``protocol``'s stages after the grid. Until they are back its recorded choice is an earlier
+    stage's, which a report must not present as final; a protocol without such stages never
+    leaves a cell waiting. The choice after each stage is recomputed with `choose` from the
+    recorded validation errors, as the runner makes it."""
     group = Group(
         entry["dataset"], entry["method"], entry["factor"], entry["arch"], entry.get("model", {})
     )
-    if not protocol.refine_overrides(group):
+    if not protocol.refinement_count(group):
         return False
-    grid = protocol.points(group.method)
-    first = [
-        (c["overrides"], {"result": {"val_error": c["val_error"]}})
+    tried = {
+        c["key"]: (c["overrides"], {"result": {"val_error": c["val_error"]}})
         for c in entry["candidates"]
-        if c["overrides"] in grid
-    ]
-    if len(first) < len(grid):
+    }
+    grid = protocol.points(group.method)
+    keys = [group.point_spec(protocol.tune_seed, protocol.base, p).key() for p in grid]
+    if any(key not in tried for key in keys):
         return True
     teacher = None
     if protocol.needs_teacher(group):
         teacher = dense_choice(store, group.dataset)
         if teacher is None:
             return True
-    tried = {c["key"] for c in entry["candidates"]}
-    return any(
-        group.point_spec(protocol.tune_seed, protocol.base, point).key() not in tried
-        for point in protocol.refinements(group, choose(first), teacher)
-    )
+    for stage in range(len(protocol.stages)):
+        chosen = choose([tried[key] for key in keys])
+        for point in protocol.refinements(group, chosen, teacher, stage):
+            key = group.point_spec(protocol.tune_seed, protocol.base, point).key()
+            if key not in tried:
+                return True
+            keys.append(key)
+    return False
 
 
 def dense_teacher(store: RunStore, dataset: str, seed: int) -> RunSpec | None:

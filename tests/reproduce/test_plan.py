@@ -414,3 +414,26 @@ def test_an_override_scoped_to_data_sets_applies_there_only() -> None:
     (point,) = protocol.refinements(groups[1], {"lr": 0.02})
     assert point == {"lr": 0.02, "augment": True}  # the scopes are not training settings
     assert describe_override(shifts) == "augment=True (at 1/64; on mnist)"
+
+
+def test_a_later_stage_merges_into_the_choice_it_is_given_and_is_counted() -> None:
+    """Stage 1 (the first of `later`) takes whatever choice it is handed, the second stage's
+    width say, and keeps it beside its own override; its runs count towards the plan's total,
+    and a distilling override in any stage makes the cell wait for dense."""
+    stem = {"kind": "conv-boost", "conv_factor": 1, "stem_factor": 4.0}
+    protocol = default_protocol(
+        lrs=(0.02,),
+        refine={"lowfreq": [{"width": 0.5}]},
+        later=[{"lowfreq": [{"budget_policy": stem, "factors": ["1/64"]}]}],
+    )
+    (low16, low64) = table_groups(["mnist"], ["lowfreq"], ["1/16", "1/64"], {"mnist": "mnist-cnn"})
+    second = {"lr": 0.02, "model": {"width": 0.5}}
+    (third,) = protocol.refinements(low64, second, stage=1)
+    assert third == {"lr": 0.02, "model": {"width": 0.5, "budget_policy": stem}}
+    assert protocol.refinements(low16, second, stage=1) == []  # scoped to 1/64
+    assert protocol.refinements(low64, third, stage=1) == []  # the very network chosen
+    # the grid (1 point), 2 other seeds, the second stage's one run; 1/64 has the third's too
+    assert protocol.runs([low16, low64], [0, 1, 2]) == 2 * (1 + 2 + 1) + 1
+    assert not protocol.needs_teacher(low64)
+    distil = {"teacher": "dense", "distill_alpha": 0.9}
+    assert default_protocol(later=[{}, {"lowfreq": [distil]}]).needs_teacher(low64)

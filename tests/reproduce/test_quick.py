@@ -30,7 +30,7 @@ from freshcore.reproduce import (
 )
 from freshcore.reproduce.parallel import _waits, run_parallel
 from freshcore.reproduce.plan import table_groups
-from freshcore.reproduce.runner import DataCache, run_one
+from freshcore.reproduce.runner import DataCache, final_specs, run_one
 
 
 class Counting(Reporter):
@@ -283,6 +283,9 @@ def test_bad_allocations_are_refused_by_name(tmp_path: Path, bad: str, says: str
         ("--refine", '{"lrd": [{"teacher": "dense"}]}', "distill_alpha"),
         ("--refine", '{"lrd": [{"lr": 0.05, "datasets": ["mnist", "cifar-100"]}]}', "datasets"),
         ("--refine", '{"lrd": [{"lr": 0.05, "datasets": [{}]}]}', "lrd item 0: datasets"),
+        ("--later", '{"lrd": [{"lr": 0.05, "factors": "1/64"}]}', "non-empty list"),
+        ("--later", '{"lrd": [{"widht": 0.5}]}', "unknown key(s) widht"),
+        ("--later", "[1]", "JSON object"),
     ],
 )
 def test_bad_second_stage_is_refused_by_name(
@@ -354,7 +357,7 @@ def test_second_stage_refines_the_choice_on_validation(tmp_path: Path, workers: 
     )
     assert summary["cells"]["digits/hashednets/1/16"]["test_error"]["n"] == 2
     md = (tmp_path / "results.md").read_text()
-    assert "second stage: hashednets also tries its choice with budget_policy=conv-boost" in md
+    assert "stage 2: hashednets also tries its choice with budget_policy=conv-boost" in md
     tests = {
         c["key"]: 100 * RunStore(tmp_path).get_key(c["key"])["result"]["test_error"]
         for c in entry["candidates"]
@@ -375,21 +378,70 @@ def test_a_cell_whose_second_stage_is_unfinished_is_marked_and_not_ranked(tmp_pa
     is back the cell is final."""
     first = _one_cell(tmp_path, "hashednets", 1)  # no second stage: never pending
     summary = reproduce(first, Counting())
-    assert "second_stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
+    assert "stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
     assert summary["standings"]["rows"] == ["digits 1/16"]
 
     staged = _one_cell(tmp_path, "hashednets", 1, refine={"hashednets": [{"epochs": 2}]})
     summary = write_report(staged, "report only", 0.0)
-    assert summary["cells"]["digits/hashednets/1/16"]["second_stage_pending"] is True
+    assert summary["cells"]["digits/hashednets/1/16"]["stage_pending"] is True
     assert summary["standings"]["rows"] == []
     md = (tmp_path / "results.md").read_text()
-    assert "(stage 1)" in md and "**" not in md.split("## Standings")[0].split("| digits |")[1]
-    assert "- digits/hashednets/1/16: its second stage is not finished" in md
+    assert "(not final)" in md and "**" not in md.split("## Standings")[0].split("| digits |")[1]
+    assert "- digits/hashednets/1/16: a stage after its grid is not finished" in md
 
     summary = reproduce(staged, Counting())  # trains the refinement, then the other seed
-    assert "second_stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
+    assert "stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
     assert summary["standings"]["rows"] == ["digits 1/16"]
-    assert "(stage 1)" not in (tmp_path / "results.md").read_text()
+    assert "(not final)" not in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_later_stage_refines_the_second_stages_choice(tmp_path: Path, workers: int) -> None:
+    """A third stage tries its override on top of whatever the second stage chose, and the
+    cell keeps the best of all its candidates on validation. A report written before that
+    stage has run marks the cell not final; once it is back the other seed runs the final
+    choice, and a rerun trains nothing."""
+    refine = {"hashednets": [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}]}
+    reproduce(_one_cell(tmp_path, "hashednets", workers, refine=refine), Counting())
+    later = [{"hashednets": [{"epochs": 2}]}]
+    third = _one_cell(tmp_path, "hashednets", workers, refine=refine, later=later)
+    pending = write_report(third, "report only", 0.0)
+    assert pending["cells"]["digits/hashednets/1/16"]["stage_pending"] is True
+    summary = reproduce(third, Counting())
+    assert "stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
+    store = RunStore(tmp_path)
+    entry = store.selection()["digits/hashednets/1/16"]
+    first, refined, longer = entry["candidates"]
+    second = refined if refined["val_error"] < first["val_error"] else first
+    assert longer["overrides"] == {**second["overrides"], "epochs": 2}  # on the 2nd's choice
+    best = min((first, refined, longer), key=lambda c: c["val_error"])  # ties: the earlier
+    assert entry["chosen"] == best["overrides"]
+    (seed1,) = final_specs(store, [1])["digits/hashednets/1/16"]
+    assert store.get(seed1) is not None and seed1.train["epochs"] == (2 if best is longer else 1)
+    assert summary["cells"]["digits/hashednets/1/16"]["test_error"]["n"] == 2
+    md = (tmp_path / "results.md").read_text()
+    assert "stage 3: hashednets also tries its choice with epochs=2" in md
+    again = Counting()
+    reproduce(replace(third, workers=1), again)
+    assert again.trained == [] and len(again.skipped) == 4  # three candidates and seed 1
+    empty = replace(third.protocol, later=[*later, {}])  # a stage with nothing to try
+    assert reproduce(replace(third, protocol=empty), again)["failures"] == []
+    assert again.trained == []
+
+
+def test_later_stages_from_cli_reach_the_protocol_in_order(tmp_path: Path) -> None:
+    """Each --later is one stage, in the order given, checked like --refine."""
+    stem = {"budget_policy": {"kind": "conv-boost", "conv_factor": 1, "stem_factor": 4.0}}
+    args = ["reproduce", "--datasets", "digits", "--out", str(tmp_path), "--report-only"]
+    later = ["--later", json.dumps({"freshnets": [stem]})]
+    later += ["--later", '{"lowfreq": [{"epochs": 2}]}']
+    result = CliRunner().invoke(cli, [*args, *later])
+    assert result.exit_code == 0, result.output
+    options = json.loads((tmp_path / "results.json").read_text())["options"]
+    assert options["protocol"]["later"] == [{"freshnets": [stem]}, {"lowfreq": [{"epochs": 2}]}]
+    md = (tmp_path / "results.md").read_text()
+    assert "stage 3: freshnets also tries its choice with" in md
+    assert "stage 4: lowfreq also tries its choice with epochs=2" in md
 
 
 DISTIL = {"teacher": "dense", "distill_alpha": 0.5, "distill_temperature": 4.0}
