@@ -2,10 +2,9 @@
 
 Every task is one run. A table cell (a `Group`) first contributes its grid on the tuning seed;
 when the last of those runs is back, this process chooses the point (validation only, as
-`run_groups` does), hands out the refinements of that choice of the protocol's next stage that
-has any, and so on, choosing again as each stage is back; then it hands out the cell's other
-seeds. Single runs
-(ablations) are tasks of their own. Run files are keyed and written atomically and
+`run_groups` does) and hands out the refinements of that choice of the protocol's next stage
+that has any, choosing again as each stage is back; then it hands out the cell's other seeds.
+Single runs (ablations) are tasks of their own. Run files are keyed and written atomically and
 `RunStore.put_selection` takes a file lock, so processes never lose each other's results. On one
 GPU, several small trainings side by side keep it busier than one, and on a CPU each worker takes
 one core.

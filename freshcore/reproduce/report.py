@@ -148,7 +148,7 @@ def markdown_table(
     The best compressed methods of each row (lowest printed mean, every one of a tie) are in
     bold; dense is the reference; a cell the method cannot store (``unreachable``, cell name ->
     why) reads "cannot reach"; a cell a stage after its grid still waits for is marked "(not
-    final)" and is never bold.
+    final)", and its row has no bold cell until it is final.
     """
     methods = [m for m in ALL_METHODS if m in methods]
     lines = [
@@ -172,7 +172,12 @@ def markdown_table(
                 for m, s in row.items()
                 if m in COMPRESSED_METHODS and s and s["n"] > 0 and m not in pending
             }
-            best = min(compressed.values(), default=None)
+            # a row with a cell still waiting for a stage has no best yet
+            best = (
+                None
+                if pending & set(COMPRESSED_METHODS)
+                else min(compressed.values(), default=None)
+            )
             texts = []
             for method in methods:
                 summary = row[method]

@@ -119,6 +119,7 @@ def _fake_run(store: RunStore, spec: RunSpec, test: float) -> None:
 
 
 def test_table_from_disk_bolds_best_compressed_and_counts_seeds(tmp_path: Path) -> None:
+    """The best compressed cell of a row is bold, ties too; none while a cell is not final."""
     store = RunStore(tmp_path)
     errors = {"dense": [0.005, 0.007], "hashednets": [0.02, 0.03], "freshnets": [0.01, 0.012]}
     for method, values in errors.items():
@@ -156,6 +157,11 @@ def test_table_from_disk_bolds_best_compressed_and_counts_seeds(tmp_path: Path) 
     tied["mnist/hashednets/1/16"]["test_error"] = {"n": 3, "mean": 0.011004, "std": 0.001}
     row = markdown_table(tied, ["mnist"], ["hashednets", "freshnets"], ["1/16"], 3).splitlines()[2]
     assert row.count("**") == 4  # 1.10 and 1.10: a tie as printed, both bold (standings agree)
+
+    waiting = {**cells, "mnist/hashednets/1/16": {**cells["mnist/hashednets/1/16"]}}
+    waiting["mnist/hashednets/1/16"]["stage_pending"] = True
+    row = markdown_table(waiting, ["mnist"], ["hashednets", "freshnets"], ["1/16"], 3)
+    assert "(not final)" in row and "**" not in row  # no best until every cell is final
 
 
 def _cells(
