@@ -250,6 +250,14 @@ def _running_line(running: dict[str, Any], runs: int, run_seconds: float) -> str
     return line + "."
 
 
+def _copied_line(copied: int) -> str:
+    """The runs that took a twin's result (`runner.network_fingerprint`) instead of training."""
+    return (
+        f"{copied} more runs built the very network, with the same training, of a finished run "
+        "(their options differ in name only) and took its result instead of training again."
+    )
+
+
 def write_report(
     options: Options,
     command: str,
@@ -264,15 +272,17 @@ def write_report(
         if name in cells and stage_pending(store, options.protocol, entry):
             cells[name]["stage_pending"] = True
     records = store.records()
+    trained = [r for r in records if "same_network_as" not in r]  # a twin's copy ran no time
     machine = machine_info(options.protocol.device)
-    running = running_time(records)
+    running = running_time(trained)
     summary: dict[str, Any] = {
         "command": command,
         "machine": machine,
         "code": CODE_VERSION,
         "wall_s": wall_s,
-        "run_seconds_total": sum(r["result"]["seconds"] for r in records),
+        "run_seconds_total": sum(r["result"]["seconds"] for r in trained),
         "runs_finished": len(records),
+        "runs_copied": len(records) - len(trained),
         "running": running,
         "options": options.to_dict(),
         "procedure": PROCEDURE,
@@ -288,8 +298,9 @@ def write_report(
         "",
         f"This invocation: {describe_machine(machine)}; wall time {describe_seconds(wall_s)}.",
         "",
-        _running_line(running, len(records), summary["run_seconds_total"]),
+        _running_line(running, len(trained), summary["run_seconds_total"]),
         "",
+        *([_copied_line(summary["runs_copied"]), ""] if summary["runs_copied"] else []),
         "Network: "
         + (
             f"`{options.arch}` for every data set (--arch)."

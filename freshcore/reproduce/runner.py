@@ -4,12 +4,15 @@ Layout of an output directory:
     runs/<key>.json         one finished run: its spec, test error, history, sizes, machine
     models/<key>.safetensors  the trained network (dense ones teach and initialise ablations)
     checkpoints/<key>.ckpt  the last finished epoch of an interrupted run (resumed, then removed)
+    networks/<fp>.json      the key of a finished run, by `network_fingerprint`: a run whose
+                            network and training are a finished run's takes its result
     selection.json          the hyper-parameters chosen on the validation split, per table cell
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -114,7 +117,7 @@ class RunStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        for sub in ("runs", "models", "checkpoints"):
+        for sub in ("runs", "models", "checkpoints", "networks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def run_path(self, spec: RunSpec) -> Path:
@@ -139,6 +142,16 @@ class RunStore:
 
     def put(self, spec: RunSpec, record: dict[str, Any]) -> None:
         _write_atomic(self.run_path(spec), json.dumps(record, indent=1).encode())
+
+    def twin(self, fingerprint: str) -> dict[str, Any] | None:
+        """The finished run that trained the network with this `network_fingerprint`, if any."""
+        path = self.root / "networks" / f"{fingerprint}.json"
+        return self.get_key(json.loads(path.read_text())["key"]) if path.exists() else None
+
+    def put_twin(self, fingerprint: str, key: str) -> None:
+        _write_atomic(
+            self.root / "networks" / f"{fingerprint}.json", json.dumps({"key": key}).encode()
+        )
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted((self.root / "runs").glob("*.json"))]
@@ -196,6 +209,32 @@ def _build(spec: RunSpec, dataset: Any, teacher: torch.nn.Module | None) -> torc
     )
 
 
+def network_fingerprint(spec: RunSpec, model: torch.nn.Module) -> str:
+    """What decides a run's result once its network is built: every field of its spec but the
+    model options, the network's printed structure and every initial tensor (hash indices
+    included). Options that differ in name only, a first-layer rate capped at 1 either way say,
+    give one fingerprint, so the second such run need not train."""
+    digest = hashlib.sha256()
+    rest = {k: v for k, v in spec.to_dict().items() if k != "model"}
+    digest.update(json.dumps(rest, sort_keys=True, default=str).encode())
+    digest.update(str(model).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _copy_twin(spec: RunSpec, twin: dict[str, Any], store: RunStore) -> dict[str, Any]:
+    """A run's record as its twin's result (`network_fingerprint`), saying so; the twin's
+    model file is copied too, since a distilling run may need it."""
+    record = {**twin, "key": spec.key(), "spec": spec.to_dict(), "same_network_as": twin["key"]}
+    model = store.root / "models" / f"{twin['key']}.safetensors"
+    if model.exists():
+        _write_atomic(store.model_path(spec), model.read_bytes())
+    store.put(spec, record)
+    return record
+
+
 def run_one(
     spec: RunSpec,
     store: RunStore,
@@ -232,6 +271,12 @@ def run_one(
     config = replace(config, cuda_graph=cuda_graph and device == "cuda")
     machine = {**machine_info(device), "cuda_graph": config.cuda_graph}
     model = _build(spec, dataset, teacher)
+    fingerprint = network_fingerprint(spec, model)
+    twin = store.twin(fingerprint)
+    if twin is not None and twin["key"] != spec.key():
+        record = _copy_twin(spec, twin, store)
+        reporter.end_run(spec, record, skipped=True)
+        return record
     model.meta.update({"dataset": spec.dataset, "run_key": spec.key()})
 
     ckpt_path = store.checkpoint_path(spec)
@@ -265,6 +310,7 @@ def run_one(
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         store.put(spec, record)
+        store.put_twin(fingerprint, spec.key())
         ckpt_path.unlink(missing_ok=True)
         reporter.end_run(spec, record, skipped=False)
         return record
@@ -297,6 +343,7 @@ def run_one(
     }
     _write_atomic(store.model_path(spec), freshcore.to_bytes(model))  # a student may be reading
     store.put(spec, record)
+    store.put_twin(fingerprint, spec.key())
     ckpt_path.unlink(missing_ok=True)
     reporter.end_run(spec, record, skipped=False)
     return record

@@ -444,6 +444,33 @@ def test_later_stages_from_cli_reach_the_protocol_in_order(tmp_path: Path) -> No
     assert "stage 4: lowfreq also tries its choice with epochs=2" in md
 
 
+def test_a_run_that_builds_a_finished_runs_network_takes_its_result(tmp_path: Path) -> None:
+    """Two refinements whose first-layer rates both cap at 1 differ in name only: they build
+    one network, so the second takes the first's result (and model file) without training and
+    says so; the report counts it apart from the trained runs. A rate that changes the network
+    trains."""
+
+    def stem(factor: float) -> dict[str, Any]:
+        return {"budget_policy": {"kind": "conv-boost", "conv_factor": 1, "stem_factor": factor}}
+
+    refine = {"hashednets": [stem(1e3), stem(1e4), stem(2.0)]}
+    options = _one_cell(tmp_path, "hashednets", 1, refine=refine)
+    options.seeds = 1
+    counting = Counting()
+    summary = reproduce(options, counting)
+    store = RunStore(tmp_path)
+    _, capped, same, other = store.selection()["digits/hashednets/1/16"]["candidates"]
+    assert len(counting.trained) == 3 and counting.skipped == [same["key"]]
+    copy = store.get_key(same["key"])
+    assert copy["same_network_as"] == capped["key"] and same["val_error"] == capped["val_error"]
+    assert copy["spec"]["model"] == stem(1e4)  # its own spec, the twin's result
+    assert copy["result"] == store.get_key(capped["key"])["result"]
+    assert (tmp_path / "models" / f"{same['key']}.safetensors").exists()
+    assert "same_network_as" not in store.get_key(other["key"])
+    assert summary["runs_finished"] == 4 and summary["runs_copied"] == 1
+    assert "1 more runs built the very network" in (tmp_path / "results.md").read_text()
+
+
 DISTIL = {"teacher": "dense", "distill_alpha": 0.5, "distill_temperature": 4.0}
 
 
