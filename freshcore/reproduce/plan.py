@@ -177,7 +177,7 @@ class Protocol:
         """The candidates of a stage (0: the second) of a group: the choice so far with each
         override merged in (training settings beside the choice's, model keywords into its
         "model", the dense cell's chosen point ``teacher`` as its "teacher"), leaving out any
-        that trains the very same network as the choice or as another of them."""
+        whose run (its key) is the choice's or another's of them."""
         if teacher is None and self.needs_teacher(group):
             raise ValueError(f"{group.name}: a later stage distils, but dense is not chosen")
         out: list[dict[str, Any]] = []
