@@ -243,8 +243,10 @@ def run_one(
     device: str = "auto",
     cuda_graph: bool = False,
 ) -> dict[str, Any]:
-    """Train and test one network, or return its record if it already finished. ``cuda_graph``
-    replays its steps as a CUDA graph where it trains on a GPU (the record's machine says)."""
+    """Train and test one network, or return its record if it already finished, or take the
+    result of a finished run that trained the very same network (`network_fingerprint`).
+    ``cuda_graph`` replays its steps as a CUDA graph where it trains on a GPU (the record's
+    machine says)."""
     import freshcore
     from freshcore.train import resolve_device
 
