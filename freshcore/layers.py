@@ -166,6 +166,17 @@ class _BucketTable(_Generated):
     def num_buckets(self) -> int:
         return self.buckets.numel()
 
+    def sharing(self) -> tuple[int, int]:
+        """(gathered values fixed at zero, values that share their stored value with another).
+
+        Why: two models can store the same count and differ in kind. Zeros are truncation (a cut
+        band, `LowFreqConv2d`'s high frequencies), shared values are hashing; a FreshNets layer
+        whose kept bands are all stored whole is low-frequency truncation by another name."""
+        bucket, sign = split_signed_index(self.index, self.num_buckets)
+        used = sign != 0
+        members = torch.bincount(bucket[used], minlength=self.num_buckets)
+        return int((~used).sum()), int(members[members > 1].sum())
+
     def rebuild_weight(self) -> Tensor:
         v = gather_table(self.buckets, self.index)
         if self.idct is not None:

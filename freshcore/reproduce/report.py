@@ -12,7 +12,7 @@ import statistics
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freshcore.reproduce.plan import (
     ALL_METHODS,
@@ -26,6 +26,9 @@ from freshcore.reproduce.plan import (
     split_point,
 )
 from freshcore.reproduce.runner import RunStore, final_specs
+
+if TYPE_CHECKING:
+    from freshcore.report import SizeReport
 
 SIGNIFICANCE = 0.05  # the p-value under which standings call a difference significant
 
@@ -438,10 +441,11 @@ def describe_override(override: dict[str, Any]) -> str:
     return f"{words} ({'; '.join(scope)})" if scope else words
 
 
-def rebuilt_ratio(entry: dict[str, Any]) -> float | None:
-    """Stored / rebuilt weights of the model a cell chose (`freshcore.size_report`): how hard
-    its virtual network is compressed, which a narrow ``width`` brings near 1. None where the
-    entry does not name its architecture (stores older than the ``arch`` key)."""
+def chosen_size(entry: dict[str, Any]) -> SizeReport | None:
+    """The size report of the model a cell chose: how hard its virtual network is compressed
+    (stored / rebuilt, which a narrow ``width`` brings near 1) and how the rest is dropped,
+    truncated or hashed. None where the entry does not name its architecture (stores older than
+    the ``arch`` key)."""
     import freshcore
     from freshcore.data import get_info
 
@@ -456,26 +460,31 @@ def rebuilt_ratio(entry: dict[str, Any]) -> float | None:
         num_classes=info.num_classes,
         **{**entry.get("model", {}), **split_point(entry["chosen"])[1]},
     )
-    return freshcore.size_report(model).rebuilt_ratio
+    return freshcore.size_report(model)
 
 
 def selection_table(store: RunStore) -> str:
-    """The grid value each cell chose, how hard that model compresses the network it rebuilds,
-    and every candidate's validation error."""
+    """The grid value each cell chose, how hard that model compresses the network it rebuilds
+    and by what (zeros: truncation; shared: hashing), and every candidate's validation error."""
     lines = [
-        "| cell | chosen | stored / rebuilt | candidates (validation error %) |",
-        "|---|---|---|---|",
+        "| cell | chosen | stored / rebuilt | zero / hashed | candidates (validation error %) |",
+        "|---|---|---|---|---|",
     ]
     for name, entry in sorted(store.selection().items()):
         chosen = describe_point(entry["chosen"])
-        ratio = rebuilt_ratio(entry)
+        size = chosen_size(entry)
         cands = "; ".join(
             describe_point(c["overrides"])
             + (f": {100 * c['val_error']:.2f}" if c["val_error"] is not None else ": diverged")
             for c in entry["candidates"]
         )
-        rate = "–" if ratio is None else f"{ratio:.3f}"
-        lines.append(f"| {name} | {chosen} | {rate} | {cands} |")
+        if size is None:
+            rate = kind = "–"
+        else:
+            rate = f"{size.rebuilt_ratio:.3f}"
+            zero = size.zero_values / max(1, size.rebuilt_weights)
+            kind = f"{100 * zero:.0f}% / {100 * size.shared_ratio:.0f}%"
+        lines.append(f"| {name} | {chosen} | {rate} | {kind} | {cands} |")
     return "\n".join(lines)
 
 

@@ -34,6 +34,17 @@ def test_each_method_within_two_percent_of_budget(preset, method, compression):
     assert sum(x.stored_parameters for x in report.layers) == stored
     assert fc.size_report(model, half=True).compact_bytes == 2 * stored
     assert report.to_dict()["layers"][0]["index"] == 0
+    assert report.zero_values == sum(x.zero_values for x in report.layers)
+    assert report.shared_values == sum(x.shared_values for x in report.layers)
+    nonzero = report.rebuilt_weights - report.zero_values
+    assert report.shared_ratio == pytest.approx(report.shared_values / nonzero)
+    convs = [x for x in report.layers if x.type == "conv"]
+    if method in ("dense", "equivalent", "lrd"):  # nothing gathered from buckets
+        assert report.zero_values == report.shared_values == 0
+    elif method == "lowfreq":  # truncation: zeros, nothing shared
+        assert all(x.zero_values > 0 and x.shared_values == 0 for x in convs)
+    elif method == "hashednets":  # hashing: shared, nothing truncated
+        assert all(x.zero_values == 0 and x.shared_values > 0 for x in convs)
     c, h, w = model.spec.input_shape
     out = model.eval()(torch.rand(2, c, h, w))
     assert out.shape == (2, 10) and torch.isfinite(out).all()

@@ -232,3 +232,17 @@ def test_fresh_linear_projection_recovers_a_weight_in_its_span():
     layer.reset_parameters()
     layer.project(weight)
     torch.testing.assert_close(layer.buckets.detach(), target, atol=1e-5, rtol=1e-5)
+
+
+def test_sharing_tells_truncation_from_hashing():
+    """Zeros are what a layer truncates, shared values what it hashes: a FreshNets layer with
+    its kept bands whole and the next band dealt 18 coefficients to 10 buckets shares 16 of
+    them (8 buckets of two), and `lowfreq` shares none."""
+    fresh = FreshConv2d(2, 3, 3, band_buckets=[6, 12, 10, 0, 0], seed=1, balanced=True)
+    assert fresh.sharing() == (12 + 6, 16)  # bands sized 6, 12, 18, 12, 6
+    assert LowFreqConv2d(2, 3, 3, kept=11).sharing() == (54 - 11, 0)
+    assert HashedConv2d(2, 3, 3, buckets=27, seed=2, balanced=True).sharing() == (0, 54)
+    whole = FreshConv2d(2, 3, 3, band_buckets=[6, 12, 18, 12, 6], seed=1, balanced=True)
+    assert whole.sharing() == (0, 0)
+    hashed = HashedLinear(12, 5, buckets=7, seed=4)  # 60 weights in 7 buckets: all shared
+    assert hashed.sharing() == (0, 60)

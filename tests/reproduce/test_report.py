@@ -50,7 +50,8 @@ def test_selection_table_says_how_hard_the_chosen_model_compresses_what_it_rebui
     tmp_path: Path,
 ) -> None:
     """At 1/16, a quarter-width mnist-cnn keeps 92% of its own weights: the row no longer
-    compares compression methods, and the table says so beside the choice."""
+    compares compression methods, and the table says so beside the choice, with how the rest
+    is dropped: `lowfreq` truncates (zeros), `freshnets` at full width hashes."""
     store = RunStore(tmp_path)
     _cell(store, "lowfreq", [(0.01, 0.05)])  # no "arch": a store older than the key
     for method, width in [("lowfreq", 0.25), ("freshnets", 1), ("equivalent", 1)]:
@@ -60,14 +61,14 @@ def test_selection_table_says_how_hard_the_chosen_model_compresses_what_it_rebui
             entry["chosen"]["model"] = {"width": width}
         store.put_selection(f"digits/{method}/1/16", entry)
     rows = {
-        line.split(" | ")[0][2:]: line.split(" | ")[2]
+        line.split(" | ")[0][2:]: tuple(line.split(" | ")[2:4])
         for line in selection_table(store).splitlines()[2:]
     }
     assert rows == {
-        "d/lowfreq/1/64": "–",
-        "digits/equivalent/1/16": "1.000",
-        "digits/freshnets/1/16": "0.063",
-        "digits/lowfreq/1/16": "0.917",
+        "d/lowfreq/1/64": ("–", "–"),
+        "digits/equivalent/1/16": ("1.000", "0% / 0%"),
+        "digits/freshnets/1/16": ("0.063", "0% / 100%"),
+        "digits/lowfreq/1/16": ("0.917", "5% / 31%")  # its fc layers are HashedNets,
     }
 
 
