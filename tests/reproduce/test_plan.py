@@ -19,6 +19,7 @@ from freshcore.reproduce.plan import (
 from freshcore.reproduce.report import (
     collect_cells,
     describe_override,
+    holm,
     markdown_table,
     standings,
 )
@@ -299,17 +300,46 @@ def test_standings_count_significant_differences_by_welch_over_the_seeds() -> No
     assert (hashed["freshnets_higher"], hashed["freshnets_significantly_higher"]) == (1, [])
     assert (low["freshnets_lower"], low["freshnets_significantly_lower"]) == (2, [])
     assert "| hashednets | 2.00 | 1 | 1 of 2 (1) | 1 of 2 (0) |" in md
-    assert md.endswith("Rows where a method is significantly below freshnets: none.")
+    assert "Rows where a method is significantly below freshnets: none. After Holm's" in md
+    assert md.endswith(": none below freshnets; freshnets below hashednets on mnist 1/16.")
     cells["mnist/freshnets/1/64"]["test_error"].update(std=0.0005)  # 1.00 ± 0.05 against 0.80
     summary, md = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3)
     assert summary["methods"]["hashednets"]["freshnets_significantly_higher"] == ["mnist 1/64"]
-    assert md.endswith("significantly below freshnets: hashednets on mnist 1/64.")
+    assert "significantly below freshnets: hashednets on mnist 1/64. After" in md
+    assert ": hashednets on mnist 1/64 below freshnets; freshnets below hashednets on" in md
     cells["mnist/freshnets/1/64"]["test_error"].update(std=0.002)  # 0.2 points, and a 0.2 gap
     summary, _ = standings(cells, ["mnist"], methods, ["1/16", "1/64"], 3)
     assert summary["methods"]["hashednets"]["freshnets_significantly_higher"] == []
     one_seed = {k: {"test_error": {**c["test_error"], "n": 1}} for k, c in cells.items()}
     summary, _ = standings(one_seed, ["mnist"], methods, ["1/16", "1/64"], 1)
     assert summary["methods"]["hashednets"]["freshnets_significantly_lower"] == []
+
+
+def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order() -> None:
+    """Smallest p times the number of tests, the next times one fewer, never below an earlier
+    one, never above 1; the adjusted values come back in the order given."""
+    assert holm([0.04, 0.001, 0.03, 0.5]) == pytest.approx([0.09, 0.004, 0.09, 0.5])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])
+    assert holm([]) == []
+
+
+def test_standings_keep_only_the_rows_that_survive_holms_correction() -> None:
+    """Four rows where lowfreq is below freshnets with p near 0.02 each: significant one by
+    one, none after Holm's correction over the four; a gap of many standard deviations
+    survives it."""
+    methods = ["lowfreq", "freshnets"]
+    rows = {f"mnist {f}": {"lowfreq": 1.0} for f in ("1/2", "1/4", "1/8", "1/16")}
+    cells = _cells(rows, std=0.1)
+    cells.update(_cells({r: {"freshnets": 1.3} for r in rows}, std=0.1))
+    summary, md = standings(cells, ["mnist"], methods, ["1/2", "1/4", "1/8", "1/16"], 3)
+    low = summary["methods"]["lowfreq"]
+    assert len(low["freshnets_significantly_higher"]) == 4
+    assert low["freshnets_significantly_higher_holm"] == []
+    assert md.endswith(": none below freshnets; freshnets below none.")
+    cells["mnist/freshnets/1/16"]["test_error"].update(mean=0.02)  # 2.00 ± 0.10 against 1.00
+    summary, md = standings(cells, ["mnist"], methods, ["1/2", "1/4", "1/8", "1/16"], 3)
+    assert summary["methods"]["lowfreq"]["freshnets_significantly_higher_holm"] == ["mnist 1/16"]
+    assert md.endswith(": lowfreq on mnist 1/16 below freshnets; freshnets below none.")
 
 
 def test_allocation_grid_is_freshnets_only_and_keeps_the_tables_keys() -> None:
