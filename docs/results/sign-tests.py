@@ -1,12 +1,14 @@
-"""The standings' sign test of freshnets against each rival, from a report's results.json: for
-reports written before the standings printed it (session 22), with the report's own code.
+"""The standings' sign test of freshnets against each rival, and its per-row Welch calls with
+and without Holm's correction, from a report's results.json: for reports written before the
+standings printed them (sessions 22 and 24), with the report's own code.
 
     .venv/bin/python docs/results/sign-tests.py docs/results/table11/results.json \
         docs/results/allconv/results.json
 
 Each line: rows where freshnets is lower / higher than the rival (ties dropped), the two-sided
 binomial p of those counts at even odds, and in brackets the rows where Welch's t-test over the
-seeds is significant.
+seeds is significant, then (after the semicolon) those that stay so after Holm's correction
+over the rival's rows.
 """
 
 import json
@@ -31,10 +33,14 @@ def main(paths: list[str]) -> None:
             if "sign_test_p" not in entry:
                 continue
             p = entry["sign_test_p"]
+            calls = {
+                side: f"{len(entry[f'freshnets_significantly_{side}'])}; "
+                f"{len(entry[f'freshnets_significantly_{side}_holm'])}"
+                for side in ("lower", "higher")
+            }
             print(
-                f"  {method:<18} lower {entry['freshnets_lower']:>2} "
-                f"({len(entry['freshnets_significantly_lower'])}), higher "
-                f"{entry['freshnets_higher']:>2} ({len(entry['freshnets_significantly_higher'])})"
+                f"  {method:<18} lower {entry['freshnets_lower']:>2} ({calls['lower']}), "
+                f"higher {entry['freshnets_higher']:>2} ({calls['higher']})"
                 + (f", sign test p = {p:.2g}" if p is not None else "")
             )
 
