@@ -68,7 +68,7 @@ def test_selection_table_says_how_hard_the_chosen_model_compresses_what_it_rebui
         "d/lowfreq/1/64": ("–", "–"),
         "digits/equivalent/1/16": ("1.000", "0% / 0%"),
         "digits/freshnets/1/16": ("0.063", "0% / 100%"),
-        "digits/lowfreq/1/16": ("0.917", "5% / 31%"),  # its fc layers are HashedNets,
+        "digits/lowfreq/1/16": ("0.917", "5% / 31%"),  # its fc layers are HashedNets
     }
 
 
