@@ -377,6 +377,22 @@ def register(cli: typer.Typer) -> None:
                 "different runs.",
             ),
         ] = None,
+        confirm: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="After the last stage, train this many of each cell's best candidates on "
+                "the tuning seed on --confirm-seeds too, and keep the one with the lowest mean "
+                "validation error (0 or 1: keep the tuning seed's best).",
+            ),
+        ] = 0,
+        confirm_seeds: Annotated[
+            str,
+            typer.Option(
+                help="The seeds --confirm trains its shortlist on besides the tuning seed "
+                "(comma-separated); table seeds among them are shared with the table.",
+            ),
+        ] = "1,2",
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
@@ -404,19 +420,19 @@ def register(cli: typer.Typer) -> None:
                 dropout_values = tuple(float(x) for x in dropouts.split(",") if x.strip())
             except ValueError as exc:
                 raise typer.BadParameter(f"--dropouts {dropouts!r}: {exc}") from exc
+            try:
+                confirm_values = tuple(int(x) for x in confirm_seeds.split(",") if x.strip())
+            except ValueError as exc:
+                raise typer.BadParameter(
+                    f"{confirm_seeds!r}: seeds are whole numbers", param_hint="--confirm-seeds"
+                ) from exc
             for rate in dropout_values:  # TrainConfig holds the rule for a valid rate
                 try:
                     TrainConfig(dropout=rate)
                 except TrainConfigError as exc:
                     raise typer.BadParameter(f"--dropouts {dropouts!r}: {exc}") from exc
-            options = rp.Options(
-                datasets=_split(datasets) or rp.default_datasets(),
-                methods=_split(methods) or list(rp.ALL_METHODS),
-                factors=_split(factors) or list(rp.DEFAULT_FACTORS),
-                seeds=seeds,
-                out=out,
-                arch=arch,
-                protocol=rp.default_protocol(
+            try:  # the protocol holds the rule for valid confirm seeds
+                protocol = rp.default_protocol(
                     epochs=epochs,
                     lrs=lr_values,
                     max_train_samples=max_train_samples,
@@ -435,7 +451,19 @@ def register(cli: typer.Typer) -> None:
                         }
                     ),
                     later=[_refine_option(stage, "--later") for stage in later or []],
-                ),
+                    confirm=confirm,
+                    confirm_seeds=confirm_values,
+                )
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--confirm-seeds") from exc
+            options = rp.Options(
+                datasets=_split(datasets) or rp.default_datasets(),
+                methods=_split(methods) or list(rp.ALL_METHODS),
+                factors=_split(factors) or list(rp.DEFAULT_FACTORS),
+                seeds=seeds,
+                out=out,
+                arch=arch,
+                protocol=protocol,
                 workers=workers,
                 table=table,
                 ablations=ablations,

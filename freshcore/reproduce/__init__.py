@@ -324,6 +324,14 @@ def write_report(
             for number, stage in enumerate(options.protocol.stages, start=2)
             for method, overrides in stage.items()
         )
+        + (
+            f"; then each cell's {options.protocol.confirm} best candidates on the tuning seed "
+            "are trained on seeds "
+            + ", ".join(map(str, options.protocol.confirm_extra))
+            + " too, and the lowest mean validation error is kept"
+            if options.protocol.confirms
+            else ""
+        )
         + f"; tuning seed {options.protocol.tune_seed}; seeds 0..{options.seeds - 1}.",
         "",
         "Hyper-parameters are chosen on the validation split only: " + summary["procedure"],

@@ -3,7 +3,9 @@
 Every task is one run. A table cell (a `Group`) first contributes its grid on the tuning seed;
 when the last of those runs is back, this process chooses the point (validation only, as
 `run_groups` does) and hands out the refinements of that choice of the protocol's next stage
-that has any, choosing again as each stage is back; then it hands out the cell's other seeds.
+that has any, choosing again as each stage is back; then, if the protocol confirms, the
+shortlist's runs on the confirm seeds, choosing once more when they are back; then it hands out
+the cell's other seeds.
 Single runs (ablations) are tasks of their own. Run files are keyed and written atomically and
 `RunStore.put_selection` takes a file lock, so processes never lose each other's results. On one
 GPU, several small trainings side by side keep it busier than one, and on a CPU each worker takes
@@ -32,12 +34,15 @@ from freshcore.reproduce.runner import (
     Reporter,
     RunStore,
     TeacherMissing,
+    confirm,
+    confirm_specs,
     dense_cell,
     dense_choice,
     run_one,
     select,
 )
 
+CONFIRM = -2  # the ``point`` of a queued confirm run (grid points count from 0, seeds are -1)
 _DATA: DataCache | None = None  # one per worker process: each data set is parsed once
 _PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 
@@ -115,6 +120,8 @@ def run_parallel(
     # per group: its grid points and the records of those back so far (None: failed)
     grids: dict[str, tuple[list[dict[str, Any]], dict[int, dict[str, Any] | None]]] = {}
     stage_of: dict[str, int] = {}  # group name -> its next stage after the grid to hand out
+    # group name -> its candidates and how many of its confirm runs are still out
+    confirming: dict[str, tuple[list[tuple[dict[str, Any], dict[str, Any]]], int]] = {}
     finals: dict[str, dict[str, Any]] = {}  # group name -> its final choice, as they come
     # data set -> (group, first choice) whose later stages distil and wait for the dense cell
     waiting: dict[str, list[tuple[Group, dict[str, Any]]]] = {}
@@ -133,8 +140,8 @@ def run_parallel(
         def submit(
             spec: RunSpec, group: Group | None = None, point: int = -1, of: str = ""
         ) -> None:
-            """Queue a run: a grid point of ``group``, or (``point`` < 0) a seed of cell ``of``
-            or a single spec."""
+            """Queue a run: a grid point of ``group``, a confirm run of it (``point`` is
+            CONFIRM), or (``point`` < 0 otherwise) a seed of cell ``of`` or a single spec."""
             place = rank.get(group.name if group else of, len(groups))
             heapq.heappush(queue, (place, next(order), spec, group, point))
             queued[spec.key()] += 1
@@ -189,6 +196,25 @@ def run_parallel(
                     return True
             return False
 
+        def candidates_of(group: Group) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+            """A group's tuning-seed candidates, every stage's, as they came back."""
+            points, back = grids[group.name]
+            return [(points[i], back[i]) for i in range(len(points))]  # type: ignore[misc]
+
+        def check(group: Group, candidates: list[tuple[dict[str, Any], dict[str, Any]]]) -> bool:
+            """Hand out the confirm runs of a group whose stages are done; False when the
+            protocol does not confirm."""
+            if not protocol.confirms:
+                return False
+            specs = confirm_specs(group, protocol, candidates)
+            if not specs:  # every candidate diverged: recorded as such, the choice stands
+                confirm(group, protocol, candidates, store)
+                return False
+            confirming[group.name] = (candidates, len(specs))
+            for spec in specs:
+                submit(spec, group, CONFIRM)
+            return True
+
         def finish(group: Group, chosen: dict[str, Any]) -> None:
             """A group's choice is final: its other seeds, and the later stages that waited
             for it as their teacher."""
@@ -197,7 +223,7 @@ def run_parallel(
                 submit(group.point_spec(seed, protocol.base, chosen), of=group.name)
             if group.method == "dense":
                 for other, first in waiting.pop(group.dataset, []):
-                    if not next_stage(other, first):
+                    if not next_stage(other, first) and not check(other, candidates_of(other)):
                         finish(other, first)
 
         for group in groups:
@@ -223,14 +249,22 @@ def run_parallel(
                     record = None
                 if advance is not None:
                     advance(1, skipped)
+                if group is not None and point == CONFIRM:
+                    candidates, out = confirming[group.name]
+                    confirming[group.name] = (candidates, out - 1)
+                    if out == 1:  # the last is back: choose, unless a failed run is missing
+                        final = confirm(group, protocol, candidates, store)
+                        if final is not None:
+                            finish(group, final)
+                    continue
                 if group is None or point < 0:
                     continue
                 points, back = grids[group.name]
                 back[point] = record
                 if len(back) < len(points) or any(r is None for r in back.values()):
                     continue
-                candidates = [(points[i], back[i]) for i in range(len(points))]
-                chosen = select(group, protocol, candidates, store)  # type: ignore[arg-type]
+                candidates = candidates_of(group)
+                chosen = select(group, protocol, candidates, store)
                 if group.name not in stage_of:  # the grid is back: the stages after it, if any
                     stage_of[group.name] = 0
                     if protocol.needs_teacher(group) and teacher(group) is None:
@@ -240,7 +274,7 @@ def run_parallel(
                             error = TeacherMissing(group.name, dense_cell(group.dataset))
                             failures.append((spec, error))
                         continue
-                if next_stage(group, chosen):
+                if next_stage(group, chosen) or check(group, candidates):
                     continue
                 finish(group, chosen)
             feed()

@@ -41,7 +41,10 @@ PROCEDURE = (
     "tuning seed's run with that point is its result). Where the protocol has a second stage, "
     "the kept point is also trained with each of the method's refinements (a different budget "
     "split, say) and the best of them on validation is kept instead; each later stage does the "
-    "same with its own refinements on top of the choice the stages before it made. The test "
+    "same with its own refinements on top of the choice the stages before it made. Where the "
+    "protocol confirms, the few candidates of all stages with the lowest validation error on the "
+    "tuning seed are trained on more seeds too and the one with the lowest mean validation error "
+    "is kept: one seed's validation error is too noisy to tell close candidates apart. The test "
     "split is never used to choose."
 )
 
@@ -126,6 +129,12 @@ class Protocol:
     made (a larger rate for the first layer on top of the second stage's width, say): one more
     stage costs a run per override, where crossing it into `refine` would multiply them.
     Stage 0 is `refine`, stage i > 0 is ``later[i - 1]``.
+
+    `confirm` > 1 ends the tuning with a check against the noise of one seed: the `confirm`
+    candidates (of all stages) with the lowest validation error on `tune_seed` are each trained
+    on `confirm_seeds` too, and the one with the lowest mean validation error over all those
+    seeds is the choice. A confirm seed that is also a table seed is shared with the table:
+    the choice's run there is its result.
     """
 
     base: dict[str, Any]
@@ -136,6 +145,25 @@ class Protocol:
     model_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     refine: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     later: list[dict[str, list[dict[str, Any]]]] = field(default_factory=list)
+    confirm: int = 0  # how many of the best candidates are trained on confirm_seeds (< 2: none)
+    confirm_seeds: list[int] = field(default_factory=lambda: [1, 2])
+
+    def __post_init__(self) -> None:
+        if self.confirm > 1 and not [s for s in self.confirm_seeds if s != self.tune_seed]:
+            raise ValueError(
+                f"confirm={self.confirm} needs at least one confirm seed besides the tuning seed"
+                f" {self.tune_seed}; got {self.confirm_seeds}"
+            )
+
+    @property
+    def confirms(self) -> bool:
+        """Whether the tuning ends with the check on more seeds."""
+        return self.confirm > 1
+
+    @property
+    def confirm_extra(self) -> list[int]:
+        """The seeds a shortlisted candidate is trained on besides the tuning seed."""
+        return [s for s in dict.fromkeys(self.confirm_seeds) if s != self.tune_seed]
 
     @property
     def stages(self) -> list[dict[str, list[dict[str, Any]]]]:
@@ -198,8 +226,16 @@ class Protocol:
     def runs(self, groups: list[Group], seeds: list[int]) -> int:
         """How many runs ``groups`` take at most: every point and refinement of every stage
         on the tuning seed, one per other seed."""
-        extra = len([s for s in seeds if s != self.tune_seed])
-        return sum(len(self.points(g.method)) + self.refinement_count(g) + extra for g in groups)
+        extra = [s for s in seeds if s != self.tune_seed]
+        if self.confirms:  # the choice's own confirm runs are those seeds' runs
+            confirm = self.confirm * len(self.confirm_extra)
+            extra = [s for s in extra if s not in self.confirm_extra]
+        else:
+            confirm = 0
+        return sum(
+            len(self.points(g.method)) + self.refinement_count(g) + confirm + len(extra)
+            for g in groups
+        )
 
     def refinement_count(self, group: Group) -> int:
         """How many refinements a group's stages try at most, all stages together."""
@@ -233,13 +269,16 @@ def default_protocol(
     refine: dict[str, list[dict[str, Any]]] | None = None,
     cuda_graph: bool = False,
     later: list[dict[str, list[dict[str, Any]]]] | None = None,
+    confirm: int = 0,
+    confirm_seeds: tuple[int, ...] = (1, 2),
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
     dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
     ``allocations``: freshnets frequency allocations tried with every point (empty: the table's
     one allocation, untuned); the other methods have no allocation to tune. ``refine``: the
     second stage (`Protocol`), none by default; ``later``: the stages after it, none by
-    default."""
+    default; ``confirm``: how many of the best candidates are checked on ``confirm_seeds``
+    (`Protocol`), none by default."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -268,6 +307,8 @@ def default_protocol(
         model_grid=model_grid,
         refine=_copy_stage(refine or {}),
         later=[_copy_stage(stage) for stage in later or []],
+        confirm=confirm,
+        confirm_seeds=list(confirm_seeds),
     )
 
 

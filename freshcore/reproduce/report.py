@@ -493,10 +493,12 @@ def chosen_size(entry: dict[str, Any]) -> SizeReport | None:
 
 def selection_table(store: RunStore) -> str:
     """The grid value each cell chose, how hard that model compresses the network it rebuilds
-    and by what (zeros: truncation; shared: hashing), and every candidate's validation error."""
+    and by what (zeros: truncation; shared: hashing), every candidate's validation error and,
+    where the protocol confirmed, the shortlist's mean over the confirm seeds."""
     lines = [
-        "| cell | chosen | stored / rebuilt | zero / hashed | candidates (validation error %) |",
-        "|---|---|---|---|---|",
+        "| cell | chosen | stored / rebuilt | zero / hashed | candidates (validation error %) "
+        "| confirmed (mean validation error % over seeds) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, entry in sorted(store.selection().items()):
         chosen = describe_point(entry["chosen"])
@@ -512,8 +514,25 @@ def selection_table(store: RunStore) -> str:
             rate = f"{size.rebuilt_ratio:.3f}"
             zero = size.zero_values / max(1, size.rebuilt_weights)
             kind = f"{100 * zero:.0f}% / {100 * size.shared_ratio:.0f}%"
-        lines.append(f"| {name} | {chosen} | {rate} | {kind} | {cands} |")
+        lines.append(f"| {name} | {chosen} | {rate} | {kind} | {cands} | {_confirmed(entry)} |")
     return "\n".join(lines)
+
+
+def _confirmed(entry: dict[str, Any]) -> str:
+    """A selection entry's confirm check in words: its seeds, then each shortlisted point's
+    mean validation error over them; "–" where the cell was not confirmed."""
+    if "confirmed" not in entry:
+        return "–"
+    rows = "; ".join(
+        describe_point(row["overrides"])
+        + (
+            f": {100 * row['mean_val_error']:.2f}"
+            if row["mean_val_error"] is not None
+            else ": diverged"
+        )
+        for row in entry["confirmed"]
+    )
+    return f"seeds {', '.join(map(str, entry['confirm_seeds']))}: {rows}"
 
 
 def plot_errors(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -386,24 +387,98 @@ def select(
     """Choose a group's point from its tuning-seed runs (validation only) and record the choice
     with every candidate's validation error in the store's selection."""
     chosen = choose(candidates)
-    store.put_selection(
-        group.name,
-        {
-            "dataset": group.dataset,
-            "method": group.method,
-            "factor": group.factor,
-            "arch": group.arch,
-            "model": group.model,
-            "base": protocol.base,
-            "tune_seed": protocol.tune_seed,
-            "chosen": chosen,
-            "candidates": [
-                {"overrides": o, "key": r["key"], "val_error": r["result"]["val_error"]}
-                for o, r in candidates
-            ],
-        },
-    )
+    _record(group, protocol, candidates, store, chosen)
     return chosen
+
+
+def _record(
+    group: Group,
+    protocol: Protocol,
+    candidates: list[tuple[dict[str, Any], dict[str, Any]]],
+    store: RunStore,
+    chosen: dict[str, Any],
+    confirmed: dict[str, Any] | None = None,
+) -> None:
+    """Write a group's selection entry: its choice, every candidate's validation error and,
+    where the protocol confirms, the shortlist's errors on every confirm seed."""
+    entry = {
+        "dataset": group.dataset,
+        "method": group.method,
+        "factor": group.factor,
+        "arch": group.arch,
+        "model": group.model,
+        "base": protocol.base,
+        "tune_seed": protocol.tune_seed,
+        "chosen": chosen,
+        "candidates": [
+            {"overrides": o, "key": r["key"], "val_error": r["result"]["val_error"]}
+            for o, r in candidates
+        ],
+    }
+    store.put_selection(group.name, {**entry, **(confirmed or {})})
+
+
+def shortlist(
+    protocol: Protocol, candidates: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The points a confirming protocol trains on more seeds: the `Protocol.confirm` with the
+    lowest validation error on the tuning seed (ties: the earlier), diverged runs left out."""
+    ranked = sorted(
+        (i for i, (_, r) in enumerate(candidates) if r["result"]["val_error"] is not None),
+        key=lambda i: (candidates[i][1]["result"]["val_error"], i),
+    )
+    return [candidates[i][0] for i in ranked[: protocol.confirm]]
+
+
+def confirm_specs(
+    group: Group, protocol: Protocol, candidates: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> list[RunSpec]:
+    """The runs of the confirm check: each shortlisted point on each confirm seed."""
+    return [
+        group.point_spec(seed, protocol.base, point)
+        for point in shortlist(protocol, candidates)
+        for seed in protocol.confirm_extra
+    ]
+
+
+def confirm(
+    group: Group,
+    protocol: Protocol,
+    candidates: list[tuple[dict[str, Any], dict[str, Any]]],
+    store: RunStore,
+) -> dict[str, Any] | None:
+    """Choose among the shortlist by the mean validation error over the tuning seed and the
+    confirm seeds (ties: the better on the tuning seed; a point with a diverged run is out)
+    and record it; None while one of its runs is missing (failed: retried next time)."""
+    rows = []
+    for point in shortlist(protocol, candidates):
+        records = [next(r for p, r in candidates if p == point)]
+        for seed in protocol.confirm_extra:
+            record = store.get(group.point_spec(seed, protocol.base, point))
+            if record is None:
+                return None
+            records.append(record)
+        vals = [r["result"]["val_error"] for r in records]
+        mean = None if None in vals else sum(vals) / len(vals)
+        rows.append(
+            {
+                "overrides": point,
+                "keys": [r["key"] for r in records],
+                "val_errors": vals,
+                "mean_val_error": mean,
+            }
+        )
+    confirmed = {"confirm_seeds": [protocol.tune_seed, *protocol.confirm_extra], "confirmed": rows}
+    if not rows:  # every candidate diverged: nothing to confirm, the tuning seed's choice stands
+        chosen = choose(candidates)
+        _record(group, protocol, candidates, store, chosen, confirmed)
+        return chosen
+    best = min(  # min keeps the earlier of equals
+        rows,
+        key=lambda row: math.inf if row["mean_val_error"] is None else row["mean_val_error"],
+    )
+    _record(group, protocol, candidates, store, best["overrides"], confirmed)
+    return best["overrides"]
 
 
 def finished_runs(
@@ -422,9 +497,16 @@ def finished_runs(
         second = [c["overrides"] for c in entry.get("candidates", [])]
         second = [p for p in second if p not in grid][: protocol.refinement_count(group)]
         runs = [group.point_spec(protocol.tune_seed, protocol.base, p) for p in grid + second]
+        if protocol.confirms:
+            runs += [
+                group.point_spec(s, protocol.base, c["overrides"])
+                for c in entry.get("confirmed", [])
+                for s in protocol.confirm_extra
+            ]
         if "chosen" in entry:
             runs += [group.point_spec(s, protocol.base, entry["chosen"]) for s in extra_seeds]
-        finished += sum(store.run_path(spec).exists() for spec in runs)
+        keys = {spec.key(): spec for spec in runs}  # a confirm run may be a table seed's too
+        finished += sum(store.run_path(spec).exists() for spec in keys.values())
     return finished
 
 
@@ -437,7 +519,8 @@ def run_groups(
     reporter: Reporter | None = None,
 ) -> list[tuple[RunSpec, BaseException]]:
     """Tune each group on the tuning seed (its grid, then each stage's refinements of the
-    choice so far), then run the other seeds with the chosen setting.
+    choice so far, then the confirm check on more seeds if the protocol has one), then run the
+    other seeds with the chosen setting.
 
     Data set by data set: first every group's grid on the tuning seed (a one-seed table appears
     early), then the remaining seeds. A failed run is reported and skipped, not fatal: it is
@@ -496,6 +579,10 @@ def run_groups(
                     break
                 if refinements:
                     final = select(group, protocol, candidates, store)
+            if final is not None and protocol.confirms:
+                for spec in confirm_specs(group, protocol, candidates):
+                    attempt(spec)
+                final = confirm(group, protocol, candidates, store)
             if final is not None:
                 chosen[group.name] = final
         for group in (g for g in groups if g.dataset == dataset):
@@ -540,14 +627,14 @@ class TeacherMissing(RuntimeError):
 
 def stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, Any]) -> bool:
     """Whether a chosen cell (its selection ``entry``) still waits for runs of one of
-    ``protocol``'s stages after the grid. Until they are back its recorded choice is an earlier
-    stage's, which a report must not present as final; a protocol without such stages never
-    leaves a cell waiting. The choice after each stage is recomputed with `choose` from the
-    recorded validation errors, as the runner makes it."""
+    ``protocol``'s stages after the grid, or for its confirm check. Until they are back its
+    recorded choice is an earlier stage's, which a report must not present as final; a
+    protocol without such stages never leaves a cell waiting. The choice after each stage is
+    recomputed with `choose` from the recorded validation errors, as the runner makes it."""
     group = Group(
         entry["dataset"], entry["method"], entry["factor"], entry["arch"], entry.get("model", {})
     )
-    if not protocol.refinement_count(group):
+    if not protocol.refinement_count(group) and not protocol.confirms:
         return False
     tried = {
         c["key"]: (c["overrides"], {"result": {"val_error": c["val_error"]}})
@@ -569,7 +656,12 @@ def stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, Any]) ->
             if key not in tried:
                 return True
             keys.append(key)
-    return False
+    if not protocol.confirms:
+        return False
+    candidates = [tried[key] for key in keys]
+    seeds = [protocol.tune_seed, *protocol.confirm_extra]
+    confirmed = [c["overrides"] for c in entry.get("confirmed", [])]
+    return entry.get("confirm_seeds") != seeds or confirmed != shortlist(protocol, candidates)
 
 
 def dense_teacher(store: RunStore, dataset: str, seed: int) -> RunSpec | None:

@@ -23,7 +23,7 @@ from freshcore.reproduce.report import (
     markdown_table,
     standings,
 )
-from freshcore.reproduce.runner import RunStore, choose
+from freshcore.reproduce.runner import RunStore, choose, confirm, shortlist, stage_pending
 
 
 def _spec(**kw: object) -> RunSpec:
@@ -473,3 +473,75 @@ def test_a_later_stage_merges_into_the_choice_it_is_given_and_is_counted() -> No
     assert not protocol.needs_teacher(low64)
     distil = {"teacher": "dense", "distill_alpha": 0.9}
     assert default_protocol(later=[{}, {"lowfreq": [distil]}]).needs_teacher(low64)
+
+
+def _confirm_store(
+    tmp_path: Path, vals: dict[float, list[float | None]]
+) -> tuple[RunStore, Any, Any, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """lowfreq on mnist at 1/16 with one candidate per learning rate, whose runs on seeds
+    0, 1, 2 have the validation errors ``vals[lr]``, written by hand as the runner writes
+    them; the seed-0 records are the candidates."""
+    protocol = default_protocol(lrs=tuple(vals), confirm=2, confirm_seeds=(1, 2))
+    (group,) = table_groups(["mnist"], ["lowfreq"], ["1/16"], {"mnist": "mnist-cnn"})
+    store = RunStore(tmp_path)
+    candidates = []
+    for point in protocol.points("lowfreq"):
+        for seed, val in enumerate(vals[point["lr"]]):
+            spec = group.point_spec(seed, protocol.base, point)
+            record = {"key": spec.key(), "spec": spec.to_dict(), "result": {"val_error": val}}
+            store.put(spec, record)
+            if seed == 0:
+                candidates.append((point, record))
+    return store, protocol, group, candidates
+
+
+def test_confirm_keeps_the_lowest_mean_over_its_seeds_not_the_tuning_seeds_best(
+    tmp_path: Path,
+) -> None:
+    """The tuning seed ranks 0.05 first by a hair; over three seeds 0.02 is clearly better,
+    and the third candidate is never trained on more seeds (shortlist of 2)."""
+    vals = {0.05: [0.100, 0.200, 0.180], 0.02: [0.101, 0.110, 0.120], 0.01: [0.30, None, None]}
+    store, protocol, group, candidates = _confirm_store(tmp_path, vals)
+    assert shortlist(protocol, candidates) == [{"lr": 0.05}, {"lr": 0.02}]
+    assert choose(candidates) == {"lr": 0.05}
+    assert confirm(group, protocol, candidates, store) == {"lr": 0.02}
+    entry = store.selection()[group.name]
+    assert entry["chosen"] == {"lr": 0.02} and entry["confirm_seeds"] == [0, 1, 2]
+    means = [row["mean_val_error"] for row in entry["confirmed"]]
+    assert means == pytest.approx([0.16, 0.110333], abs=1e-6)
+    assert not stage_pending(store, protocol, entry)
+    # a protocol that confirms on another seed set has not confirmed this cell
+    other = default_protocol(lrs=tuple(vals), confirm=2, confirm_seeds=(1,))
+    assert stage_pending(store, other, entry)
+
+
+def test_confirm_waits_for_a_missing_run_and_drops_a_diverged_one(tmp_path: Path) -> None:
+    """A shortlisted point whose confirm run is missing leaves the cell unchosen (retried
+    next time); one whose run diverged loses to any point with a mean."""
+    vals = {0.05: [0.10, None, 0.10], 0.02: [0.11, 0.30, 0.30]}
+    store, protocol, group, candidates = _confirm_store(tmp_path, vals)
+    assert confirm(group, protocol, candidates, store) == {"lr": 0.02}
+    spec = group.point_spec(2, protocol.base, {"lr": 0.02})
+    store.run_path(spec).unlink()
+    assert confirm(group, protocol, candidates, store) is None
+
+
+def test_a_cell_whose_every_candidate_diverged_has_nothing_to_confirm(tmp_path: Path) -> None:
+    store, protocol, group, candidates = _confirm_store(tmp_path, {0.05: [None], 0.02: [None]})
+    assert shortlist(protocol, candidates) == []
+    assert confirm(group, protocol, candidates, store) == {"lr": 0.05}  # as `choose` keeps it
+    entry = store.selection()[group.name]
+    assert entry["confirmed"] == [] and not stage_pending(store, protocol, entry)
+
+
+def test_confirm_needs_a_seed_besides_the_tuning_seed_and_counts_its_runs() -> None:
+    """Its runs count towards the plan's total, the choice's own shared with the table's
+    seeds; a confirm that could train nothing is refused, naming the seeds."""
+    (group,) = table_groups(["mnist"], ["lowfreq"], ["1/16"], {"mnist": "mnist-cnn"})
+    protocol = default_protocol(lrs=(0.05, 0.02, 0.01), confirm=2, confirm_seeds=(1, 2))
+    # 3 grid points, 2 shortlisted x 2 confirm seeds, then seeds 3 and 4 (1 and 2 are shared)
+    assert protocol.runs([group], [0, 1, 2, 3, 4]) == 3 + 2 * 2 + 2
+    assert default_protocol(lrs=(0.05, 0.02, 0.01)).runs([group], [0, 1, 2, 3, 4]) == 3 + 4
+    with pytest.raises(ValueError, match=r"confirm seed besides the tuning seed 0; got \[0\]"):
+        default_protocol(confirm=2, confirm_seeds=(0,))
+    assert not default_protocol(confirm=1, confirm_seeds=()).confirms

@@ -429,6 +429,62 @@ def test_a_later_stage_refines_the_second_stages_choice(tmp_path: Path, workers:
     assert again.trained == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_confirm_trains_the_shortlist_on_more_seeds_and_keeps_the_lowest_mean(
+    tmp_path: Path, workers: int
+) -> None:
+    """Three allocations on the tuning seed; the two best are trained on seed 1 too and the
+    lower mean validation error is the choice, whose seed-1 run is the table's. A report
+    written before the check marks the cell not final; a rerun trains nothing."""
+    allocations = tuple({"shape": "exponential", "decay": d} for d in (0.25, 1.0, 4.0))
+    reproduce(_one_cell(tmp_path, "freshnets", workers, allocations=allocations), Counting())
+    checked = _one_cell(
+        tmp_path, "freshnets", workers, allocations=allocations, confirm=2, confirm_seeds=(1,)
+    )
+    assert write_report(checked, "report only", 0.0)["cells"]["digits/freshnets/1/16"][
+        "stage_pending"
+    ]
+    summary = reproduce(checked, Counting())
+    store = RunStore(tmp_path)
+    entry = store.selection()["digits/freshnets/1/16"]
+    by_val = sorted(entry["candidates"], key=lambda c: c["val_error"])[:2]
+    rows = entry["confirmed"]
+    assert [row["overrides"] for row in rows] == [c["overrides"] for c in by_val]
+    for row in rows:
+        (seed1,) = [r for r in store.records() if r["key"] == row["keys"][1]]
+        assert seed1["spec"]["seed"] == 1
+        assert row["mean_val_error"] == pytest.approx(
+            (row["val_errors"][0] + seed1["result"]["val_error"]) / 2
+        )
+    best = min(rows, key=lambda row: row["mean_val_error"])
+    assert entry["chosen"] == best["overrides"]
+    (table_seed1,) = final_specs(store, [1])["digits/freshnets/1/16"]
+    assert table_seed1.key() == best["keys"][1]
+    # the 3 candidates, the shortlist on seed 1 (one of them the first invocation's seed 1)
+    seeds1 = {r["key"] for r in store.records() if r["spec"]["seed"] == 1}
+    assert {row["keys"][1] for row in rows} <= seeds1 and len(store.records()) <= 3 + 3
+    cell = summary["cells"]["digits/freshnets/1/16"]
+    assert "stage_pending" not in cell and cell["test_error"]["n"] == 2
+    md = (tmp_path / "results.md").read_text()
+    assert "best candidates on the tuning seed are trained on seeds 1 too" in md
+    assert "| seeds 0, 1: lr=0.05, allocation=exponential decay=" in md
+    again = Counting()
+    reproduce(replace(checked, workers=1), again)
+    assert again.trained == []
+
+
+def test_bad_confirm_seeds_are_refused_by_name(tmp_path: Path) -> None:
+    args = ["reproduce", "--datasets", "digits", "--out", str(tmp_path), "--report-only"]
+    for seeds, says in [("1,x", "seeds are whole numbers"), ("0", "besides the tuning seed")]:
+        result = CliRunner().invoke(cli, [*args, "--confirm", "3", "--confirm-seeds", seeds])
+        assert result.exit_code == 2 and "--confirm-seeds" in result.output, result.output
+        assert says in result.output
+    result = CliRunner().invoke(cli, [*args, "--confirm", "3", "--confirm-seeds", "2,3"])
+    assert result.exit_code == 0, result.output
+    protocol = json.loads((tmp_path / "results.json").read_text())["options"]["protocol"]
+    assert protocol["confirm"] == 3 and protocol["confirm_seeds"] == [2, 3]
+
+
 def test_later_stages_from_cli_reach_the_protocol_in_order(tmp_path: Path) -> None:
     """Each --later is one stage, in the order given, checked like --refine."""
     stem = {"budget_policy": {"kind": "conv-boost", "conv_factor": 1, "stem_factor": 4.0}}
