@@ -115,7 +115,7 @@ def run_parallel(
     group with a failed grid run is not chosen, so its other seeds wait for the next
     invocation, as with `run_groups`)."""
     store, groups = RunStore(out), list(groups)  # the directories exist before workers race
-    extra = [s for s in seeds or [protocol.tune_seed] if s != protocol.tune_seed]
+    extra = protocol.seeds_after(seeds or [protocol.tune_seed])
     failures: list[tuple[RunSpec, BaseException]] = []
     # per group: its grid points and the records of those back so far (None: failed)
     grids: dict[str, tuple[list[dict[str, Any]], dict[int, dict[str, Any] | None]]] = {}

@@ -225,17 +225,18 @@ class Protocol:
 
     def runs(self, groups: list[Group], seeds: list[int]) -> int:
         """How many runs ``groups`` take at most: every point and refinement of every stage
-        on the tuning seed, one per other seed."""
-        extra = [s for s in seeds if s != self.tune_seed]
-        if self.confirms:  # the choice's own confirm runs are those seeds' runs
-            confirm = self.confirm * len(self.confirm_extra)
-            extra = [s for s in extra if s not in self.confirm_extra]
-        else:
-            confirm = 0
+        on the tuning seed, the confirm check's, one per other seed."""
+        confirm = self.confirm * len(self.confirm_extra) if self.confirms else 0
+        extra = len(self.seeds_after(seeds))
         return sum(
-            len(self.points(g.method)) + self.refinement_count(g) + confirm + len(extra)
-            for g in groups
+            len(self.points(g.method)) + self.refinement_count(g) + confirm + extra for g in groups
         )
+
+    def seeds_after(self, seeds: list[int]) -> list[int]:
+        """The seeds a cell still trains once chosen: the table's, less the tuning seed and
+        the confirm seeds (the choice was trained on those by its confirm check)."""
+        done = [self.tune_seed, *(self.confirm_extra if self.confirms else [])]
+        return [s for s in seeds if s not in done]
 
     def refinement_count(self, group: Group) -> int:
         """How many refinements a group's stages try at most, all stages together."""

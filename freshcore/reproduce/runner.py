@@ -528,7 +528,7 @@ def run_groups(
     """
     reporter = reporter or Reporter()
     groups = list(groups)
-    extra_seeds = [s for s in seeds if s != protocol.tune_seed]
+    extra_seeds = protocol.seeds_after(seeds)
     reporter.begin(protocol.runs(groups, seeds), finished_runs(groups, protocol, seeds, store))
     failures: list[tuple[RunSpec, BaseException]] = []
 

@@ -470,7 +470,10 @@ def test_confirm_trains_the_shortlist_on_more_seeds_and_keeps_the_lowest_mean(
     assert "| seeds 0, 1: lr=0.05, allocation=exponential decay=" in md
     again = Counting()
     reproduce(replace(checked, workers=1), again)
-    assert again.trained == []
+    # each run once, as the plan counts them: the choice's seed 1 is its confirm run
+    assert again.trained == [] and len(again.skipped) == 3 + 2 == checked.protocol.runs(
+        table_groups(["digits"], ["freshnets"], ["1/16"], {"digits": "mnist-cnn"}), [0, 1]
+    )
 
 
 def test_bad_confirm_seeds_are_refused_by_name(tmp_path: Path) -> None:
