@@ -149,7 +149,7 @@ class Protocol:
     confirm_seeds: list[int] = field(default_factory=lambda: [1, 2])
 
     def __post_init__(self) -> None:
-        if self.confirm > 1 and not [s for s in self.confirm_seeds if s != self.tune_seed]:
+        if self.confirms and not self.confirm_extra:
             raise ValueError(
                 f"confirm={self.confirm} needs at least one confirm seed besides the tuning seed"
                 f" {self.tune_seed}; got {self.confirm_seeds}"
