@@ -469,16 +469,14 @@ def confirm(
             }
         )
     confirmed = {"confirm_seeds": [protocol.tune_seed, *protocol.confirm_extra], "confirmed": rows}
-    if not rows:  # every candidate diverged: nothing to confirm, the tuning seed's choice stands
+    if rows:  # min keeps the earlier of equals
+        mean = [math.inf if r["mean_val_error"] is None else r["mean_val_error"] for r in rows]
+        best = rows[mean.index(min(mean))]
+        chosen = best["overrides"]
+    else:  # every candidate diverged: nothing to confirm, the tuning seed's choice stands
         chosen = choose(candidates)
-        _record(group, protocol, candidates, store, chosen, confirmed)
-        return chosen
-    best = min(  # min keeps the earlier of equals
-        rows,
-        key=lambda row: math.inf if row["mean_val_error"] is None else row["mean_val_error"],
-    )
-    _record(group, protocol, candidates, store, best["overrides"], confirmed)
-    return best["overrides"]
+    _record(group, protocol, candidates, store, chosen, confirmed)
+    return chosen
 
 
 def finished_runs(
