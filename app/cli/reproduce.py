@@ -393,6 +393,14 @@ def register(cli: typer.Typer) -> None:
                 "(comma-separated); table seeds among them are shared with the table.",
             ),
         ] = "1,2",
+        confirm_distinct: Annotated[
+            str,
+            typer.Option(
+                help="Model options (comma-separated, e.g. allocation) whose values --confirm "
+                "spreads its shortlist over: the best candidate of each value first, then each "
+                "value's second best, so near-twins of one candidate do not fill it.",
+            ),
+        ] = "",
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
@@ -426,6 +434,13 @@ def register(cli: typer.Typer) -> None:
                 raise typer.BadParameter(
                     f"{confirm_seeds!r}: seeds are whole numbers", param_hint="--confirm-seeds"
                 ) from exc
+            distinct = tuple(_split([confirm_distinct]))
+            for name in distinct:
+                if name not in rp.MODEL_OPTIONS:
+                    raise typer.BadParameter(
+                        f"{name!r} is not a model option (one of {', '.join(rp.MODEL_OPTIONS)})",
+                        param_hint="--confirm-distinct",
+                    )
             for rate in dropout_values:  # TrainConfig holds the rule for a valid rate
                 try:
                     TrainConfig(dropout=rate)
@@ -453,6 +468,7 @@ def register(cli: typer.Typer) -> None:
                     later=[_refine_option(stage, "--later") for stage in later or []],
                     confirm=confirm,
                     confirm_seeds=confirm_values,
+                    confirm_distinct=distinct,
                 )
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--confirm-seeds") from exc

@@ -28,6 +28,7 @@ from freshcore.reproduce.plan import (
     BUDGETED_METHODS,
     COMPRESSED_METHODS,
     DEFAULT_FACTORS,
+    MODEL_OPTIONS,
     PROCEDURE,
     TABLE_DATASETS,
     Protocol,
@@ -70,6 +71,7 @@ __all__ = [
     "BUDGETED_METHODS",
     "COMPRESSED_METHODS",
     "DEFAULT_FACTORS",
+    "MODEL_OPTIONS",
     "TABLE_DATASETS",
     "Ablation",
     "DataCache",
@@ -326,7 +328,12 @@ def write_report(
         )
         + (
             f"; then each cell's {options.protocol.confirm} best candidates on the tuning seed "
-            "are trained on seeds "
+            + (
+                "(the best of each " + "/".join(options.protocol.confirm_distinct) + " first) "
+                if options.protocol.confirm_distinct
+                else ""
+            )
+            + "are trained on seeds "
             + ", ".join(map(str, options.protocol.confirm_extra))
             + " too, and the lowest mean validation error is kept"
             if options.protocol.confirms

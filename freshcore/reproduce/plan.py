@@ -134,7 +134,10 @@ class Protocol:
     candidates (of all stages) with the lowest validation error on `tune_seed` are each trained
     on `confirm_seeds` too, and the one with the lowest mean validation error over all those
     seeds is the choice. A confirm seed that is also a table seed is shared with the table:
-    the choice's run there is its result.
+    the choice's run there is its result. With `confirm_distinct` (model options, say
+    ["allocation"]) the shortlist takes the best candidate of each distinct value of those
+    options before it takes a second of any: a later stage's near-twins of the tuning seed's
+    best (its choice with another first-layer rate) would otherwise fill it.
     """
 
     base: dict[str, Any]
@@ -147,8 +150,15 @@ class Protocol:
     later: list[dict[str, list[dict[str, Any]]]] = field(default_factory=list)
     confirm: int = 0  # how many of the best candidates are trained on confirm_seeds (< 2: none)
     confirm_seeds: list[int] = field(default_factory=lambda: [1, 2])
+    confirm_distinct: list[str] = field(default_factory=list)  # MODEL_OPTIONS to spread over
 
     def __post_init__(self) -> None:
+        unknown = [o for o in self.confirm_distinct if o not in MODEL_OPTIONS]
+        if unknown:
+            raise ValueError(
+                f"confirm_distinct: {', '.join(map(repr, unknown))} not a model option"
+                f" (one of {', '.join(MODEL_OPTIONS)})"
+            )
         if self.confirms and not self.confirm_extra:
             raise ValueError(
                 f"confirm={self.confirm} needs at least one confirm seed besides the tuning seed"
@@ -164,6 +174,12 @@ class Protocol:
     def confirm_extra(self) -> list[int]:
         """The seeds a shortlisted candidate is trained on besides the tuning seed."""
         return [s for s in dict.fromkeys(self.confirm_seeds) if s != self.tune_seed]
+
+    def kind(self, point: dict[str, Any]) -> str:
+        """A candidate's values of the `confirm_distinct` options: the shortlist takes one
+        candidate of each kind before a second of any."""
+        model = point.get("model") or {}
+        return json.dumps([model.get(o) for o in self.confirm_distinct], sort_keys=True)
 
     @property
     def stages(self) -> list[dict[str, list[dict[str, Any]]]]:
@@ -272,14 +288,16 @@ def default_protocol(
     later: list[dict[str, list[dict[str, Any]]]] | None = None,
     confirm: int = 0,
     confirm_seeds: tuple[int, ...] = (1, 2),
+    confirm_distinct: tuple[str, ...] = (),
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
     dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
     ``allocations``: freshnets frequency allocations tried with every point (empty: the table's
     one allocation, untuned); the other methods have no allocation to tune. ``refine``: the
     second stage (`Protocol`), none by default; ``later``: the stages after it, none by
-    default; ``confirm``: how many of the best candidates are checked on ``confirm_seeds``
-    (`Protocol`), none by default."""
+    default; ``confirm``: how many of the best candidates are checked on ``confirm_seeds``,
+    spread over the values of the ``confirm_distinct`` model options (`Protocol`), none by
+    default."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -310,6 +328,7 @@ def default_protocol(
         later=[_copy_stage(stage) for stage in later or []],
         confirm=confirm,
         confirm_seeds=list(confirm_seeds),
+        confirm_distinct=list(confirm_distinct),
     )
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -422,11 +423,19 @@ def shortlist(
     protocol: Protocol, candidates: list[tuple[dict[str, Any], dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """The points a confirming protocol trains on more seeds: the `Protocol.confirm` with the
-    lowest validation error on the tuning seed (ties: the earlier), diverged runs left out."""
+    lowest validation error on the tuning seed (ties: the earlier), diverged runs left out,
+    the best of each `Protocol.kind` first, then each kind's second best, and so on."""
     ranked = sorted(
         (i for i, (_, r) in enumerate(candidates) if r["result"]["val_error"] is not None),
         key=lambda i: (candidates[i][1]["result"]["val_error"], i),
     )
+    seen: Counter[str] = Counter()
+    depth = {}  # how many better candidates of the same kind each one has
+    for i in ranked:
+        kind = protocol.kind(candidates[i][0])
+        depth[i] = seen[kind]
+        seen[kind] += 1
+    ranked.sort(key=depth.__getitem__)  # stable: validation order within a depth
     return [candidates[i][0] for i in ranked[: protocol.confirm]]
 
 

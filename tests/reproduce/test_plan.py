@@ -534,6 +534,37 @@ def test_a_cell_whose_every_candidate_diverged_has_nothing_to_confirm(tmp_path: 
     assert entry["confirmed"] == [] and not stage_pending(store, protocol, entry)
 
 
+def test_confirm_distinct_takes_the_best_of_each_kind_before_a_second() -> None:
+    """A later stage's near-twins of the best (its allocation with another first-layer rate)
+    fill a plain shortlist; spread over allocations it takes each allocation's best first,
+    and a second of the best kind only when the kinds run out. A diverged run never counts."""
+    stem = {"kind": "conv-boost", "conv_factor": 1, "stem_factor": 4.0}
+    a, b, c = ({"shape": "exponential", "decay": d} for d in (0.5, 2.0, 1.0))
+    points = [
+        ({"allocation": a, "budget_policy": stem}, 0.10),
+        ({"allocation": a}, 0.11),
+        ({"allocation": b, "width": 0.5}, 0.14),
+        ({"allocation": b}, 0.13),
+        ({"allocation": c}, None),
+        ({"allocation": a, "width": 0.5}, 0.12),
+    ]
+    candidates = [({"lr": 0.02, "model": m}, {"result": {"val_error": v}}) for m, v in points]
+    plain = default_protocol(confirm=3)
+    spread = default_protocol(confirm=3, confirm_distinct=("allocation",))
+
+    def models(protocol: Any) -> list[dict[str, Any]]:
+        return [point["model"] for point in shortlist(protocol, candidates)]
+
+    assert models(plain) == [points[0][0], points[1][0], points[5][0]]
+    assert models(spread) == [points[0][0], points[3][0], points[1][0]]
+    assert spread.kind(candidates[2][0]) == spread.kind(candidates[3][0])
+    assert spread.kind(candidates[0][0]) != spread.kind(candidates[3][0])
+    by_width = default_protocol(confirm=3, confirm_distinct=("allocation", "width"))
+    assert models(by_width) == [points[0][0], points[5][0], points[3][0]]
+    with pytest.raises(ValueError, match=r"confirm_distinct: 'alloc' not a model option"):
+        default_protocol(confirm=3, confirm_distinct=("alloc",))
+
+
 def test_confirm_needs_a_seed_besides_the_tuning_seed_and_counts_its_runs() -> None:
     """Its runs count towards the plan's total, the choice's own shared with the table's
     seeds; a confirm that could train nothing is refused, naming the seeds."""

@@ -486,6 +486,15 @@ def test_bad_confirm_seeds_are_refused_by_name(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     protocol = json.loads((tmp_path / "results.json").read_text())["options"]["protocol"]
     assert protocol["confirm"] == 3 and protocol["confirm_seeds"] == [2, 3]
+    result = CliRunner().invoke(cli, [*args, "--confirm", "3", "--confirm-distinct", "alloc"])
+    assert result.exit_code == 2 and "--confirm-distinct" in result.output, result.output
+    assert "'alloc' is not a model option" in result.output
+    more = ["--confirm", "3", "--confirm-distinct", "allocation,width"]
+    result = CliRunner().invoke(cli, [*args, *more])
+    assert result.exit_code == 0, result.output
+    protocol = json.loads((tmp_path / "results.json").read_text())["options"]["protocol"]
+    assert protocol["confirm_distinct"] == ["allocation", "width"]
+    assert "(the best of each allocation/width first)" in (tmp_path / "results.md").read_text()
 
 
 def test_later_stages_from_cli_reach_the_protocol_in_order(tmp_path: Path) -> None:
