@@ -513,6 +513,9 @@ def test_confirm_keeps_the_lowest_mean_over_its_seeds_not_the_tuning_seeds_best(
     # a protocol that confirms on another seed set has not confirmed this cell
     other = default_protocol(lrs=tuple(vals), confirm=2, confirm_seeds=(1,))
     assert stage_pending(store, other, entry)
+    # spreading over an option its candidates share leaves its shortlist, so its check, as is
+    spread = default_protocol(lrs=tuple(vals), confirm=2, confirm_distinct=("allocation",))
+    assert not stage_pending(store, spread, entry)
 
 
 def test_confirm_waits_for_a_missing_run_and_drops_a_diverged_one(tmp_path: Path) -> None:
