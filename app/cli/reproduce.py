@@ -197,33 +197,38 @@ class _RichReporter:
         self.runs: TaskID = progress.add_task("runs", total=0)
         self.epochs: TaskID = progress.add_task("", total=1, visible=False)
         self.started = time.perf_counter()
-        self.total = self.finished = self.trained = 0
+        self.total = self.finished = self.trained = self.skipped = 0
 
     def begin(self, total: int, finished: int = 0) -> None:
         self.progress.reset(self.runs, total=total, description="runs")
         self.started = time.perf_counter()
-        self.total, self.finished, self.trained = total, finished, 0
+        self.total, self.finished, self.trained, self.skipped = total, finished, 0, 0
 
     def _count(self, runs: int, skipped: bool) -> None:
         from freshcore.reproduce.report import describe_seconds  # torch loads with the command
 
         self.progress.advance(self.runs, runs)
         if skipped:
+            self.skipped += runs
+        else:
+            self.trained += runs
+        if not self.trained:
             return
-        self.trained += runs
+        # the plan is an upper bound and `finished` a count made before stages chose: more
+        # skipped runs than counted mean fewer left to train
+        waiting = max(self.total - self.trained - max(self.finished, self.skipped), 0)
         elapsed = time.perf_counter() - self.started
-        to_train = max(self.total - self.finished, self.trained)
-        waiting = to_train - self.trained
         eta = (
             f"about {describe_seconds(elapsed / self.trained * waiting)} left"
             if waiting
             else "done"
         )
         self.progress.update(self.runs, description=f"runs, {eta}")
-        if not self.progress.console.is_terminal:
+        if not skipped and not self.progress.console.is_terminal:
             self.progress.console.print(
-                f"{self.trained}/{to_train} runs trained ({self.finished} of the {self.total} "
-                f"planned were done before), {describe_seconds(elapsed)} so far, {eta}",
+                f"{self.trained}/{self.trained + waiting} runs trained ({self.finished} of the "
+                f"{self.total} planned were done before), {describe_seconds(elapsed)} so far, "
+                f"{eta}",
                 soft_wrap=True,  # one line a run, whatever the width
             )
 

@@ -497,6 +497,34 @@ def test_bad_confirm_seeds_are_refused_by_name(tmp_path: Path) -> None:
     assert "(the best of each allocation/width first)" in (tmp_path / "results.md").read_text()
 
 
+def test_progress_counts_runs_found_done_beyond_the_plans_guess() -> None:
+    """A store whose records were copied in without a selection: the plan counted 2 of its 10
+    runs done, but 6 turn out done as the stages choose; the estimate shrinks to match, and
+    the bar says done once nothing is left."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from app.cli.reproduce import _RichReporter
+
+    (group,) = table_groups(["digits"], ["dense"], ["1"], {"digits": "mnist-cnn"})
+    spec = group.point_spec(0, default_protocol().base, {"lr": 0.02})
+    record = {"result": {"test_error": 0.1, "val_error": 0.1, "seconds": 1.0}}
+    out = StringIO()
+    progress = Progress(console=Console(file=out, force_terminal=False, width=200))
+    reporter = _RichReporter(progress)
+    reporter.begin(10, finished=2)
+    for _ in range(6):
+        reporter.end_run(spec, record, skipped=True)
+    reporter.end_run(spec, record, skipped=False)
+    assert "1/4 runs trained (2 of the 10 planned were done before)" in out.getvalue()
+    for _ in range(3):
+        reporter.end_run(spec, record, skipped=False)
+    assert out.getvalue().rstrip().endswith(", done")
+    assert progress.tasks[0].description == "runs, done"
+
+
 def test_later_stages_from_cli_reach_the_protocol_in_order(tmp_path: Path) -> None:
     """Each --later is one stage, in the order given, checked like --refine."""
     stem = {"budget_policy": {"kind": "conv-boost", "conv_factor": 1, "stem_factor": 4.0}}
