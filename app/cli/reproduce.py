@@ -382,6 +382,15 @@ def register(cli: typer.Typer) -> None:
                 "different runs.",
             ),
         ] = None,
+        later_top: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Try each --later stage on this many of a cell's best candidates so far "
+                "(validation on the tuning seed), not only on its choice: a runner-up may gain "
+                "more from the stage's change. Costs that many runs per override.",
+            ),
+        ] = 1,
         confirm: Annotated[
             int,
             typer.Option(
@@ -471,6 +480,7 @@ def register(cli: typer.Typer) -> None:
                         }
                     ),
                     later=[_refine_option(stage, "--later") for stage in later or []],
+                    later_top=later_top,
                     confirm=confirm,
                     confirm_seeds=confirm_values,
                     confirm_distinct=distinct,

@@ -321,7 +321,13 @@ def write_report(
             for method, models in options.protocol.model_grid.items()
         )
         + "".join(
-            f"; stage {number}: {method} also tries its choice with "
+            f"; stage {number}: {method} also tries "
+            + (
+                f"each of its {top} best candidates so far"
+                if (top := options.protocol.stage_top(number - 2)) > 1
+                else "its choice"
+            )
+            + " with "
             + "; ".join(map(describe_override, overrides))
             for number, stage in enumerate(options.protocol.stages, start=2)
             for method, overrides in stage.items()

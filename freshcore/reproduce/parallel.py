@@ -40,6 +40,7 @@ from freshcore.reproduce.runner import (
     dense_choice,
     run_one,
     select,
+    stage_points,
 )
 
 CONFIRM = -2  # the ``point`` of a queued confirm run (grid points count from 0, seeds are -1)
@@ -179,15 +180,15 @@ def run_parallel(
                 return finals.get(dense_cell(group.dataset))
             return dense_choice(store, group.dataset)
 
-        def next_stage(group: Group, chosen: dict[str, Any]) -> bool:
-            """Hand out the refinements of ``chosen`` of a group's next stage that has any;
-            False when no stage is left (its choice is final)."""
+        def next_stage(group: Group) -> bool:
+            """Hand out the points of a group's next stage that has any, on its candidates
+            so far (`stage_points`); False when no stage is left (its choice is final)."""
             points = grids[group.name][0]
             dense = teacher(group) if protocol.needs_teacher(group) else None
             while stage_of[group.name] < len(protocol.stages):
                 stage = stage_of[group.name]
                 stage_of[group.name] += 1
-                more = protocol.refinements(group, chosen, dense, stage)
+                more = stage_points(group, protocol, candidates_of(group), dense, stage)
                 for refinement in more:
                     points.append(refinement)
                     spec = group.point_spec(protocol.tune_seed, protocol.base, refinement)
@@ -223,7 +224,7 @@ def run_parallel(
                 submit(group.point_spec(seed, protocol.base, chosen), of=group.name)
             if group.method == "dense":
                 for other, first in waiting.pop(group.dataset, []):
-                    if not next_stage(other, first) and not check(other, candidates_of(other)):
+                    if not next_stage(other) and not check(other, candidates_of(other)):
                         finish(other, first)
 
         for group in groups:
@@ -274,7 +275,7 @@ def run_parallel(
                             error = TeacherMissing(group.name, dense_cell(group.dataset))
                             failures.append((spec, error))
                         continue
-                if next_stage(group, chosen) or check(group, candidates):
+                if next_stage(group) or check(group, candidates):
                     continue
                 finish(group, chosen)
             feed()

@@ -128,7 +128,10 @@ class Protocol:
     `later` holds further stages of the same form, each tried on the choice the stages before it
     made (a larger rate for the first layer on top of the second stage's width, say): one more
     stage costs a run per override, where crossing it into `refine` would multiply them.
-    Stage 0 is `refine`, stage i > 0 is ``later[i - 1]``.
+    Stage 0 is `refine`, stage i > 0 is ``later[i - 1]``. With `later_top` K > 1 each later
+    stage is tried on the K candidates so far with the lowest validation error on the tuning
+    seed, not on the choice alone: a runner-up of the stages before (another allocation, say)
+    may gain more from the later stage's change than the choice does. K runs per override.
 
     `confirm` > 1 ends the tuning with a check against the noise of one seed: the `confirm`
     candidates (of all stages) with the lowest validation error on `tune_seed` are each trained
@@ -148,11 +151,14 @@ class Protocol:
     model_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     refine: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     later: list[dict[str, list[dict[str, Any]]]] = field(default_factory=list)
+    later_top: int = 1  # how many of the best candidates so far each later stage is tried on
     confirm: int = 0  # how many of the best candidates are trained on confirm_seeds (< 2: none)
     confirm_seeds: list[int] = field(default_factory=lambda: [1, 2])
     confirm_distinct: list[str] = field(default_factory=list)  # MODEL_OPTIONS to spread over
 
     def __post_init__(self) -> None:
+        if self.later_top < 1:
+            raise ValueError(f"later_top={self.later_top}: a later stage needs a candidate (>= 1)")
         unknown = [o for o in self.confirm_distinct if o not in MODEL_OPTIONS]
         if unknown:
             raise ValueError(
@@ -254,9 +260,16 @@ class Protocol:
         done = [self.tune_seed, *(self.confirm_extra if self.confirms else [])]
         return [s for s in seeds if s not in done]
 
+    def stage_top(self, stage: int) -> int:
+        """How many of the best candidates so far a stage (0: the second) is tried on."""
+        return self.later_top if stage > 0 else 1
+
     def refinement_count(self, group: Group) -> int:
         """How many refinements a group's stages try at most, all stages together."""
-        return sum(len(self.refine_overrides(group, i)) for i in range(len(self.stages)))
+        return sum(
+            len(self.refine_overrides(group, i)) * self.stage_top(i)
+            for i in range(len(self.stages))
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,15 +302,16 @@ def default_protocol(
     confirm: int = 0,
     confirm_seeds: tuple[int, ...] = (1, 2),
     confirm_distinct: tuple[str, ...] = (),
+    later_top: int = 1,
 ) -> Protocol:
     """SGD with momentum and a cosine schedule; the learning rate is the tuned knob, and the
     dropout rate too when ``dropouts`` is given (empty: the architecture's own rate, untuned).
     ``allocations``: freshnets frequency allocations tried with every point (empty: the table's
     one allocation, untuned); the other methods have no allocation to tune. ``refine``: the
     second stage (`Protocol`), none by default; ``later``: the stages after it, none by
-    default; ``confirm``: how many of the best candidates are checked on ``confirm_seeds``,
-    spread over the values of the ``confirm_distinct`` model options (`Protocol`), none by
-    default."""
+    default, each tried on the ``later_top`` best candidates so far; ``confirm``: how many of
+    the best candidates are checked on ``confirm_seeds``, spread over the values of the
+    ``confirm_distinct`` model options (`Protocol`), none by default."""
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -326,6 +340,7 @@ def default_protocol(
         model_grid=model_grid,
         refine=_copy_stage(refine or {}),
         later=[_copy_stage(stage) for stage in later or []],
+        later_top=later_top,
         confirm=confirm,
         confirm_seeds=list(confirm_seeds),
         confirm_distinct=list(confirm_distinct),

@@ -419,24 +419,56 @@ def _record(
     store.put_selection(group.name, {**entry, **(confirmed or {})})
 
 
+def ranked(candidates: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[int]:
+    """The candidates' indices from the lowest validation error on the tuning seed up (ties:
+    the earlier first; diverged runs left out): the first is `choose`'s."""
+    return sorted(
+        (i for i, (_, r) in enumerate(candidates) if r["result"]["val_error"] is not None),
+        key=lambda i: (candidates[i][1]["result"]["val_error"], i),
+    )
+
+
+def stage_points(
+    group: Group,
+    protocol: Protocol,
+    candidates: list[tuple[dict[str, Any], dict[str, Any]]],
+    teacher: dict[str, Any] | None = None,
+    stage: int = 0,
+) -> list[dict[str, Any]]:
+    """The points a stage (0: the second) tries after ``candidates``: its overrides on the
+    choice so far and, for a later stage, on the next best up to `Protocol.later_top`
+    (`Protocol.refinements`), less any whose run is one of those bases' or another's."""
+    bases = [candidates[i][0] for i in ranked(candidates)[: protocol.stage_top(stage)]]
+    bases = bases or [choose(candidates)]  # every run diverged: the choice is the first
+
+    def key(point: dict[str, Any]) -> str:
+        return group.point_spec(protocol.tune_seed, protocol.base, point).key()
+
+    seen = {key(base) for base in bases}
+    out: list[dict[str, Any]] = []
+    for base in bases:
+        for point in protocol.refinements(group, base, teacher, stage):
+            if key(point) not in seen:
+                seen.add(key(point))
+                out.append(point)
+    return out
+
+
 def shortlist(
     protocol: Protocol, candidates: list[tuple[dict[str, Any], dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """The points a confirming protocol trains on more seeds: the `Protocol.confirm` with the
     lowest validation error on the tuning seed (ties: the earlier), diverged runs left out,
     the best of each `Protocol.kind` first, then each kind's second best, and so on."""
-    ranked = sorted(
-        (i for i, (_, r) in enumerate(candidates) if r["result"]["val_error"] is not None),
-        key=lambda i: (candidates[i][1]["result"]["val_error"], i),
-    )
+    order = ranked(candidates)
     seen: Counter[str] = Counter()
     depth = {}  # how many better candidates of the same kind each one has
-    for i in ranked:
+    for i in order:
         kind = protocol.kind(candidates[i][0])
         depth[i] = seen[kind]
         seen[kind] += 1
-    ranked.sort(key=depth.__getitem__)  # stable: validation order within a depth
-    return [candidates[i][0] for i in ranked[: protocol.confirm]]
+    order.sort(key=depth.__getitem__)  # stable: validation order within a depth
+    return [candidates[i][0] for i in order[: protocol.confirm]]
 
 
 def confirm_specs(
@@ -575,7 +607,7 @@ def run_groups(
                     continue
             final: dict[str, Any] | None = first
             for stage in range(len(protocol.stages)):
-                refinements = protocol.refinements(group, final, teacher, stage)
+                refinements = stage_points(group, protocol, candidates, teacher, stage)
                 tried = len(candidates)
                 for point in refinements:
                     record = attempt(group.point_spec(protocol.tune_seed, protocol.base, point))
@@ -636,8 +668,9 @@ def stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, Any]) ->
     """Whether a chosen cell (its selection ``entry``) still waits for runs of one of
     ``protocol``'s stages after the grid, or for its confirm check. Until they are back its
     recorded choice is an earlier stage's, which a report must not present as final; a
-    protocol without such stages never leaves a cell waiting. The choice after each stage is
-    recomputed with `choose` from the recorded validation errors, as the runner makes it."""
+    protocol without such stages never leaves a cell waiting. Each stage's points are
+    recomputed with `stage_points` from the recorded validation errors, as the runner makes
+    them."""
     group = Group(
         entry["dataset"], entry["method"], entry["factor"], entry["arch"], entry.get("model", {})
     )
@@ -657,8 +690,7 @@ def stage_pending(store: RunStore, protocol: Protocol, entry: dict[str, Any]) ->
         if teacher is None:
             return True
     for stage in range(len(protocol.stages)):
-        chosen = choose([tried[key] for key in keys])
-        for point in protocol.refinements(group, chosen, teacher, stage):
+        for point in stage_points(group, protocol, [tried[key] for key in keys], teacher, stage):
             key = group.point_spec(protocol.tune_seed, protocol.base, point).key()
             if key not in tried:
                 return True

@@ -23,7 +23,14 @@ from freshcore.reproduce.report import (
     markdown_table,
     standings,
 )
-from freshcore.reproduce.runner import RunStore, choose, confirm, shortlist, stage_pending
+from freshcore.reproduce.runner import (
+    RunStore,
+    choose,
+    confirm,
+    shortlist,
+    stage_pending,
+    stage_points,
+)
 
 
 def _spec(**kw: object) -> RunSpec:
@@ -473,6 +480,43 @@ def test_a_later_stage_merges_into_the_choice_it_is_given_and_is_counted() -> No
     assert not protocol.needs_teacher(low64)
     distil = {"teacher": "dense", "distill_alpha": 0.9}
     assert default_protocol(later=[{}, {"lowfreq": [distil]}]).needs_teacher(low64)
+
+
+def test_later_top_tries_a_later_stage_on_the_runners_up_too() -> None:
+    """With `later_top` 2 a later stage's override goes on the two candidates with the lowest
+    validation error so far (a diverged one never counts), each once: a point that is already
+    one of those bases is not tried again. The second stage stays on the choice alone, and
+    the plan counts the later stage's runs twice."""
+    stem = {"kind": "conv-boost", "conv_factor": 1, "stem_factor": 4.0}
+    wide, narrow, quarter = ({"lr": 0.02, "model": {"width": w}} for w in (1.0, 0.5, 0.25))
+    bad = {"lr": 0.02, "model": {"width": 0.75}}
+    candidates = [
+        (wide, {"result": {"val_error": 0.30}}),
+        (bad, {"result": {"val_error": None}}),
+        (narrow, {"result": {"val_error": 0.10}}),
+        (quarter, {"result": {"val_error": 0.20}}),
+    ]
+    later = [{"lowfreq": [{"budget_policy": stem}]}]
+    refine = {"lowfreq": [{"epochs": 2}]}
+    top2 = default_protocol(lrs=(0.02,), refine=refine, later=later, later_top=2)
+    (low,) = table_groups(["mnist"], ["lowfreq"], ["1/16"], {"mnist": "mnist-cnn"})
+
+    def boosted(point: dict[str, Any]) -> dict[str, Any]:
+        return {**point, "model": {**point["model"], "budget_policy": stem}}
+
+    assert stage_points(low, top2, candidates, stage=1) == [boosted(narrow), boosted(quarter)]
+    assert stage_points(low, top2, candidates, stage=0) == [{**narrow, "epochs": 2}]
+    top1 = default_protocol(lrs=(0.02,), refine=refine, later=later)
+    assert stage_points(low, top1, candidates, stage=1) == [boosted(narrow)]
+    # the runner-up is the choice with the override already: nothing new to try
+    twin = [
+        (narrow, {"result": {"val_error": 0.1}}),
+        (boosted(narrow), {"result": {"val_error": 0.2}}),
+    ]
+    assert stage_points(low, top2, twin, stage=1) == []
+    assert top2.runs([low], [0]) == 1 + 1 + 2 and top1.runs([low], [0]) == 1 + 1 + 1
+    with pytest.raises(ValueError, match="later_top=0"):
+        default_protocol(later_top=0)
 
 
 def _confirm_store(

@@ -430,6 +430,35 @@ def test_a_later_stage_refines_the_second_stages_choice(tmp_path: Path, workers:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_later_top_tries_a_later_stage_on_the_runners_up_too(tmp_path: Path, workers: int) -> None:
+    """With --later-top 2 the third stage's override goes on both of the second stage's
+    candidates, the better first; the cell keeps the best of all four on validation, its
+    other seed runs that one, the report says so, and a rerun trains nothing."""
+    refine = {"hashednets": [{"budget_policy": {"kind": "conv-boost", "conv_factor": 8}}]}
+    later = [{"hashednets": [{"epochs": 2}]}]
+    options = _one_cell(tmp_path, "hashednets", workers, refine=refine, later=later, later_top=2)
+    summary = reproduce(options, Counting())
+    assert "stage_pending" not in summary["cells"]["digits/hashednets/1/16"]
+    store = RunStore(tmp_path)
+    entry = store.selection()["digits/hashednets/1/16"]
+    first, refined, *third = entry["candidates"]
+    better, worse = sorted((first, refined), key=lambda c: c["val_error"])  # stable: ties
+    assert [c["overrides"] for c in third] == [
+        {**better["overrides"], "epochs": 2},
+        {**worse["overrides"], "epochs": 2},
+    ]
+    best = min(entry["candidates"], key=lambda c: c["val_error"])  # ties: the earlier
+    assert entry["chosen"] == best["overrides"]
+    (seed1,) = final_specs(store, [1])["digits/hashednets/1/16"]
+    assert store.get(seed1) is not None
+    md = (tmp_path / "results.md").read_text()
+    assert "stage 3: hashednets also tries each of its 2 best candidates so far with epochs=2" in md
+    again = Counting()
+    reproduce(replace(options, workers=1), again)
+    assert again.trained == [] and len(again.skipped) == 5  # four candidates and seed 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_confirm_trains_the_shortlist_on_more_seeds_and_keeps_the_lowest_mean(
     tmp_path: Path, workers: int
 ) -> None:
