@@ -87,8 +87,8 @@ class ModelOptions(BaseModel):
         description="Deal the hashed conv layers' weights (each frequency band's, for FreshNets) "
         "evenly to their buckets instead of hashing each one independently (freshnets, "
         "freshnets-uniform, hashednets): no bucket empty or crowded; with a narrow network "
-        "(width) it helped every hashing method on mnist-allconv (docs/results.md, session "
-        "20). None: false.",
+        "(width) it helped every hashing method on mnist-allconv (docs/results/history.md, "
+        "session 20). None: false.",
     )
 
 

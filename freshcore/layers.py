@@ -518,10 +518,11 @@ class FreshLinear(_FreshBands, _GeneratedLinear):
     its 2-D DCT coefficients, hashed per band b = j1 + j2 into ``band_buckets[b]`` buckets, as
     `FreshConv2d` does with a filter slice. Why: the fc layer after the convs holds most of a
     small CNN's weights, and what training adds to it is smooth over the map (measured on
-    mnist-bg-img, docs/results.md: the energy per coefficient of the trained-minus-initial fc1
-    falls about 7 times from band 0 to band 12), which HashedNets' uniform hashing ignores.
-    Measured in session 12 on mnist-bg-img 1/64: no gain over HashedNets (docs/results.md), so
-    `build_model` keeps HashedNets fc layers unless ``fc_allocation`` is given.
+    mnist-bg-img, docs/results/history.md: the energy per coefficient of the
+    trained-minus-initial fc1 falls about 7 times from band 0 to band 12), which HashedNets'
+    uniform hashing ignores. Measured in session 12 on mnist-bg-img 1/64: no gain over
+    HashedNets (docs/results/history.md), so `build_model` keeps HashedNets fc layers unless
+    ``fc_allocation`` is given.
     """
 
     def __init__(
