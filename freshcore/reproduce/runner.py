@@ -369,14 +369,20 @@ def _metrics_dict(metrics: Any) -> dict[str, Any]:
     return asdict(metrics)
 
 
+def ranked(candidates: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[int]:
+    """The candidates' indices from the lowest validation error on the tuning seed up (ties:
+    the earlier first; diverged runs left out)."""
+    return sorted(
+        (i for i, (_, r) in enumerate(candidates) if r["result"]["val_error"] is not None),
+        key=lambda i: (candidates[i][1]["result"]["val_error"], i),
+    )
+
+
 def choose(candidates: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
-    """The grid point with the lowest validation error (ties: the earlier); never the test."""
-    best_overrides, best_val = candidates[0][0], float("inf")
-    for overrides, record in candidates:
-        val = record["result"]["val_error"]
-        if val is not None and val < best_val:
-            best_overrides, best_val = overrides, val
-    return best_overrides
+    """The grid point with the lowest validation error (ties: the earlier; every run diverged:
+    the first); never the test."""
+    order = ranked(candidates)
+    return candidates[order[0] if order else 0][0]
 
 
 def select(
@@ -417,15 +423,6 @@ def _record(
         ],
     }
     store.put_selection(group.name, {**entry, **(confirmed or {})})
-
-
-def ranked(candidates: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[int]:
-    """The candidates' indices from the lowest validation error on the tuning seed up (ties:
-    the earlier first; diverged runs left out): the first is `choose`'s."""
-    return sorted(
-        (i for i, (_, r) in enumerate(candidates) if r["result"]["val_error"] is not None),
-        key=lambda i: (candidates[i][1]["result"]["val_error"], i),
-    )
 
 
 def stage_points(
