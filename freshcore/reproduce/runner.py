@@ -445,8 +445,8 @@ def stage_points(
     out: list[dict[str, Any]] = []
     for base in bases:
         for point in protocol.refinements(group, base, teacher, stage):
-            if key(point) not in seen:
-                seen.add(key(point))
+            if (point_key := key(point)) not in seen:
+                seen.add(point_key)
                 out.append(point)
     return out
 
