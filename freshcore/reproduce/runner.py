@@ -521,9 +521,12 @@ def finished_runs(
     groups: Iterable[Group], protocol: Protocol, seeds: list[int], store: RunStore
 ) -> int:
     """How many of `Protocol.runs` are in the store already: a resumed table skips them, so a
-    time estimate must leave them out. Exact for the tuning-seed grid; the second stage and the
-    other seeds follow the group's recorded choice, which a changed protocol may yet revise;
-    the later stages are counted from the group's recorded candidates."""
+    time estimate must leave them out. Exact for the tuning-seed grid; the stages after it are
+    counted from the group's recorded candidates. The confirm check's runs and the other seeds
+    follow the recorded choice, so they count only where no stage or check waits
+    (`stage_pending`): a protocol that tries more (a larger ``later_top``, say) may shortlist
+    and choose anew, and those records would then stand in for runs still to train, the
+    estimate reaching nothing left while runs remain."""
     selection = store.selection()
     extra_seeds = [s for s in seeds if s != protocol.tune_seed]
     finished = 0
@@ -533,13 +536,13 @@ def finished_runs(
         second = [c["overrides"] for c in entry.get("candidates", [])]
         second = [p for p in second if p not in grid][: protocol.refinement_count(group)]
         runs = [group.point_spec(protocol.tune_seed, protocol.base, p) for p in grid + second]
-        if protocol.confirms:
-            runs += [
-                group.point_spec(s, protocol.base, c["overrides"])
-                for c in entry.get("confirmed", [])
-                for s in protocol.confirm_extra
-            ]
-        if "chosen" in entry:
+        if entry and not stage_pending(store, protocol, entry):
+            if protocol.confirms:
+                runs += [
+                    group.point_spec(s, protocol.base, c["overrides"])
+                    for c in entry.get("confirmed", [])
+                    for s in protocol.confirm_extra
+                ]
             runs += [group.point_spec(s, protocol.base, entry["chosen"]) for s in extra_seeds]
         keys = {spec.key(): spec for spec in runs}  # a confirm run may be a table seed's too
         finished += sum(store.run_path(spec).exists() for spec in keys.values())

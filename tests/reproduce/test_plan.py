@@ -27,6 +27,7 @@ from freshcore.reproduce.runner import (
     RunStore,
     choose,
     confirm,
+    finished_runs,
     shortlist,
     stage_pending,
     stage_points,
@@ -560,6 +561,23 @@ def test_confirm_keeps_the_lowest_mean_over_its_seeds_not_the_tuning_seeds_best(
     # spreading over an option its candidates share leaves its shortlist, so its check, as is
     spread = default_protocol(lrs=tuple(vals), confirm=2, confirm_distinct=("allocation",))
     assert not stage_pending(store, spread, entry)
+
+
+def test_finished_runs_leaves_out_a_check_a_new_stage_may_redo(tmp_path: Path) -> None:
+    """A confirmed cell counts its grid and its check's runs done; under a protocol with a
+    stage it has not tried, the check may shortlist and choose anew, so its records count for
+    nothing and the estimate keeps room for the runs that may follow."""
+    vals = {0.05: [0.100, 0.200, 0.180], 0.02: [0.101, 0.110, 0.120], 0.01: [0.30, None, None]}
+    store, protocol, group, candidates = _confirm_store(tmp_path, vals)
+    confirm(group, protocol, candidates, store)
+    seeds = [0, 1, 2]
+    assert finished_runs([group], protocol, seeds, store) == 3 + 2 * 2
+    assert protocol.runs([group], seeds) == 3 + 2 * 2
+    later = default_protocol(
+        lrs=tuple(vals), confirm=2, confirm_seeds=(1, 2), refine={"lowfreq": [{"epochs": 2}]}
+    )
+    assert finished_runs([group], later, seeds, store) == 3
+    assert later.runs([group], seeds) == 3 + 1 + 2 * 2
 
 
 def test_confirm_waits_for_a_missing_run_and_drops_a_diverged_one(tmp_path: Path) -> None:
