@@ -247,12 +247,15 @@ class Protocol:
 
     def runs(self, groups: list[Group], seeds: list[int]) -> int:
         """How many runs ``groups`` take at most: every point and refinement of every stage
-        on the tuning seed, the confirm check's, one per other seed."""
-        confirm = self.confirm * len(self.confirm_extra) if self.confirms else 0
+        on the tuning seed, the confirm check's (a shortlist holds no more than the group's
+        candidates: `dense` has two to a check of three), one per other seed."""
         extra = len(self.seeds_after(seeds))
-        return sum(
-            len(self.points(g.method)) + self.refinement_count(g) + confirm + extra for g in groups
-        )
+        total = 0
+        for g in groups:
+            tuning = len(self.points(g.method)) + self.refinement_count(g)
+            confirm = min(self.confirm, tuning) * len(self.confirm_extra) if self.confirms else 0
+            total += tuning + confirm + extra
+        return total
 
     def seeds_after(self, seeds: list[int]) -> list[int]:
         """The seeds a cell still trains once chosen: the table's, less the tuning seed and

@@ -638,6 +638,10 @@ def test_confirm_needs_a_seed_besides_the_tuning_seed_and_counts_its_runs() -> N
     # 3 grid points, 2 shortlisted x 2 confirm seeds, then seeds 3 and 4 (1 and 2 are shared)
     assert protocol.runs([group], [0, 1, 2, 3, 4]) == 3 + 2 * 2 + 2
     assert default_protocol(lrs=(0.05, 0.02, 0.01)).runs([group], [0, 1, 2, 3, 4]) == 3 + 4
+    # a check of 3 on a cell of 2 candidates (dense: 8 or 16 epochs) shortlists both only
+    (dense,) = table_groups(["mnist"], ["dense"], ["1"], {"mnist": "mnist-cnn"})
+    two = default_protocol(lrs=(0.02,), confirm=3, refine={"dense": [{"epochs": 16}]})
+    assert two.runs([dense], [0, 1, 2, 3, 4]) == 2 + 2 * 2 + 2
     with pytest.raises(ValueError, match=r"confirm seed besides the tuning seed 0; got \[0\]"):
         default_protocol(confirm=2, confirm_seeds=(0,))
     assert not default_protocol(confirm=1, confirm_seeds=()).confirms
