@@ -39,28 +39,17 @@ ROWS = [
     ("convex", 16.0, [0, 1, 2]),
 ]
 CUT_OFF = {"shape": "exponential", "decay": 2.0, "min_rate": 0.25}
-TRAIN = {
-    "epochs": 16,
-    "batch_size": 64,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 0.0005,
-    "schedule": "cosine",
-    "patience": None,
-    "augment": False,
-    "max_train_samples": None,
-    "lr": 0.02,
-}
 
 
-def spec(dataset: str, method: str, stem: float, seed: int) -> RunSpec:
-    """The current table's run of ``method`` at 1/16 with this first-layer rate."""
+def spec(base: dict, dataset: str, method: str, stem: float, seed: int) -> RunSpec:
+    """The current table's run of ``method`` at 1/16 with this first-layer rate, trained with
+    the table's ``base`` settings at lr 0.02 for 16 epochs."""
     model: dict = {"width": 0.5}
     if method == "freshnets":
         model |= {"allocation": CUT_OFF, "balanced": True}
     model["budget_policy"] = {"kind": "conv-boost", "conv_factor": 1, "stem_factor": stem}
-    return RunSpec(dataset, method, "1/16", seed, "mnist-allconv", dict(TRAIN), model)
+    train = {**base, "lr": 0.02, "epochs": 16}
+    return RunSpec(dataset, method, "1/16", seed, "mnist-allconv", train, model)
 
 
 def summary(values: list[float]) -> dict[str, dict[str, float]]:
@@ -76,6 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     table, out, data = RunStore(args.table), RunStore(args.out), DataCache()
+    base = table.selection()["mnist/lowfreq/1/16"]["base"]  # the table's training settings
 
     def test_error(s: RunSpec) -> float:
         record = table.get(s) or out.get(s) or run_one(s, out, data, Reporter(), device="cpu")
@@ -84,8 +74,8 @@ def main() -> None:
     print("| row | first-layer rate | seeds | freshnets | lowfreq | difference | Welch p |")
     print("|---|---|---|---|---|---|---|")
     for dataset, stem, seeds in ROWS:
-        fresh = [test_error(spec(dataset, "freshnets", stem, s)) for s in seeds]
-        low = [test_error(spec(dataset, "lowfreq", stem, s)) for s in seeds]
+        fresh = [test_error(spec(base, dataset, "freshnets", stem, s)) for s in seeds]
+        low = [test_error(spec(base, dataset, "lowfreq", stem, s)) for s in seeds]
         cells = [f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in (fresh, low)]
         p = _welch_p(summary(fresh), summary(low))
         print(
