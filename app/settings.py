@@ -63,6 +63,14 @@ class Settings(BaseSettings):
 
     @computed_field  # type: ignore[prop-decorator]
     @property
+    def local_url(self) -> str:
+        """Where a client on this machine reaches the API that `freshnets up` serves (a wildcard
+        host such as 0.0.0.0 listens on loopback too)."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 

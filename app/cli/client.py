@@ -29,7 +29,6 @@ from app.settings import get_settings
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 STATE_STYLES = {
     "queued": "dim",
@@ -40,8 +39,14 @@ STATE_STYLES = {
 }
 
 UrlOpt = Annotated[
-    str,
-    typer.Option("--url", envvar="FRESHNETS_URL", help="The FreshNets server.", show_default=True),
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="FRESHNETS_URL",
+        help="The FreshNets server (default: the one `freshnets up` serves on this machine, "
+        "http://FRESHNETS_HOST:FRESHNETS_PORT, 127.0.0.1:8000 unless set).",
+        show_default=False,
+    ),
 ]
 KeyOpt = Annotated[
     str | None,
@@ -112,8 +117,8 @@ def _error_message(resp: httpx.Response) -> str:
 class Api:
     """A small httpx wrapper that turns every failure into `fail(...)`."""
 
-    def __init__(self, url: str, api_key: str | None) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | None, api_key: str | None) -> None:
+        self.url = (url or get_settings().local_url).rstrip("/")
         self.key = api_key or self._key_from_file()
         self.client = httpx.Client(
             base_url=self.url,
@@ -421,7 +426,7 @@ def train(
 
 
 @contextmanager
-def _api(url: str, api_key: str | None) -> Iterator[Api]:
+def _api(url: str | None, api_key: str | None) -> Iterator[Api]:
     client = Api(url, api_key)
     try:
         yield client
@@ -494,7 +499,7 @@ def submit(
     ] = None,
     follow: Annotated[bool, typer.Option(help="Follow the job's progress until it ends.")] = True,
     poll: Annotated[float, typer.Option(help="Seconds between progress polls.")] = 1.0,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """Queue a training job on the server (POST /v1/jobs) and follow it to the end."""
@@ -560,7 +565,7 @@ def submit(
 def jobs(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 50,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """List your jobs."""
@@ -597,7 +602,7 @@ def jobs(
 def models(
     dataset: Annotated[str | None, typer.Option(help="Only models of this data set.")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """List your trained models with their sizes and accuracy."""
@@ -630,7 +635,7 @@ def predict(
     model: Annotated[str, typer.Argument(help="The model id (`freshnets models`).")],
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
     """Classify images with a model on the server (multipart upload)."""

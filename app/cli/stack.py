@@ -212,7 +212,7 @@ def up() -> None:
         # (docs/performance.md); /metrics counts and times every request instead.
         api_argv += ["--no-access-log"]
         children.append(spawn("api", api_argv, env))
-        base = f"http://{settings.host}:{settings.port}"
+        base = settings.local_url
         wait_http(f"{base}/healthz", children)
         typer.echo("")
         typer.echo(f"FreshNets is up: {base}  (API docs: {base}/docs)")

@@ -86,6 +86,16 @@ def test_unreachable_server(cli) -> None:
         clean_failure(cli(*command, "--url", url, "--api-key", "fn_x"), 1, "cannot reach", url)
 
 
+def test_default_url_is_where_up_serves(cli) -> None:
+    # Without --url the client goes where `freshnets up` listens with the same settings: a
+    # changed FRESHNETS_PORT moves both, and a wildcard host is reached on loopback.
+    port = free_port()  # nothing listens there
+    for host in ("127.0.0.1", "0.0.0.0"):
+        env = {"FRESHNETS_PORT": str(port), "FRESHNETS_HOST": host}
+        result = cli("jobs", "--api-key", "fn_x", env=env)
+        clean_failure(result, 1, "cannot reach", f"http://127.0.0.1:{port}")
+
+
 def test_missing_key_file(cli, tmp_path: Path) -> None:
     env = {"FRESHNETS_DATA_DIR": str(tmp_path)}
     clean_failure(cli("jobs", env=env), 1, "no API key", str(tmp_path / "api-key"))
