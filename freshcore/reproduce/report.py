@@ -431,6 +431,17 @@ def _welch_p(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     return float(test.pvalue)
 
 
+def welch_p_of(a: list[float], b: list[float]) -> float | None:
+    """`_welch_p` of two lists of test errors, for the diagnostics that compare runs outside a
+    report (docs/results/*/compare.py), so they test as the reports do."""
+
+    def cell(values: list[float]) -> dict[str, Any]:
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return {"test_error": {"n": len(values), "mean": statistics.mean(values), "std": std}}
+
+    return _welch_p(cell(a), cell(b))
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the order given.
 

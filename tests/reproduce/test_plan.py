@@ -22,6 +22,7 @@ from freshcore.reproduce.report import (
     holm,
     markdown_table,
     standings,
+    welch_p_of,
 )
 from freshcore.reproduce.runner import (
     RunStore,
@@ -329,6 +330,17 @@ def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order() -> None:
     assert holm([0.04, 0.001, 0.03, 0.5]) == pytest.approx([0.09, 0.004, 0.09, 0.5])
     assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])
     assert holm([]) == []
+
+
+def test_welch_p_of_lists_is_welchs_test_and_none_without_spread() -> None:
+    """The diagnostics' test on raw errors is scipy's unequal-variance t-test; one seed, or no
+    spread in either list, gives no p rather than a division by zero."""
+    from scipy.stats import ttest_ind
+
+    a, b = [0.74, 0.73, 0.75], [0.65, 0.80, 0.61, 0.70]
+    assert welch_p_of(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch_p_of([0.7], b) is None
+    assert welch_p_of([0.5, 0.5], [0.5, 0.5]) is None
 
 
 def test_standings_keep_only_the_rows_that_survive_holms_correction() -> None:

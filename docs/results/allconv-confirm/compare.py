@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from freshcore.reproduce.report import _welch_p
+from freshcore.reproduce.report import welch_p_of
 from freshcore.reproduce.runner import RunStore, final_specs
 
 
@@ -25,12 +25,6 @@ def errors(store: RunStore, seeds: list[int]) -> dict[str, tuple[dict, list[floa
         if all(r is not None and r["result"]["test_error"] is not None for r in records):
             out[name] = (chosen[name], [100 * r["result"]["test_error"] for r in records])
     return out
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """A cell's test errors as the report's cells hold them (fractions), for `_welch_p`."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"test_error": {"n": len(values), "mean": statistics.mean(values), "std": std}}
 
 
 def main() -> None:
@@ -49,7 +43,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name in names:
         (old_point, old), (new_point, new) = before[name], after[name]
-        p = _welch_p(summary(old), summary(new))
+        p = welch_p_of(old, new)
         print(
             f"| {name} | {statistics.mean(old):.2f} | {statistics.mean(new):.2f} "
             f"| {'yes' if old_point != new_point else 'no'} "

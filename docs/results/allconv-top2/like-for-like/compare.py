@@ -26,7 +26,7 @@ import statistics
 import torch
 
 from freshcore.reproduce.plan import RunSpec
-from freshcore.reproduce.report import _welch_p
+from freshcore.reproduce.report import welch_p_of
 from freshcore.reproduce.runner import DataCache, Reporter, RunStore, run_one
 
 # (data set, first-layer rate, seeds): 5 seeds where the table has lowfreq's seeds 3 and 4
@@ -52,12 +52,6 @@ def spec(base: dict, dataset: str, method: str, stem: float, seed: int) -> RunSp
     return RunSpec(dataset, method, "1/16", seed, "mnist-allconv", train, model)
 
 
-def summary(values: list[float]) -> dict[str, dict[str, float]]:
-    """Test errors as the report's cells hold them, for `_welch_p`."""
-    cell = {"n": len(values), "mean": statistics.mean(values), "std": statistics.stdev(values)}
-    return {"test_error": cell}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default="runs/allconv-top2", help="the current table's store")
@@ -77,7 +71,7 @@ def main() -> None:
         fresh = [test_error(spec(base, dataset, "freshnets", stem, s)) for s in seeds]
         low = [test_error(spec(base, dataset, "lowfreq", stem, s)) for s in seeds]
         cells = [f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in (fresh, low)]
-        p = _welch_p(summary(fresh), summary(low))
+        p = welch_p_of(fresh, low)
         print(
             f"| {dataset} 1/16 | x{stem:g} | {len(seeds)} | {cells[0]} | {cells[1]} | "
             f"{statistics.mean(fresh) - statistics.mean(low):+.2f} | "
