@@ -20,14 +20,11 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich import box
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app.cli.output import console, err_console
 from app.settings import get_settings
-
-console = Console()
-err_console = Console(stderr=True)
 
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
 STATE_STYLES = {

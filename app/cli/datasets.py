@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +15,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from app.cli.output import console
 from app.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -50,7 +50,7 @@ def list_command(
             "yes" if i.available else "no",
             i.title,
         )
-    Console().print(table)
+    console.print(table)
 
 
 class _Bar:

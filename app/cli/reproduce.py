@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,7 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-console = Console(stderr=True)
+from app.cli.output import err_console as console
 
 # The table's model options, picked by the ablations (docs/results.md); `null` gives freshcore's
 # own defaults (the same factor for every layer).

@@ -12,11 +12,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, columns: int | None = 200
 ) -> subprocess.CompletedProcess[str]:
-    """`freshnets ARGS...` in a fresh process with a wide terminal (rich does not wrap ids)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHNETS_")}
-    full_env.update(COLUMNS="200", TERM="dumb", PYTHONPATH=str(REPO), **(env or {}))
+    """`freshnets ARGS...` in a fresh process, its output piped; ``columns`` sets COLUMNS (a
+    window's width; None: unset, as in `freshnets ... > file`)."""
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FRESHNETS_") and k != "COLUMNS"
+    }
+    full_env.update(TERM="dumb", PYTHONPATH=str(REPO), **(env or {}))
+    if columns is not None:
+        full_env["COLUMNS"] = str(columns)
     return subprocess.run(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
         env=full_env,

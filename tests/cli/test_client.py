@@ -80,6 +80,23 @@ def test_train_bad_arguments_are_named() -> None:
         assert isinstance(result.exception, SystemExit), result.exception  # not a crash
 
 
+def test_piped_tables_keep_every_value_whole(cli, tmp_path: Path) -> None:
+    # Piped into a file or a program there is no window to fit: nothing is cut or wrapped. A
+    # set COLUMNS is still a width (an 80-column window wraps the longest title).
+    env = {"FRESHNETS_DATA_DIR": str(tmp_path)}
+    piped = cli("datasets", "list", env=env, columns=None)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert any(
+        "mnist-bg-img-rot" in line and "MNIST-BG-IMG-ROT (regenerated)" in line for line in lines
+    )
+    assert "…" not in piped.stdout
+    narrow = cli("datasets", "list", env=env, columns=80)
+    assert narrow.returncode == 0, narrow.stderr
+    assert "MNIST-BG-IMG-ROT (regenerated)" not in narrow.stdout
+    assert max(map(len, narrow.stdout.splitlines())) <= 80
+
+
 def test_unreachable_server(cli) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for command in (["jobs"], ["models"], ["submit", "--dataset", "digits", "--preset", "x"]):
