@@ -15,7 +15,7 @@ folder's runs in runs/distill:
     tar -C runs -xzf docs/results/allconv-top2/distill/runs.tar.gz
     .venv/bin/python docs/results/allconv-top2/distill/compare.py --workers 2
 It trains what is missing (on this CPU, two at a time with ``--workers 2``: 10 min a dense
-teacher, 4 to 7 min a student) and prints a Markdown table of test error (%), mean ± std over
+teacher, 4 to 18 min a student) and prints a Markdown table of test error (%), mean ± std over
 the seeds, with Welch's p against the table's runs."""
 
 from __future__ import annotations
