@@ -5,7 +5,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import sessionmaker
-from starlette.datastructures import Headers
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,8 +21,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 class BodyLimitMiddleware:
     """413 for a body over FRESHNETS_MAX_REQUEST_BYTES (uploads: FRESHNETS_MAX_UPLOAD_BYTES).
 
-    A Content-Length over the limit is refused before anything is read; a body without one is
-    counted as it streams (Starlette's limiter), so an oversize request never fills memory or disk.
+    A Content-Length over the limit is refused before anything is read. A body within its
+    Content-Length needs no counting (the HTTP server delivers no more than it says); a body
+    without one (chunked) is counted as it streams (Starlette's limiter), so an oversize request
+    never fills memory or disk.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -46,13 +47,24 @@ class BodyLimitMiddleware:
             return
         upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/datasets"
         limit, setting = self.limits[upload]
-        length = Headers(scope=scope).get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            detail = f"body: {int(length)} bytes is over {setting} ({limit} bytes)"
+        length = _content_length(scope)
+        if length is None:
+            await self.streamed[upload](scope, receive, send)
+        elif length > limit:
+            detail = f"body: {length} bytes is over {setting} ({limit} bytes)"
             response = JSONResponse({"detail": detail}, status_code=413)
             await response(scope, receive, send)
-            return
-        await self.streamed[upload](scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The request's Content-Length, or None when it has none (or a malformed one, which the
+    streaming limiter then counts). ASGI gives header names in lower case."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

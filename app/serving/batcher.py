@@ -2,19 +2,23 @@
 
 The first queued request opens a window of `max_wait_s` (counted from its arrival, as Triton's
 dynamic batcher does); the batch closes when the window ends or `max_size` samples are waiting.
-Forwards run one at a time in a worker thread, so the event loop keeps accepting requests and
-the queue fills while the model computes. The queue is bounded in samples: past `queue_limit`,
-`submit` raises `QueueFull` at once (the API answers 503 with Retry-After).
+Each batcher has its own forward thread, which takes the next batch as soon as a forward ends,
+without waiting for the event loop: the loop only queues requests and hands back results (one
+callback per batch), so under load the forwards run back to back while the loop serves HTTP.
+The thread ends after `idle_s` without work, and the next request starts another. The queue is
+bounded in samples: past `queue_limit`, `submit` raises `QueueFull` at once (the API answers 503
+with Retry-After).
 """
 
 import asyncio
+import contextlib
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import anyio.to_thread
 import torch
 
 from app.serving import metrics
@@ -49,19 +53,21 @@ class MicroBatcher:
         max_size: int,
         max_wait_s: float,
         queue_limit: int,
+        idle_s: float = 1.0,
     ) -> None:
         self._forward = forward
         self.max_size = max(1, max_size)
         self.max_wait_s = max(0.0, max_wait_s)
         self.queue_limit = queue_limit
-        self._queue: deque[_Item] = deque()
-        self._queued_samples = 0
-        self.pending = 0  # samples queued or inside a forward
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._arrival = asyncio.Event()
-        self._runner: asyncio.Task[None] | None = None
+        self.idle_s = idle_s
+        self.pending = 0  # samples queued or inside a forward (the event loop's count)
         self.forwards = 0
         self._last_forward_s = 0.0
+        # Shared with the forward thread: everything below is guarded by `_cond`.
+        self._cond = threading.Condition()
+        self._queue: deque[_Item] = deque()
+        self._queued_samples = 0
+        self._thread: threading.Thread | None = None
 
     async def submit(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -72,39 +78,41 @@ class MicroBatcher:
             raise QueueFull(
                 self.pending, self.queue_limit, max(1, math.ceil(batches * self._last_forward_s))
             )
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new event loop (tests' clients): nothing carries over
-            self._loop, self._arrival, self._runner = loop, asyncio.Event(), None
-        item = _Item(x, loop.create_future(), time.perf_counter())
-        self._queue.append(item)
-        self._queued_samples += n
+        item = _Item(x, asyncio.get_running_loop().create_future(), time.perf_counter())
         self.pending += n
         metrics.QUEUE_SAMPLES.inc(n)
-        self._arrival.set()
-        if self._runner is None or self._runner.done():
-            self._runner = loop.create_task(self._run())
+        with self._cond:
+            self._queue.append(item)
+            self._queued_samples += n
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="freshnets-batcher", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._cond.notify()
         try:
             return await item.future
         finally:
             self.pending -= n
             metrics.QUEUE_SAMPLES.dec(n)
 
-    async def _run(self) -> None:
-        """Serve batches until the queue is empty, then end (the next submit starts another)."""
-        while self._queue:
-            deadline = self._queue[0].arrived + self.max_wait_s
-            while self._queued_samples < self.max_size:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._arrival.clear()
-                try:
-                    await asyncio.wait_for(self._arrival.wait(), remaining)
-                except TimeoutError:
-                    break
-            batch = self._take()
+    def _serve(self) -> None:
+        """The forward thread: batches until the queue has stayed empty for `idle_s`."""
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._queue, self.idle_s):
+                    self._thread = None  # a later submit starts another (under this lock)
+                    return
+                deadline = self._queue[0].arrived + self.max_wait_s
+                while self._queued_samples < self.max_size:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = self._take()
             if batch:
-                await self._compute(batch)
+                self._compute(batch)
 
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
@@ -112,32 +120,43 @@ class MicroBatcher:
         while self._queue and (not batch or size + self._queue[0].n <= self.max_size):
             item = self._queue.popleft()
             self._queued_samples -= item.n
-            if item.future.done():  # its request was cancelled while waiting
+            if item.future.cancelled():  # its request went away while waiting
                 continue
             batch.append(item)
             size += item.n
         return batch
 
-    async def _compute(self, batch: list[_Item]) -> None:
-        xs = [item.x for item in batch]
-        try:
-            start = time.perf_counter()
-            # One forward at a time: this loop awaits each before it takes the next batch.
-            outs = await anyio.to_thread.run_sync(self._forward_split, xs)
-            self._last_forward_s = time.perf_counter() - start
-        except Exception as exc:  # a failed forward fails its own requests, not the batcher
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
-        for item, out in zip(batch, outs, strict=True):
-            if not item.future.done():
-                item.future.set_result(out)
-
-    def _forward_split(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+    def _compute(self, batch: list[_Item]) -> None:
+        """One forward for the batch, its rows handed back on each request's event loop."""
         self.forwards += 1
-        metrics.BATCH_SIZE.observe(x.shape[0])
-        with torch.inference_mode():
-            out = self._forward(x)
-        return list(out.split([t.shape[0] for t in xs]))
+        metrics.BATCH_SIZE.observe(sum(item.n for item in batch))
+        start = time.perf_counter()
+        try:
+            x = batch[0].x if len(batch) == 1 else torch.cat([item.x for item in batch])
+            with torch.inference_mode():
+                outs: list[torch.Tensor] | Exception = list(
+                    self._forward(x).split([item.n for item in batch])
+                )
+        except Exception as exc:  # a failed forward fails its own requests, not the batcher
+            outs = exc
+        self._last_forward_s = time.perf_counter() - start
+        # One callback per event loop (a server has one; tests may have several).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, torch.Tensor | Exception]]]
+        by_loop = {}
+        for i, item in enumerate(batch):
+            answer = outs if isinstance(outs, Exception) else outs[i]
+            by_loop.setdefault(item.future.get_loop(), []).append((item, answer))
+        for loop, answers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_deliver, answers)
+
+
+def _deliver(answers: list[tuple[_Item, torch.Tensor | Exception]]) -> None:
+    """On the requests' event loop: each future gets its rows, or the forward's exception."""
+    for item, answer in answers:
+        if item.future.done():  # cancelled meanwhile
+            continue
+        if isinstance(answer, Exception):
+            item.future.set_exception(answer)
+        else:
+            item.future.set_result(answer)

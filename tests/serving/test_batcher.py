@@ -3,6 +3,7 @@ bounds its queue, and survives a failing forward."""
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -108,3 +109,37 @@ async def test_a_cancelled_request_is_skipped() -> None:
     net.gate.set()
     await asyncio.gather(first, kept)
     assert net.sizes == [1, 2] and batcher.pending == 0
+
+
+async def test_the_next_forward_starts_without_the_event_loop() -> None:
+    """The forward thread takes the queued batch as soon as a forward ends: a busy event loop
+    (here blocked outright) delays only the answers, not the forwards."""
+    net = Counting()
+    net.gate.clear()
+    batcher = MicroBatcher(net, max_size=64, max_wait_s=0.0, queue_limit=100)
+    first = asyncio.ensure_future(batcher.submit(torch.randn(1, 4)))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.ensure_future(batcher.submit(torch.randn(1, 4))) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    net.gate.set()
+    deadline = time.monotonic() + 5
+    while net.sizes != [1, 3] and time.monotonic() < deadline:
+        time.sleep(0.001)  # holds the event loop: nothing of it runs meanwhile
+    assert net.sizes == [1, 3]
+    await asyncio.gather(first, *rest)
+
+
+async def test_the_forward_thread_ends_when_idle_and_comes_back() -> None:
+    def threads() -> int:
+        return sum(t.name == "freshnets-batcher" for t in threading.enumerate())
+
+    before = threads()
+    batcher = MicroBatcher(Counting(), max_size=8, max_wait_s=0.0, queue_limit=100, idle_s=0.05)
+    await batcher.submit(torch.randn(1, 4))
+    assert threads() == before + 1
+    deadline = time.monotonic() + 5
+    while threads() > before and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert threads() == before
+    out = await batcher.submit(torch.randn(2, 4))
+    assert out.shape == (2, 3) and batcher.forwards == 2
