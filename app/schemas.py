@@ -5,7 +5,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from app.db.models import JobState
+from app.db.models import ID_CHARS, JobState
 
 T = TypeVar("T")
 
@@ -15,6 +15,8 @@ JobInit = Literal["scratch", "project"]
 
 # PostgreSQL text cannot hold NUL: every string that reaches a column or a query refuses it.
 NO_NUL = r"^[^\x00]*$"
+# The start of a resource id (all of it at most): how short ids are matched.
+ID_PREFIX = f"^[0-9a-f]{{1,{ID_CHARS}}}$"
 
 
 class Page(BaseModel, Generic[T]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,11 +20,12 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
-from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.cli.output import console, err_console
+from app.cli.output import Column, console, err_console, print_listing
+from app.db.models import ID_CHARS
+from app.schemas import ID_PREFIX
 from app.settings import get_settings
 
 FINAL_STATES = {"succeeded", "failed", "cancelled"}
@@ -573,16 +575,21 @@ def jobs(
         page = client.get("/v1/jobs", params=params)
     rows = _items(page)
     total = page.get("total", len(rows)) if isinstance(page, dict) else len(rows)
-    table = Table(title=f"Jobs ({total})", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("id", no_wrap=True, min_width=32)
-    for col in ("data set", "preset", "method", "comp.", "state"):
-        table.add_column(col)
-    for col in ("epoch", "val acc"):
-        table.add_column(col, justify="right")
-    table.add_column("created", no_wrap=True)
+    columns = [
+        Column("id", id=True),
+        Column("data set", drop=4),
+        Column("preset", drop=2),
+        Column("method"),
+        Column("comp.", drop=5),
+        Column("state"),
+        Column("epoch", right=True, drop=3),
+        Column("val acc", right=True, drop=6),
+        Column("created", drop=1),
+    ]
+    table = []
     for j in rows:
         latest = j.get("latest_metrics") or {}
-        table.add_row(
+        values = (
             j["id"],
             j["dataset"],
             j.get("architecture_name") or "custom",
@@ -593,7 +600,8 @@ def jobs(
             fmt_pct(latest.get("val_accuracy"), 1),
             str(j.get("created_at", ""))[5:16].replace("T", " "),
         )
-    console.print(table)
+        table.append({c.header: v for c, v in zip(columns, values, strict=True)})
+    print_listing(f"Jobs ({total})", columns, table)
 
 
 def models(
@@ -603,18 +611,27 @@ def models(
     api_key: KeyOpt = None,
 ) -> None:
     """List your trained models with their sizes and accuracy."""
-    with _api(url, api_key) as client:
-        rows = _items(client.get("/v1/models", params={"limit": limit}))
+    params: dict[str, Any] = {"limit": limit}
     if dataset:
-        rows = [m for m in rows if m["dataset"] == dataset]
-    table = Table(title=f"Models ({len(rows)})", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("id", no_wrap=True, min_width=32)
-    for col in ("data set", "preset", "method"):
-        table.add_column(col)
-    for col in ("asked", "achieved", "compact", "dense", "test acc"):
-        table.add_column(col, justify="right", no_wrap=True)
+        params["dataset"] = dataset
+    with _api(url, api_key) as client:
+        page = client.get("/v1/models", params=params)
+    rows = _items(page)
+    total = page.get("total", len(rows)) if isinstance(page, dict) else len(rows)
+    columns = [
+        Column("id", id=True),
+        Column("data set", drop=4),
+        Column("preset", drop=3),
+        Column("method"),
+        Column("asked", right=True, drop=2),
+        Column("achieved", right=True, drop=5),
+        Column("compact", right=True),
+        Column("dense", right=True, drop=1),
+        Column("test acc", right=True),
+    ]
+    table = []
     for m in rows:
-        table.add_row(
+        values = (
             m["id"],
             m["dataset"],
             m.get("architecture_name") or "custom",
@@ -625,11 +642,14 @@ def models(
             fmt_bytes(m.get("dense_bytes")),
             fmt_pct(m.get("test_accuracy")),
         )
-    console.print(table)
+        table.append({c.header: v for c, v in zip(columns, values, strict=True)})
+    print_listing(f"Models ({total})", columns, table)
 
 
 def predict(
-    model: Annotated[str, typer.Argument(help="The model id (`freshnets models`).")],
+    model: Annotated[
+        str, typer.Argument(help="The model id (`freshnets models`), or any unique start of it.")
+    ],
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
     url: UrlOpt = None,
@@ -645,6 +665,7 @@ def predict(
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(("images", (path.name, content, mime)))
     with _api(url, api_key) as client:
+        model = _whole_model_id(client, model)
         result = client.post(f"/v1/models/{model}/predict", params={"top_k": top_k}, files=files)
     table = Table(title=f"Predictions of {model}")
     table.add_column("image")
@@ -653,6 +674,25 @@ def predict(
     for path, pred in zip(images, result["predictions"], strict=False):
         table.add_row(os.fspath(path), *[_top_cell(t) for t in _top_k(pred, top_k)])
     console.print(table)
+
+
+def _whole_model_id(client: Api, given: str) -> str:
+    """`given` if it is a whole id; else the id of the one model of yours that starts with it
+    (the short ids of a narrow `freshnets models`), or a usage error naming the matches."""
+    if len(given) >= ID_CHARS or not re.fullmatch(ID_PREFIX, given):
+        return given  # a whole id, or no id at all: the server says which
+    page = client.get("/v1/models", params={"id_prefix": given, "limit": 5})
+    found = [m["id"] for m in _items(page)]
+    if not found:
+        fail(f"no model of yours has an id starting with {given!r} (see `freshnets models`)", 2)
+    if len(found) > 1:
+        total = page.get("total", len(found)) if isinstance(page, dict) else len(found)
+        fail(
+            f"{given!r} starts the ids of {total} of your models ({', '.join(found)}"
+            f"{', ...' if total > len(found) else ''}): give more characters",
+            2,
+        )
+    return found[0]
 
 
 def _top_k(pred: dict[str, Any], k: int) -> list[dict[str, Any]]:

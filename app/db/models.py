@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+ID_CHARS = 32  # new_id(): lower-case hex digits
+
 
 def new_id() -> str:
     return uuid.uuid4().hex

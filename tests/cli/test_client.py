@@ -198,3 +198,44 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     assert pred.returncode == 0, pred.stderr
     assert "digit0.png" in pred.stdout and "digit1.png" in pred.stdout
     assert pred.stdout.count("%") == 4  # two images, two classes each
+
+    # An 80-column window: whole values, short ids, the least needed columns left out.
+    narrow = cli("models", *auth, columns=80)
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in narrow.stdout
+    row = next(line for line in lines if model_id[:12] in line)
+    assert model_id not in row and "freshnets" in row and "%" in row and "KiB" in row
+    assert "ids: their first 12 characters" in narrow.stdout
+    jobs = cli("jobs", *auth, columns=80)
+    assert max(map(len, jobs.stdout.splitlines())) <= 80 and job_id[:12] in jobs.stdout
+    assert cli("models", "--dataset", "digits", *auth).stdout.count(model_id) == 1
+    assert model_id not in cli("models", "--dataset", "mnist", *auth).stdout
+
+    # `predict` takes a unique start of the id, and names the models an ambiguous one starts.
+    short = cli("predict", model_id[:12], images[0], *auth)
+    assert short.returncode == 0 and model_id in short.stdout, short.stderr
+    twin = model_id[:12] + ("1" if model_id[12] == "0" else "0") + model_id[13:]
+    _copy_model(stack.data_dir, model_id, twin)
+    clean_failure(cli("predict", model_id[:12], images[0], *auth), 2, model_id, twin)
+    assert cli("predict", model_id[:13], images[0], *auth).returncode == 0
+    clean_failure(cli("predict", "beef", images[0], *auth), 2, "no model of yours")
+
+
+def _copy_model(data_dir: Path, model_id: str, new_id: str) -> None:
+    """A second row of the stack's model (and its file) under `new_id`, written directly."""
+    from sqlalchemy.orm import Session
+
+    from app.db.engine import make_engine
+    from app.db.models import Model, ModelBlob
+    from app.settings import Settings
+
+    engine = make_engine(Settings(data_dir=data_dir).effective_database_url)
+    with Session(engine) as session:
+        model, blob = session.get(Model, model_id), session.get(ModelBlob, model_id)
+        columns = {c.key: getattr(model, c.key) for c in Model.__table__.columns}
+        session.add(Model(**{**columns, "id": new_id, "job_id": None}))
+        session.flush()
+        session.add(ModelBlob(model_id=new_id, data=blob.data))
+        session.commit()
+    engine.dispose()

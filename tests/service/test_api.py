@@ -206,6 +206,20 @@ def test_models(client: TestClient, alice: dict[str, str], bob: dict[str, str]) 
 
     listed = client.get("/v1/models", headers=alice).json()
     assert [m["id"] for m in listed["items"]] == [model_id]
+    # Filters: the data set, and the start of the id (the CLI's short ids).
+    for query, found in (
+        (f"id_prefix={model_id[:5]}", [model_id]),
+        (f"id_prefix={model_id}", [model_id]),
+        (f"id_prefix={'0' if model_id[0] != '0' else '1'}", []),
+        ("dataset=tiny", [model_id]),
+        ("dataset=mnist", []),
+    ):
+        page = client.get(f"/v1/models?{query}", headers=alice).json()
+        assert [m["id"] for m in page["items"]] == found and page["total"] == len(found), query
+    assert client.get(f"/v1/models?id_prefix={model_id[:5]}", headers=bob).json()["total"] == 0
+    for bad in ("XYZ", "%25", model_id + "0"):
+        response = client.get(f"/v1/models?id_prefix={bad}", headers=alice)
+        assert response.status_code == 422 and "id_prefix" in str(response.json()), bad
     got = client.get(f"/v1/models/{model_id}", headers=alice).json()
     assert got["compact_bytes"] == len(data) and got["test_accuracy"] == 0.9
     assert got["compression_requested"] == pytest.approx(1 / 8)

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import CurrentOwner, ResourceId, SessionDep
 from app.db.models import FINAL_STATES, Job, Model, ModelBlob, Owner
-from app.schemas import ModelOut, Page
+from app.schemas import ID_PREFIX, NO_NUL, ModelOut, Page
 from app.serving import drop_model, is_warm
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -54,16 +54,30 @@ def list_models(
     request: Request,
     session: SessionDep,
     owner: CurrentOwner,
+    dataset: Annotated[
+        str | None, Query(max_length=200, pattern=NO_NUL, description="Only this data set's.")
+    ] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            pattern=ID_PREFIX,
+            description="Only models whose id starts with this (how the CLI resolves the short "
+            "ids its tables show).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Page[ModelOut]:
     """This owner's models, newest first."""
-    total = session.scalar(
-        select(func.count()).select_from(Model).where(Model.owner_id == owner.id)
-    )
+    where = [Model.owner_id == owner.id]
+    if dataset is not None:
+        where.append(Model.dataset == dataset)
+    if id_prefix is not None:
+        where.append(Model.id.startswith(id_prefix))
+    total = session.scalar(select(func.count()).select_from(Model).where(*where))
     rows = session.execute(
         _with_architecture()
-        .where(Model.owner_id == owner.id)
+        .where(*where)
         .order_by(Model.created_at.desc(), Model.id)
         .limit(limit)
         .offset(offset)
