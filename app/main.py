@@ -59,12 +59,16 @@ class BodyLimitMiddleware:
 
 
 def _content_length(scope: Scope) -> int | None:
-    """The request's Content-Length, or None when it has none (or a malformed one, which the
-    streaming limiter then counts). ASGI gives header names in lower case."""
+    """The Content-Length that bounds the request's body, or None when none does: no such
+    header, a malformed one, or a Transfer-Encoding beside it (which would frame the body
+    instead). The streaming limiter counts those. ASGI gives header names in lower case."""
+    length = None
     for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and not value.isdigit()):
+            return None
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            length = int(value)
+    return length
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

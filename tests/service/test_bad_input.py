@@ -216,6 +216,12 @@ def test_oversize_upload_and_body(make_client: Callable[..., TestClient]) -> Non
     )
     assert response.status_code == 413
 
+    # A Transfer-Encoding beside a Content-Length frames the body: the length bounds nothing.
+    both = {**alice, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    both["Content-Length"] = "10"
+    response = client.post("/v1/jobs", headers=both, content=b" " * 10240)
+    assert response.status_code == 413
+
 
 def test_unknown_ids_are_404(client: TestClient, alice: dict[str, str]) -> None:
     for path in ("/v1/jobs/nope", "/v1/jobs/nope/metrics", "/v1/models/nope",
