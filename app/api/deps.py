@@ -3,12 +3,12 @@
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.db.models import Owner
-from app.schemas import NO_NUL
+from app.schemas import ID_PREFIX, NO_NUL
 from app.security import owner_for_key
 from app.settings import Settings
 
@@ -26,6 +26,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 # A path id: unknown ones answer 404, so only what no query could hold is refused (422).
 ResourceId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)]
+# A listing's filter on the start of the ids: how the CLI resolves the short ids it shows.
+IdPrefix = Annotated[
+    str | None, Query(pattern=ID_PREFIX, description="Only those whose id starts with this.")
+]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import httpx
 import typer
@@ -665,7 +665,7 @@ def predict(
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(("images", (path.name, content, mime)))
     with _api(url, api_key) as client:
-        model = _whole_model_id(client, model)
+        model = _whole_id(client, "models", model)
         result = client.post(f"/v1/models/{model}/predict", params={"top_k": top_k}, files=files)
     table = Table(title=f"Predictions of {model}")
     table.add_column("image")
@@ -676,23 +676,81 @@ def predict(
     console.print(table)
 
 
-def _whole_model_id(client: Api, given: str) -> str:
-    """`given` if it is a whole id; else the id of the one model of yours that starts with it
-    (the short ids of a narrow `freshnets models`), or a usage error naming the matches."""
+def _whole_id(client: Api, kind: Literal["models", "jobs"], given: str) -> str:
+    """`given` if it is a whole id; else the id of the one model (or job) of yours that starts
+    with it (the short ids of a narrow listing), or a usage error naming the matches."""
     if len(given) >= ID_CHARS or not re.fullmatch(ID_PREFIX, given):
         return given  # a whole id, or no id at all: the server says which
-    page = client.get("/v1/models", params={"id_prefix": given, "limit": 5})
+    page = client.get(f"/v1/{kind}", params={"id_prefix": given, "limit": 5})
     found = [m["id"] for m in _items(page)]
     if not found:
-        fail(f"no model of yours has an id starting with {given!r} (see `freshnets models`)", 2)
+        fail(f"none of your {kind} has an id starting with {given!r} (see `freshnets {kind}`)", 2)
     if len(found) > 1:
         total = page.get("total", len(found)) if isinstance(page, dict) else len(found)
         fail(
-            f"{given!r} starts the ids of {total} of your models ({', '.join(found)}"
+            f"{given!r} starts the ids of {total} of your {kind} ({', '.join(found)}"
             f"{', ...' if total > len(found) else ''}): give more characters",
             2,
         )
     return found[0]
+
+
+def cancel(
+    job: Annotated[str, typer.Argument(help="The job id (`freshnets jobs`), or a unique start.")],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Cancel a job: a queued one at once, a running one at its next batch."""
+    with _api(url, api_key) as client:
+        job = _whole_id(client, "jobs", job)
+        got = client.post(f"/v1/jobs/{job}/cancel")
+    if got["state"] == "cancelled":
+        console.print(f"Job [bold]{job}[/] [yellow]cancelled[/]", highlight=False)
+    else:
+        console.print(f"Job [bold]{job}[/] stops at its next batch", highlight=False)
+
+
+DOWNLOADS = {  # --format: the route under /v1/models/{id}, and a file name's suffix
+    "compact": ("/file", "safetensors"),
+    "onnx": ("/export?format=onnx", "onnx"),
+    "torchscript": ("/export?format=torchscript", "pt"),
+    "dense-safetensors": ("/export?format=dense-safetensors", "dense.safetensors"),
+}
+
+
+def download(
+    model: Annotated[str, typer.Argument(help="The model id (`freshnets models`), or a start.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="compact: the FreshNets file (safetensors + JSON, what `freshcore.from_bytes` "
+            "reads); onnx, torchscript, dense-safetensors: the rebuilt dense network.",
+        ),
+    ] = "compact",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write it (default: freshnets-ID.SUFFIX)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Download a trained model: its compact file, or an export of the dense network."""
+    if fmt not in DOWNLOADS:
+        fail(f"--format: unknown format {fmt!r} (one of {', '.join(DOWNLOADS)})", 2)
+    route, suffix = DOWNLOADS[fmt]
+    with _api(url, api_key) as client:
+        model = _whole_id(client, "models", model)
+        path = output or Path(f"freshnets-{model}.{suffix}")
+        if path.exists() and not force:
+            fail(f"{path} exists: pass --force to overwrite it, or -o another path", 2)
+        data = client.request("GET", f"/v1/models/{model}{route}").content
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}", 2)
+    console.print(f"Wrote {path} ({fmt_bytes(len(data))}, {fmt})", highlight=False)
 
 
 def _top_k(pred: dict[str, Any], k: int) -> list[dict[str, Any]]:
@@ -725,3 +783,5 @@ def register(cli: typer.Typer) -> None:
     cli.command()(jobs)
     cli.command()(models)
     cli.command()(predict)
+    cli.command()(cancel)
+    cli.command()(download)

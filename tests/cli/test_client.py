@@ -2,10 +2,12 @@
 them: real processes, real exit codes, and clean messages instead of tracebacks."""
 
 import re
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -212,6 +214,33 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     assert cli("models", "--dataset", "digits", *auth).stdout.count(model_id) == 1
     assert model_id not in cli("models", "--dataset", "mnist", *auth).stdout
 
+    # Downloads: the compact file freshcore reads, an ONNX export; nothing overwritten unasked.
+    import freshcore
+
+    compact = tmp_path / "model.safetensors"
+    got = cli("download", model_id[:12], "-o", str(compact), *auth)
+    assert got.returncode == 0 and "Wrote" in got.stdout, got.stderr
+    assert freshcore.from_bytes(compact.read_bytes()).method == "freshnets"
+    clean_failure(cli("download", model_id, "-o", str(compact), *auth), 2, "--force")
+    assert cli("download", model_id, "-o", str(compact), "--force", *auth).returncode == 0
+    exported = tmp_path / "model.onnx"
+    got = cli("download", model_id, "--format", "onnx", "-o", str(exported), *auth)
+    assert got.returncode == 0, got.stderr
+    assert onnx.load(str(exported)).graph.input[0].name
+    clean_failure(cli("download", model_id, "--format", "pickle", *auth), 2, "--format")
+
+    # Cancel, by a short id: queued, or running and stopped at its next batch.
+    queued = cli("submit", "--dataset", "digits", "--epochs", "50", "--no-follow", *auth)
+    assert queued.returncode == 0, queued.stderr
+    doomed = re.search(r"Queued job (\w+)", queued.stdout).group(1)
+    stopped = cli("cancel", doomed[:12], *auth)
+    assert stopped.returncode == 0 and doomed in stopped.stdout, stopped.stderr
+    deadline = time.monotonic() + 120
+    while doomed not in cli("jobs", "--state", "cancelled", *auth).stdout:
+        assert time.monotonic() < deadline, "the job was not cancelled within 2 min"
+        time.sleep(1)
+    clean_failure(cli("cancel", doomed, *auth), 2, "already cancelled")
+
     # `predict` takes a unique start of the id, and names the models an ambiguous one starts.
     short = cli("predict", model_id[:12], images[0], *auth)
     assert short.returncode == 0 and model_id in short.stdout, short.stderr
@@ -219,7 +248,7 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     _copy_model(stack.data_dir, model_id, twin)
     clean_failure(cli("predict", model_id[:12], images[0], *auth), 2, model_id, twin)
     assert cli("predict", model_id[:13], images[0], *auth).returncode == 0
-    clean_failure(cli("predict", "beef", images[0], *auth), 2, "no model of yours")
+    clean_failure(cli("predict", "beef", images[0], *auth), 2, "none of your models")
 
 
 def _copy_model(data_dir: Path, model_id: str, new_id: str) -> None:

@@ -154,6 +154,8 @@ def test_job_lifecycle_as_the_api_sees_it(
     assert listed["items"][0]["latest_metrics"]["epoch"] == 2
     page = client.get("/v1/jobs?limit=1&offset=1", headers=alice).json()
     assert page["total"] == 2 and len(page["items"]) == 1
+    started = client.get(f"/v1/jobs?id_prefix={job['id'][:8]}", headers=alice).json()
+    assert [j["id"] for j in started["items"]] == [job["id"]] and started["total"] == 1
     assert client.get("/v1/jobs?state=bogus", headers=alice).status_code == 422
 
     # Cancel: the running job is asked to stop; the queued one is cancelled at once.

@@ -6,9 +6,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.api.deps import CurrentOwner, ResourceId, SessionDep
+from app.api.deps import CurrentOwner, IdPrefix, ResourceId, SessionDep
 from app.db.models import FINAL_STATES, Job, Model, ModelBlob, Owner
-from app.schemas import ID_PREFIX, NO_NUL, ModelOut, Page
+from app.schemas import NO_NUL, ModelOut, Page
 from app.serving import drop_model, is_warm
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -57,14 +57,7 @@ def list_models(
     dataset: Annotated[
         str | None, Query(max_length=200, pattern=NO_NUL, description="Only this data set's.")
     ] = None,
-    id_prefix: Annotated[
-        str | None,
-        Query(
-            pattern=ID_PREFIX,
-            description="Only models whose id starts with this (how the CLI resolves the short "
-            "ids its tables show).",
-        ),
-    ] = None,
+    id_prefix: IdPrefix = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Page[ModelOut]:
