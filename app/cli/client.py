@@ -164,6 +164,11 @@ class Api:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs).json()
 
+    def page(self, path: str, **params: Any) -> tuple[list[dict[str, Any]], int]:
+        """A listing's items and how many match in all (`Page`: items, total, ...)."""
+        page = self.get(path, params=params)
+        return page["items"], page["total"]
+
 
 def _items(data: Any) -> list[dict[str, Any]]:
     return data["items"] if isinstance(data, dict) and "items" in data else data
@@ -572,9 +577,7 @@ def jobs(
     if state:
         params["state"] = state
     with _api(url, api_key) as client:
-        page = client.get("/v1/jobs", params=params)
-    rows = _items(page)
-    total = page.get("total", len(rows)) if isinstance(page, dict) else len(rows)
+        rows, total = client.page("/v1/jobs", **params)
     columns = [
         Column("id", id=True),
         Column("data set", drop=4),
@@ -589,18 +592,19 @@ def jobs(
     table = []
     for j in rows:
         latest = j.get("latest_metrics") or {}
-        values = (
-            j["id"],
-            j["dataset"],
-            j.get("architecture_name") or "custom",
-            j["method"],
-            fmt_compression(j.get("compression")),
-            f"[{STATE_STYLES.get(j['state'], '')}]{j['state']}[/]",
-            f"{j.get('epoch', 0)}/{j.get('total_epochs') or '?'}",
-            fmt_pct(latest.get("val_accuracy"), 1),
-            str(j.get("created_at", ""))[5:16].replace("T", " "),
+        table.append(
+            (
+                j["id"],
+                j["dataset"],
+                j.get("architecture_name") or "custom",
+                j["method"],
+                fmt_compression(j.get("compression")),
+                f"[{STATE_STYLES.get(j['state'], '')}]{j['state']}[/]",
+                f"{j.get('epoch', 0)}/{j.get('total_epochs') or '?'}",
+                fmt_pct(latest.get("val_accuracy"), 1),
+                str(j.get("created_at", ""))[5:16].replace("T", " "),
+            )
         )
-        table.append({c.header: v for c, v in zip(columns, values, strict=True)})
     print_listing(f"Jobs ({total})", columns, table)
 
 
@@ -615,9 +619,7 @@ def models(
     if dataset:
         params["dataset"] = dataset
     with _api(url, api_key) as client:
-        page = client.get("/v1/models", params=params)
-    rows = _items(page)
-    total = page.get("total", len(rows)) if isinstance(page, dict) else len(rows)
+        rows, total = client.page("/v1/models", **params)
     columns = [
         Column("id", id=True),
         Column("data set", drop=4),
@@ -631,18 +633,19 @@ def models(
     ]
     table = []
     for m in rows:
-        values = (
-            m["id"],
-            m["dataset"],
-            m.get("architecture_name") or "custom",
-            m["method"],
-            fmt_compression(m.get("compression_requested")),
-            fmt_compression(m.get("compression_achieved")),
-            fmt_bytes(m.get("compact_bytes")),
-            fmt_bytes(m.get("dense_bytes")),
-            fmt_pct(m.get("test_accuracy")),
+        table.append(
+            (
+                m["id"],
+                m["dataset"],
+                m.get("architecture_name") or "custom",
+                m["method"],
+                fmt_compression(m.get("compression_requested")),
+                fmt_compression(m.get("compression_achieved")),
+                fmt_bytes(m.get("compact_bytes")),
+                fmt_bytes(m.get("dense_bytes")),
+                fmt_pct(m.get("test_accuracy")),
+            )
         )
-        table.append({c.header: v for c, v in zip(columns, values, strict=True)})
     print_listing(f"Models ({total})", columns, table)
 
 
@@ -681,12 +684,11 @@ def _whole_id(client: Api, kind: Literal["models", "jobs"], given: str) -> str:
     with it (the short ids of a narrow listing), or a usage error naming the matches."""
     if len(given) >= ID_CHARS or not re.fullmatch(ID_PREFIX, given):
         return given  # a whole id, or no id at all: the server says which
-    page = client.get(f"/v1/{kind}", params={"id_prefix": given, "limit": 5})
-    found = [m["id"] for m in _items(page)]
+    items, total = client.page(f"/v1/{kind}", id_prefix=given, limit=5)
+    found = [item["id"] for item in items]
     if not found:
         fail(f"none of your {kind} has an id starting with {given!r} (see `freshnets {kind}`)", 2)
     if len(found) > 1:
-        total = page.get("total", len(found)) if isinstance(page, dict) else len(found)
         fail(
             f"{given!r} starts the ids of {total} of your {kind} ({', '.join(found)}"
             f"{', ...' if total > len(found) else ''}): give more characters",

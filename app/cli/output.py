@@ -8,6 +8,7 @@ unique start) and leaves out the least needed columns rather than squeezing ever
 says so under the table."""
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich import box
@@ -39,18 +40,18 @@ class Column:
     id: bool = False
 
 
-def print_listing(title: str, columns: list[Column], rows: list[dict[str, str]]) -> None:
-    """`rows` (a string per column header, rich markup allowed) as a table that fits the
-    window."""
-    ids = [row[c.header] for c in columns if c.id for row in rows]
+def print_listing(title: str, columns: list[Column], rows: list[Sequence[str]]) -> None:
+    """`rows` (a string per column, rich markup allowed) as a table that fits the window."""
+    cells = [dict(zip(columns, row, strict=True)) for row in rows]
+    ids = [row[c] for c in columns if c.id for row in cells]
     unique = _unique_length(ids) if ids else None
     if unique is not None and unique >= max(map(len, ids)):
         unique = None  # shortening would cut nothing
     shown, short = list(columns), None
+    unbounded = console.options.update_width(100_000)  # to measure a table's natural width
     while True:
-        table = _listing(title, shown, rows, short)
-        wide = console.options.update_width(100_000)
-        if console.measure(table, options=wide).maximum <= console.width:
+        table = _listing(title, shown, cells, short)
+        if console.measure(table, options=unbounded).maximum <= console.width:
             break
         if short is None and unique is not None:
             short = unique
@@ -77,11 +78,11 @@ def _unique_length(ids: list[str]) -> int:
 
 
 def _listing(
-    title: str, columns: list[Column], rows: list[dict[str, str]], short: int | None
+    title: str, columns: list[Column], rows: list[dict[Column, str]], short: int | None
 ) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left")
     for column in columns:
         table.add_column(column.header, justify="right" if column.right else "left", no_wrap=True)
     for row in rows:
-        table.add_row(*(row[c.header][: short if c.id else None] for c in columns))
+        table.add_row(*(row[c][: short if c.id else None] for c in columns))
     return table
