@@ -99,20 +99,25 @@ class MicroBatcher:
 
     def _serve(self) -> None:
         """The forward thread: batches until the queue has stayed empty for `idle_s`."""
-        while True:
+        try:
+            while True:
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._queue, self.idle_s):
+                        self._thread = None  # a later submit starts another (under this lock)
+                        return
+                    deadline = self._queue[0].arrived + self.max_wait_s
+                    while self._queued_samples < self.max_size:
+                        remaining = deadline - time.perf_counter()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    batch = self._take()
+                if batch:
+                    self._compute(batch)
+        finally:  # ended by an error: the next submit starts another thread for the queue
             with self._cond:
-                if not self._cond.wait_for(lambda: self._queue, self.idle_s):
-                    self._thread = None  # a later submit starts another (under this lock)
-                    return
-                deadline = self._queue[0].arrived + self.max_wait_s
-                while self._queued_samples < self.max_size:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                batch = self._take()
-            if batch:
-                self._compute(batch)
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []

@@ -143,3 +143,27 @@ async def test_the_forward_thread_ends_when_idle_and_comes_back() -> None:
     assert threads() == before
     out = await batcher.submit(torch.randn(2, 4))
     assert out.shape == (2, 3) and batcher.forwards == 2
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_forward_thread_killed_by_an_error_is_replaced() -> None:
+    """Only a bug could end the thread (a forward's Exception fails its requests); even then
+    the next request gets a new thread instead of waiting forever."""
+
+    class Fatal(BaseException):
+        pass
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 2:
+            raise Fatal
+        return x * 2
+
+    batcher = MicroBatcher(forward, max_size=8, max_wait_s=0.0, queue_limit=100)
+    lost = asyncio.ensure_future(batcher.submit(torch.ones(2, 4)))
+    deadline = time.monotonic() + 5
+    while batcher.forwards < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    out = await asyncio.wait_for(batcher.submit(torch.ones(1, 4)), 5)
+    assert torch.equal(out, torch.full((1, 4), 2.0))
+    lost.cancel()
