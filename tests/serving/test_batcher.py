@@ -129,20 +129,21 @@ async def test_the_next_forward_starts_without_the_event_loop() -> None:
     await asyncio.gather(first, *rest)
 
 
-async def test_the_forward_thread_ends_when_idle_and_comes_back() -> None:
-    def threads() -> int:
-        return sum(t.name == "freshnets-batcher" for t in threading.enumerate())
+def started_since(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Batcher threads started after `before` was taken (other tests' may still be idling)."""
+    return [t for t in threading.enumerate() if t.name == "freshnets-batcher" and t not in before]
 
-    before = threads()
+
+async def test_the_forward_thread_ends_when_idle_and_comes_back() -> None:
+    before = set(threading.enumerate())
     batcher = MicroBatcher(Counting(), max_size=8, max_wait_s=0.0, queue_limit=100, idle_s=0.05)
     await batcher.submit(torch.randn(1, 4))
-    assert threads() == before + 1
-    deadline = time.monotonic() + 5
-    while threads() > before and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert threads() == before
+    [thread] = started_since(before)
+    thread.join(5)
+    assert not thread.is_alive()
     out = await batcher.submit(torch.randn(2, 4))
     assert out.shape == (2, 3) and batcher.forwards == 2
+    assert len(started_since(before | {thread})) == 1  # a new one
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -158,12 +159,13 @@ async def test_a_forward_thread_killed_by_an_error_is_replaced() -> None:
             raise Fatal
         return x * 2
 
+    before = set(threading.enumerate())
     batcher = MicroBatcher(forward, max_size=8, max_wait_s=0.0, queue_limit=100)
     lost = asyncio.ensure_future(batcher.submit(torch.ones(2, 4)))
     deadline = time.monotonic() + 5
-    while batcher.forwards < 1 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    while (batcher.forwards < 1 or started_since(before)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # until its forward ran and the thread it killed is gone
+    assert batcher.forwards == 1 and not started_since(before)
     out = await asyncio.wait_for(batcher.submit(torch.ones(1, 4)), 5)
     assert torch.equal(out, torch.full((1, 4), 2.0))
     lost.cancel()
