@@ -19,6 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from app.cli.output import Column, print_listing
+from app.cli.output import console as stdout
 from app.cli.output import err_console as console
 
 # The table's model options, picked by the ablations (docs/results.md); `null` gives freshcore's
@@ -183,6 +185,57 @@ def _pick_ablations(rp: Any, names: list[str] | None) -> list[Any]:
             param_hint="--ablation-variants",
         )
     return [known[n] for n in names]
+
+
+def _print_plan(cells: list[Any], workers: int) -> None:
+    """`--plan`: a row per cell (`freshcore.reproduce.CellPlan`), then the totals."""
+    from freshcore.reproduce.report import describe_seconds
+
+    def duration(seconds: float | None) -> str:
+        return "?" if seconds is None else describe_seconds(seconds)
+
+    rows = [
+        (
+            c.name,
+            c.state,
+            str(c.finished),
+            str(c.left),
+            duration(c.run_seconds),
+            duration(None if c.run_seconds is None else c.left * c.run_seconds),
+        )
+        for c in cells
+    ]
+    print_listing(
+        "what this command would train",
+        [
+            Column("cell"),
+            Column("state"),
+            Column("runs done", right=True, drop=2),
+            Column("left, at most", right=True),
+            Column("a run here", right=True, drop=1),
+            Column("time left", right=True, drop=3),
+        ],
+        rows,
+    )
+    busy = [c for c in cells if c.left]
+    timed = [c for c in busy if c.run_seconds is not None]
+    seconds = sum(c.left * c.run_seconds for c in timed) / workers
+    done = sum(c.state == "done" for c in cells)
+    lines = [
+        f"{sum(c.left for c in busy)} runs left at most, in {len(busy)} of {len(cells)} cells "
+        f"({done} done); about {describe_seconds(seconds)} with {workers} "
+        f"worker{'s' if workers > 1 else ''} at this machine's recorded pace."
+    ]
+    if len(timed) < len(busy):
+        lines.append(
+            f"{len(busy) - len(timed)} cells with runs left have no run from this machine in "
+            "the store: their time is not counted."
+        )
+    lines.append(
+        "At most: a later stage or the check may choose runs the store holds already; a cell "
+        "still tuning may also change its choice, and its seeds with it."
+    )
+    stdout.print("\n".join(lines), soft_wrap=True)
 
 
 class _RichReporter:
@@ -417,6 +470,15 @@ def register(cli: typer.Typer) -> None:
         report_only: Annotated[
             bool, typer.Option("--report-only", help="Only rewrite the report from disk.")
         ] = False,
+        plan: Annotated[
+            bool,
+            typer.Option(
+                "--plan",
+                help="Train nothing: say, cell by cell, what this command would still train "
+                "and about how long it takes at the pace of the runs --out holds from this "
+                "machine.",
+            ),
+        ] = False,
     ) -> None:
         """Train every data set x method x factor x seed not yet done; write results.md/json/png."""
         import torch
@@ -518,6 +580,9 @@ def register(cli: typer.Typer) -> None:
                     f"unknown method {method!r}; choose from {', '.join(rp.ALL_METHODS)}",
                     param_hint="--methods",
                 )
+        if plan:
+            _print_plan(rp.plan(options), options.workers)
+            return
         started = time.perf_counter()
         if report_only:
             summary = rp.write_report(options, command, 0.0)

@@ -56,11 +56,13 @@ from freshcore.reproduce.report import (
 )
 from freshcore.reproduce.runner import (
     CODE_VERSION,
+    CellPlan,
     DataCache,
     Reporter,
     RunStore,
     finished_runs,
     machine_info,
+    plan_cells,
     run_groups,
     run_one,
     stage_pending,
@@ -74,6 +76,7 @@ __all__ = [
     "MODEL_OPTIONS",
     "TABLE_DATASETS",
     "Ablation",
+    "CellPlan",
     "DataCache",
     "Options",
     "Protocol",
@@ -85,6 +88,7 @@ __all__ = [
     "default_ablations",
     "default_datasets",
     "default_protocol",
+    "plan",
     "quick_options",
     "reproduce",
     "write_report",
@@ -146,7 +150,8 @@ def quick_options(out: Path | str, device: str = "cpu") -> Options:
     )
 
 
-def _table_groups(options: Options) -> list[Any]:
+def _cells(options: Options) -> list[Any]:
+    """Every cell the options name, those a method cannot store included."""
     return table_groups(
         options.datasets,
         options.methods,
@@ -154,6 +159,26 @@ def _table_groups(options: Options) -> list[Any]:
         dataset_archs(options.datasets, options.arch),
         options.allocation,
         options.budget_policy,
+    )
+
+
+def _table_groups(options: Options) -> list[Any]:
+    """The cells to train: all but those a method cannot store (`unreachable`, which the
+    report names)."""
+    groups = _cells(options)
+    skipped = unreachable(groups)
+    return [g for g in groups if g.name not in skipped]
+
+
+def plan(options: Options) -> list[CellPlan]:
+    """Where each table cell stands in the store: what `reproduce` would still train, and how
+    long a run took there on this machine. Trains nothing."""
+    return plan_cells(
+        _table_groups(options),
+        options.protocol,
+        list(range(options.seeds)),
+        RunStore(options.out),
+        machine_info(options.protocol.device),
     )
 
 
@@ -193,8 +218,6 @@ def reproduce(
     seeds = list(range(options.seeds))
     if options.table:
         groups = _table_groups(options)
-        skipped = unreachable(groups)
-        groups = [g for g in groups if g.name not in skipped]
         if options.workers > 1:
             protocol = options.protocol
             reporter.begin(
@@ -351,7 +374,7 @@ def write_report(
         "",
     ]
     if options.table:
-        skipped = unreachable(_table_groups(options))
+        skipped = unreachable(_cells(options))
         summary["unreachable"] = skipped
         pending = [
             name

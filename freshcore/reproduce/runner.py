@@ -17,10 +17,11 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -547,6 +548,64 @@ def finished_runs(
         keys = {spec.key(): spec for spec in runs}  # a confirm run may be a table seed's too
         finished += sum(store.run_path(spec).exists() for spec in keys.values())
     return finished
+
+
+@dataclass
+class CellPlan:
+    """Where one table cell stands in a store: what `reproduce` would still train for it."""
+
+    name: str
+    state: str  # "waiting" (nothing trained), "tuning" (a stage or the check waits), "chosen"
+    # (seeds left), "done"
+    finished: int  # of the cell's planned runs, those in the store (`finished_runs`)
+    left: int  # runs still to train, at most: a later stage may pick runs the store holds
+    run_seconds: float | None  # a run of this cell on this machine: its records' median
+
+
+def plan_cells(
+    groups: Iterable[Group],
+    protocol: Protocol,
+    seeds: list[int],
+    store: RunStore,
+    machine: dict[str, Any],
+) -> list[CellPlan]:
+    """Each group's `CellPlan`. A run's time comes from the store's records made on a machine
+    like ``machine`` (same CPU and GPU): the cell's own, else its data set's on the same
+    network, else none (a store that has seen neither cannot tell)."""
+    here = (machine.get("cpu"), machine.get("gpu"))
+    cell_seconds: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    for record in store.records():
+        if (record["machine"].get("cpu"), record["machine"].get("gpu")) != here:
+            continue
+        spec, seconds = record["spec"], record["result"].get("seconds")
+        if seconds:  # a record that took a twin's result trained nothing
+            cell_seconds[(spec["dataset"], spec["arch"], spec["method"], spec["factor"])].append(
+                seconds
+            )
+            cell_seconds[(spec["dataset"], spec["arch"])].append(seconds)
+    selection = store.selection()
+    out = []
+    for group in groups:
+        finished = finished_runs([group], protocol, seeds, store)
+        left = max(protocol.runs([group], seeds) - finished, 0)
+        entry = selection.get(group.name)
+        if entry is None:
+            state = "tuning" if finished else "waiting"
+        elif stage_pending(store, protocol, entry):
+            state = "tuning"
+        elif all(
+            store.run_path(group.point_spec(s, protocol.base, entry["chosen"])).exists()
+            for s in seeds
+        ):
+            state, left = "done", 0
+        else:
+            state = "chosen"
+        times = cell_seconds.get(
+            (group.dataset, group.arch, group.method, group.factor)
+        ) or cell_seconds.get((group.dataset, group.arch))
+        seconds = statistics.median(times) if times else None
+        out.append(CellPlan(group.name, state, finished, left, seconds))
+    return out
 
 
 def run_groups(

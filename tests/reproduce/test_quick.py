@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from freshcore.reproduce import (
     ablation_plan,
     default_ablations,
     default_protocol,
+    plan,
     quick_options,
     reproduce,
     write_report,
@@ -119,6 +121,41 @@ def test_a_resumed_table_tells_the_progress_what_it_will_skip(tmp_path: Path) ->
     third = Planning()
     reproduce(replace(options, seeds=2, workers=2), third)
     assert third.plans == [(grid + 2, grid + 2)]
+
+
+def test_plan_says_what_is_left_and_trains_nothing(tmp_path: Path) -> None:
+    """`--plan` before a table, after it and with one more seed: each cell's state, the runs
+    left, and a time taken from the store's runs of this machine only."""
+    out = tmp_path / "quick"
+    args = ["reproduce", "--quick", "--no-ablations", "--out", str(out), "--plan"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert not list((out / "runs").glob("*.json"))  # nothing trained
+    for cell in ("digits/dense/1", "digits/freshnets/1/16"):
+        assert re.search(rf"{re.escape(cell)} +waiting +0 +1 +\? +\?", result.output)
+    assert "2 runs left at most, in 2 of 2 cells (0 done)" in result.output
+    assert "2 cells with runs left have no run from this machine" in result.output
+
+    options = replace(quick_options(out), ablations=False)
+    reproduce(options, Counting())
+    result = CliRunner().invoke(cli, args)
+    assert re.search(r"digits/freshnets/1/16 +done +1 +0 ", result.output), result.output
+    assert "0 runs left at most, in 0 of 2 cells (2 done); about 0 s" in result.output
+
+    store = RunStore(out)
+    dense, fresh = sorted(store.records(), key=lambda r: r["spec"]["method"] != "dense")
+    cells = {c.name: c for c in plan(replace(options, seeds=2))}
+    assert {c.state for c in cells.values()} == {"chosen"}
+    assert cells["digits/freshnets/1/16"].left == 1
+    assert cells["digits/freshnets/1/16"].run_seconds == fresh["result"]["seconds"]
+    for record, pace in ((fresh, dense["result"]["seconds"]), (dense, None)):
+        # a run of another machine says nothing of this one's pace: the cell's own runs, then
+        # its data set's are asked
+        record["machine"]["cpu"] = "another machine"
+        store.put(RunSpec.from_dict(record["spec"]), record)
+        cells = {c.name: c for c in plan(replace(options, seeds=2))}
+        assert cells["digits/freshnets/1/16"].run_seconds == pace
+    assert [r["spec"]["seed"] for r in store.records()] == [0, 0]  # still nothing trained
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
