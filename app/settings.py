@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     max_train_threads: int = 0  # a job's training.num_threads; 0: this machine's CPU count
     max_image_pixels: int = 4096 * 4096
     max_dataset_samples: int = 2_000_000
+    # What one owner may hold at once (0: no limit). Jobs queued or running; and the bytes of
+    # their uploads and model files. A job's model is counted when it is submitted against what
+    # is stored then, so jobs already running may take an owner past it by their models.
+    max_active_jobs: int = 16
+    max_owner_bytes: int = 10 * 1024**3
 
     # Serving.
     cache_bytes: int = 512 * 1024 * 1024

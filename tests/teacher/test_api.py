@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, update
-from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobState, Model
 
@@ -230,22 +229,28 @@ def test_deleting_a_teacher_waits_for_its_jobs(
 def test_a_teacher_deleted_while_its_job_is_created(
     client: TestClient, alice: dict[str, str], models: dict[str, str]
 ) -> None:
-    """The model goes between the checks and the INSERT: the job's foreign key refuses it, and
-    the answer is the same 422 as for a model that never existed, not a 500."""
+    """The model goes between the checks and the INSERT (just before the owner's quota lock,
+    which on SQLite holds the one writer until the job is in): the job's foreign key refuses
+    it, and the answer is the same 422 as for a model that never existed, not a 500."""
     maker = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    engine = maker.kw["bind"]
     teacher = models["dense"]
+    deleted: list[str] = []
 
-    def delete_teacher(session: Session, *_: Any) -> None:
-        if any(isinstance(obj, Job) for obj in session.new):
+    def delete_teacher(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        lock = statement.startswith("UPDATE owners") or "FOR UPDATE" in statement
+        if lock and not deleted:
+            deleted.append(teacher)
             with maker() as other:
                 other.delete(other.get(Model, teacher))
                 other.commit()
 
-    event.listen(maker, "before_flush", delete_teacher)
+    event.listen(engine, "before_cursor_execute", delete_teacher)
     try:
         loc, msg = refusal(post(client, alice, teacher_model_id=teacher))
     finally:
-        event.remove(maker, "before_flush", delete_teacher)
+        event.remove(engine, "before_cursor_execute", delete_teacher)
+    assert deleted == [teacher]
     assert (loc, msg) == ("body.teacher_model_id", f"unknown model {teacher!r}")
     with new_session(client) as session:
         assert session.query(Job).filter(Job.teacher_model_id.is_not(None)).count() == 0

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import freshcore.data as fdata
+from app.api import quotas
 from app.api.deps import CurrentOwner, ResourceId, SessionDep, SettingsDep
 from app.db.models import FINAL_STATES, DatasetBlob, Job, Owner, UserDataset
 from app.limits import upload_limits
@@ -94,7 +95,10 @@ def get_dataset(
     "",
     status_code=status.HTTP_201_CREATED,
     responses={
-        413: {"description": "The file is larger than FRESHNETS_MAX_UPLOAD_BYTES."},
+        413: {
+            "description": "The file is larger than FRESHNETS_MAX_UPLOAD_BYTES, or would take "
+            "the owner over FRESHNETS_MAX_OWNER_BYTES."
+        },
         422: {"description": "The file is not a valid data set (the message names the array)."},
     },
 )
@@ -124,6 +128,10 @@ def upload_dataset(
         dataset = fdata.load_npz(data, name=name, limits=upload_limits(settings))
     except ValueError as exc:  # UploadError names the array and the problem
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"file: {exc}") from exc
+    quotas.hold(session, owner)
+    quotas.check_storage(
+        session, owner, settings, len(data), "file", status.HTTP_413_CONTENT_TOO_LARGE
+    )
     row = UserDataset(
         owner_id=owner.id,
         name=name[:200],

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 import freshcore
 from app import jobs_queue
+from app.api import quotas
 from app.api.deps import CurrentOwner, IdPrefix, ResourceId, SessionDep, SettingsDep
 from app.api.errors import invalid
 from app.api.routes.datasets import find_dataset
@@ -114,9 +115,10 @@ def _check_model_size(
     seed: int,
     options: dict[str, Any] | None,
     settings: Settings,
-) -> None:
-    """A model that would be over FRESHNETS_MAX_MODEL_BYTES, or a compression the method cannot
-    reach on this network, is refused now rather than after training."""
+) -> int:
+    """The model's expected bytes. One that would be over FRESHNETS_MAX_MODEL_BYTES, or a
+    compression the method cannot reach on this network, is refused now rather than after
+    training."""
     options = options or {}
     try:
         expected = expected_model_bytes(
@@ -139,6 +141,7 @@ def _check_model_size(
             f"({settings.max_model_bytes:,}); ask for a stronger compression or a smaller "
             "architecture",
         )
+    return expected
 
 
 def _training(body: JobCreate, settings: Settings) -> dict[str, Any]:
@@ -326,7 +329,11 @@ def owned_job(session: Session, owner: Owner, job_id: str) -> Job:
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={422: {"description": "An invalid field; the message names it."}},
+    responses={
+        409: {"description": "The model would take the owner over FRESHNETS_MAX_OWNER_BYTES."},
+        422: {"description": "An invalid field; the message names it."},
+        429: {"description": "The owner has FRESHNETS_MAX_ACTIVE_JOBS queued or running."},
+    },
 )
 def create_job(
     body: JobCreate,
@@ -352,9 +359,12 @@ def create_job(
     options = _model_options(body)
     assert dataset.input_shape is not None and dataset.num_classes is not None
     spec = _spec(body, dataset.input_shape, dataset.num_classes, settings)
-    _check_model_size(spec, body.method, compression, body.seed, options, settings)
+    expected = _check_model_size(spec, body.method, compression, body.seed, options, settings)
     training = _training(body, settings)
     teacher = _teacher(session, owner, body, spec, training, settings)
+    quotas.hold(session, owner)
+    quotas.check_active_jobs(session, owner, settings)
+    quotas.check_storage(session, owner, settings, expected, "model", status.HTTP_409_CONFLICT)
     job = Job(
         owner_id=owner.id,
         dataset=dataset.id,

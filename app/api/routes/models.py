@@ -3,10 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.api.deps import CurrentOwner, IdPrefix, ResourceId, SessionDep
+from app.db.locks import lock_row
 from app.db.models import FINAL_STATES, Job, Model, ModelBlob, Owner
 from app.schemas import NO_NUL, ModelOut, Page
 from app.serving import drop_model, is_warm
@@ -116,17 +117,6 @@ def get_model_file(model_id: ResourceId, session: SessionDep, owner: CurrentOwne
     )
 
 
-def _lock_model(session: Session, model_id: str) -> None:
-    """Hold the model row until this transaction ends, so that a job naming it as teacher is
-    either committed before the check below (and seen) or refused by its foreign key after the
-    delete: PostgreSQL's FOR UPDATE conflicts with the KEY SHARE lock of a job INSERT's foreign
-    key check; SQLite has one writer at a time, taken here by a write that changes nothing."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Model).where(Model.id == model_id).values(dataset=Model.dataset))
-    else:
-        session.execute(select(Model.id).where(Model.id == model_id).with_for_update())
-
-
 @router.delete(
     "/{model_id}",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -141,7 +131,9 @@ def delete_model(
     """Delete a model and its file. A model that an unfinished job learns from is kept (409)
     until that job ends; finished jobs keep their record with the teacher set to null."""
     model = owned_model(session, owner, model_id)
-    _lock_model(session, model.id)
+    # A job naming the model as teacher is either committed before the check below (and seen)
+    # or refused by its foreign key after the delete.
+    lock_row(session, Model.dataset, model.id)
     waiting = session.scalars(
         select(Job.id)
         .where(Job.teacher_model_id == model.id, Job.state.not_in(FINAL_STATES))
