@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import errors
-from app.api.routes import architectures, datasets, health, jobs, models, predict
+from app.api.routes import architectures, datasets, health, jobs, models, predict, usage
 from app.db.engine import get_sessionmaker, make_engine
 from app.metrics import MetricsMiddleware
 from app.settings import Settings, get_settings
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware)
     # predict first: routes are matched in order, and the predict path is the hot one.
-    for module in (predict, health, datasets, architectures, jobs, models):
+    for module in (predict, health, datasets, architectures, jobs, models, usage):
         app.include_router(module.router)
     if STATIC_DIR.is_dir():
         # Last, so that every API route matches first; "/" serves the dashboard's index.html.

@@ -204,3 +204,15 @@ class ModelOut(BaseModel):
     size_report: dict[str, Any]
     created_at: datetime
     warm: bool = Field(description="Rebuilt and in the serving cache: predictions answer at once.")
+
+
+class UsageOut(BaseModel):
+    """What the calling owner holds against its quotas (a limit of 0: none)."""
+
+    owner: str = Field(description="The owner's name.")
+    active_jobs: int = Field(description="Jobs queued or running.")
+    max_active_jobs: int = Field(description="FRESHNETS_MAX_ACTIVE_JOBS.")
+    uploads_bytes: int = Field(description="The owner's uploaded data set files.")
+    models_bytes: int = Field(description="The owner's model files.")
+    stored_bytes: int = Field(description="Uploads and models together.")
+    max_owner_bytes: int = Field(description="FRESHNETS_MAX_OWNER_BYTES.")

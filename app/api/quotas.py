@@ -17,7 +17,7 @@ def hold(session: Session, owner: Owner) -> None:
     lock_row(session, Owner.name, owner.id)
 
 
-def stored_bytes(session: Session, owner: Owner) -> int:
+def stored_bytes(session: Session, owner: Owner) -> tuple[int, int]:
     """The owner's uploaded files and model files, in bytes."""
     uploads = select(func.coalesce(func.sum(UserDataset.size_bytes), 0)).where(
         UserDataset.owner_id == owner.id
@@ -25,7 +25,13 @@ def stored_bytes(session: Session, owner: Owner) -> int:
     models = select(func.coalesce(func.sum(Model.compact_bytes), 0)).where(
         Model.owner_id == owner.id
     )
-    return int(session.scalar(uploads) or 0) + int(session.scalar(models) or 0)
+    return int(session.scalar(uploads) or 0), int(session.scalar(models) or 0)
+
+
+def active_jobs(session: Session, owner: Owner) -> int:
+    """The owner's jobs queued or running."""
+    where = (Job.owner_id == owner.id, Job.state.not_in(FINAL_STATES))
+    return int(session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
 
 
 def check_active_jobs(session: Session, owner: Owner, settings: Settings) -> None:
@@ -34,12 +40,8 @@ def check_active_jobs(session: Session, owner: Owner, settings: Settings) -> Non
     limit = settings.max_active_jobs
     if not limit:
         return
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.owner_id == owner.id, Job.state.not_in(FINAL_STATES))
-    )
-    if (active or 0) >= limit:
+    active = active_jobs(session, owner)
+    if active >= limit:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"jobs: {active} of this owner's jobs are queued or running, the most "
@@ -55,7 +57,7 @@ def check_storage(
     limit = settings.max_owner_bytes
     if not limit:
         return
-    used = stored_bytes(session, owner)
+    used = sum(stored_bytes(session, owner))
     if used + adding > limit:
         raise HTTPException(
             code,

@@ -712,6 +712,26 @@ def cancel(
         console.print(f"Job [bold]{job}[/] stops at its next batch", highlight=False)
 
 
+def usage(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """What your key's owner holds against the server's quotas: jobs queued or running, and
+    the bytes of your uploads and models."""
+    with _api(url, api_key) as client:
+        got = client.get("/v1/usage")
+
+    def of(used: str, limit: int, shown: str) -> str:
+        return f"{used} of {shown}" if limit else f"{used} (no limit)"
+
+    jobs_limit, bytes_limit = got["max_active_jobs"], got["max_owner_bytes"]
+    console.print(
+        f"[bold]{got['owner']}[/]\n"
+        f"  jobs queued or running  {of(str(got['active_jobs']), jobs_limit, str(jobs_limit))}\n"
+        f"  stored                  "
+        f"{of(fmt_bytes(got['stored_bytes']), bytes_limit, fmt_bytes(bytes_limit))} "
+        f"(uploads {fmt_bytes(got['uploads_bytes'])}, models {fmt_bytes(got['models_bytes'])})",
+        highlight=False,
+    )
+
+
 DOWNLOADS = {  # --format: the route under /v1/models/{id}, and a file name's suffix
     "compact": ("/file", "safetensors"),
     "onnx": ("/export?format=onnx", "onnx"),
@@ -787,3 +807,4 @@ def register(cli: typer.Typer) -> None:
     cli.command()(predict)
     cli.command()(cancel)
     cli.command()(download)
+    cli.command()(usage)

@@ -79,7 +79,8 @@ function fmtBytes(n) {
   if (n == null) return "–";
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(2)} MiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(2)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
 }
 const fmtPct = (x, digits = 1) => (x == null ? "–" : `${(100 * x).toFixed(digits)}%`);
 function fmtCompression(c) {
@@ -426,8 +427,18 @@ function showJobs() {
       return tr;
     });
     tbody.replaceChildren(...ordered);
+    showUsage(await api("/v1/usage"));
     return false;
   });
+}
+
+// The owner's quotas (FRESHNETS_MAX_ACTIVE_JOBS, FRESHNETS_MAX_OWNER_BYTES; 0: no limit).
+function showUsage(u) {
+  const of = (used, limit, shown) => (limit ? `${used} of ${shown}` : `${used} (no limit)`);
+  $("#usage").textContent =
+    `${of(u.active_jobs, u.max_active_jobs, u.max_active_jobs)} jobs queued or running · ` +
+    `${of(fmtBytes(u.stored_bytes), u.max_owner_bytes, fmtBytes(u.max_owner_bytes))} stored ` +
+    `(uploads ${fmtBytes(u.uploads_bytes)}, models ${fmtBytes(u.models_bytes)})`;
 }
 
 // ---------------------------------------------------------------- one job

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli as cli_app
+from app.cli.client import fmt_bytes
 from app.cli.stack import free_port
 
 
@@ -240,6 +241,17 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
         assert time.monotonic() < deadline, "the job was not cancelled within 2 min"
         time.sleep(1)
     clean_failure(cli("cancel", doomed, *auth), 2, "already cancelled")
+
+    # `usage`: the owner's jobs and bytes against the server's quotas, as the API counts them.
+    shown = cli("usage", *auth)
+    assert shown.returncode == 0, shown.stderr
+    counted = httpx.get(
+        f"{stack.url}/v1/usage", headers={"Authorization": f"Bearer {stack.key}"}
+    ).json()
+    assert counted["models_bytes"] > 0 and counted["max_active_jobs"] == 16
+    assert f"jobs queued or running  {counted['active_jobs']} of 16" in shown.stdout
+    assert f"models {fmt_bytes(counted['models_bytes'])})" in shown.stdout
+    assert f"of {fmt_bytes(10 * 1024**3)}" in shown.stdout
 
     # `predict` takes a unique start of the id, and names the models an ambiguous one starts.
     short = cli("predict", model_id[:12], images[0], *auth)

@@ -135,6 +135,9 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     row = page.locator(f'#jobs-table tr[data-job-id="{job_id}"]')
     expect(row.locator(".state")).to_have_text("succeeded")
     expect(row.locator(".progress")).to_have_attribute("data-progress", "1.0000")
+    # Under the table, the owner's quotas: nothing queued or running now, the model's bytes.
+    expect(page.locator("#usage")).to_contain_text("0 of 16 jobs queued or running")
+    expect(page.locator("#usage")).to_contain_text("of 10.00 GiB stored (uploads 0 B, models ")
     shot(page, artifacts, "05-jobs")
 
     # The model is in the table with its sizes and accuracy; its compact file downloads.

@@ -46,6 +46,9 @@ def test_an_owner_has_at_most_max_active_jobs_queued_or_running(
     again = client.post("/v1/jobs", headers=alice, json=job_body(datasets["alice"]))
     assert again.status_code == 202, again.text
 
+    usage = client.get("/v1/usage", headers=alice).json()
+    assert (usage["owner"], usage["active_jobs"], usage["max_active_jobs"]) == ("alice", 2, 2)
+
     unlimited = make_client(max_active_jobs=0)
     for _ in range(3):
         response = unlimited.post("/v1/jobs", headers=alice, json=job_body(datasets["alice"]))
@@ -72,6 +75,9 @@ def test_an_owner_stores_at_most_max_owner_bytes(make_client: Callable[..., Test
     uploads = [d for d in client.get("/v1/datasets", headers=alice).json() if not d["builtin"]]
     assert sorted(d["name"] for d in uploads) == ["one", "two"]  # nothing added
     assert upload(bob, "three").status_code == 201  # another owner's bytes are their own
+    usage = client.get("/v1/usage", headers=alice).json()
+    assert usage["uploads_bytes"] == usage["stored_bytes"] == 2 * len(data)
+    assert (usage["models_bytes"], usage["max_owner_bytes"]) == (0, 2 * len(data) + 50)
 
     # The model a job would store counts too: 50 bytes left hold no model of this network.
     dataset = kept[0].json()["id"]
