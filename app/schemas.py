@@ -1,9 +1,9 @@
 """Request and response bodies of the HTTP API (apart from the ORM models)."""
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from app.db.models import ID_CHARS, JobState
 
@@ -15,6 +15,9 @@ JobInit = Literal["scratch", "project"]
 
 # PostgreSQL text cannot hold NUL: every string that reaches a column or a query refuses it.
 NO_NUL = r"^[^\x00]*$"
+# A label of the owner's for a job and its model: trimmed, not unique, empty is none.
+Label = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200, pattern=NO_NUL)]
+LABEL_DESCRIPTION = "Your label for the job and its model (not unique; empty: none)."
 # The start of a resource id (all of it at most): how short ids are matched.
 ID_PREFIX = f"^[0-9a-f]{{1,{ID_CHARS}}}$"
 
@@ -126,6 +129,7 @@ class JobCreate(BaseModel):
         description="One of your models (usually a dense one) for the student to learn from: "
         "its softened outputs join the loss while training.distill_alpha > 0 (default 0.5).",
     )
+    name: Label | None = Field(None, description=LABEL_DESCRIPTION)
     init: JobInit = Field(
         "scratch",
         description='"scratch": freshcore\'s initialisation; "project": start from the '
@@ -149,6 +153,7 @@ class EpochMetricOut(BaseModel):
 
 class JobOut(BaseModel):
     id: str
+    name: str | None = Field(description="The label given at submission (null: none).")
     state: JobState
     dataset: str
     architecture_name: str | None
@@ -189,6 +194,7 @@ class JobMetricsOut(BaseModel):
 
 class ModelOut(BaseModel):
     id: str
+    name: str | None = Field(description="Its job's label, or the one given since (null: none).")
     job_id: str | None
     dataset: str
     architecture_name: str | None
@@ -204,6 +210,14 @@ class ModelOut(BaseModel):
     size_report: dict[str, Any]
     created_at: datetime
     warm: bool = Field(description="Rebuilt and in the serving cache: predictions answer at once.")
+
+
+class ModelUpdate(BaseModel):
+    """What an owner may change of a model: its label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Label | None = Field(description=LABEL_DESCRIPTION)
 
 
 class UsageOut(BaseModel):

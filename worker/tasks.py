@@ -423,6 +423,7 @@ def register_model(job: Job, me: str, model: freshcore.FreshModel, result: Any) 
         row = Model(
             owner_id=job.owner_id,
             job_id=job.id,
+            name=job.name,
             dataset=job.dataset,
             architecture_name=job.architecture_name,
             method=job.method,

@@ -62,5 +62,6 @@ def check_storage(
         raise HTTPException(
             code,
             f"{field}: needs about {adding:,} bytes, but this owner stores {used:,} of the "
-            f"{limit:,} FRESHNETS_MAX_OWNER_BYTES allows; delete models or data sets first",
+            f"{limit:,} FRESHNETS_MAX_OWNER_BYTES allows; delete some of your models or "
+            "uploads first",
         )

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 import httpx
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -163,6 +164,9 @@ class Api:
 
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs).json()
+
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PATCH", path, **kwargs).json()
 
     def page(self, path: str, **params: Any) -> tuple[list[dict[str, Any]], int]:
         """A listing's items and how many match in all (`Page`: items, total, ...)."""
@@ -474,6 +478,9 @@ def submit(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    name: Annotated[
+        str | None, typer.Option(help="Your label for the job and its model (not unique).")
+    ] = None,
     allocation: AllocationOpt = None,
     budget_policy: BudgetPolicyOpt = None,
     width: WidthOpt = None,
@@ -538,6 +545,8 @@ def submit(
     }
     if options:  # none given: the server's defaults, exactly as before
         body["model_options"] = options
+    if name is not None:
+        body["name"] = name
     if teacher is not None:
         body["teacher_model_id"] = teacher
     if init != "scratch":
@@ -580,13 +589,14 @@ def jobs(
         rows, total = client.page("/v1/jobs", **params)
     columns = [
         Column("id", id=True),
-        Column("data set", drop=4),
+        Column("name", drop=3),
+        Column("data set", drop=5),
         Column("preset", drop=2),
         Column("method"),
-        Column("comp.", drop=5),
+        Column("comp.", drop=6),
         Column("state"),
-        Column("epoch", right=True, drop=3),
-        Column("val acc", right=True, drop=6),
+        Column("epoch", right=True, drop=4),
+        Column("val acc", right=True, drop=7),
         Column("created", drop=1),
     ]
     table = []
@@ -595,6 +605,7 @@ def jobs(
         table.append(
             (
                 j["id"],
+                escape(j.get("name") or ""),
                 j["dataset"],
                 j.get("architecture_name") or "custom",
                 j["method"],
@@ -605,7 +616,7 @@ def jobs(
                 str(j.get("created_at", ""))[5:16].replace("T", " "),
             )
         )
-    print_listing(f"Jobs ({total})", columns, table)
+    print_listing(f"Jobs ({total})", *_named(columns, table))
 
 
 def models(
@@ -622,11 +633,12 @@ def models(
         rows, total = client.page("/v1/models", **params)
     columns = [
         Column("id", id=True),
-        Column("data set", drop=4),
+        Column("name", drop=4),
+        Column("data set", drop=5),
         Column("preset", drop=3),
         Column("method"),
         Column("asked", right=True, drop=2),
-        Column("achieved", right=True, drop=5),
+        Column("achieved", right=True, drop=6),
         Column("compact", right=True),
         Column("dense", right=True, drop=1),
         Column("test acc", right=True),
@@ -636,6 +648,7 @@ def models(
         table.append(
             (
                 m["id"],
+                escape(m.get("name") or ""),
                 m["dataset"],
                 m.get("architecture_name") or "custom",
                 m["method"],
@@ -646,7 +659,30 @@ def models(
                 fmt_pct(m.get("test_accuracy")),
             )
         )
-    print_listing(f"Models ({total})", columns, table)
+    print_listing(f"Models ({total})", *_named(columns, table))
+
+
+def _named(
+    columns: list[Column], rows: list[tuple[str, ...]]
+) -> tuple[list[Column], list[tuple[str, ...]]]:
+    """A listing's columns and rows without the name column (the second) when no row has one."""
+    if any(row[1] for row in rows):
+        return columns, rows
+    return [columns[0], *columns[2:]], [(row[0], *row[2:]) for row in rows]
+
+
+def rename(
+    model: Annotated[str, typer.Argument(help="The model id (`freshnets models`), or a start.")],
+    name: Annotated[str, typer.Argument(help='Its new label ("" removes it).')],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Give a model a label of your own (PATCH /v1/models/ID)."""
+    with _api(url, api_key) as client:
+        model = _whole_id(client, "models", model)
+        got = client.patch(f"/v1/models/{model}", json={"name": name})
+    label = f"[bold]{escape(got['name'])}[/]" if got["name"] else "no label"
+    console.print(f"Model [bold]{model}[/]: {label}", highlight=False)
 
 
 def predict(
@@ -808,3 +844,4 @@ def register(cli: typer.Typer) -> None:
     cli.command()(cancel)
     cli.command()(download)
     cli.command()(usage)
+    cli.command()(rename)

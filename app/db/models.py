@@ -142,6 +142,8 @@ class Job(Base):
     )
     # "scratch" (freshcore's initialisation) or "project" (freshcore.compress_dense of the teacher).
     init: Mapped[str] = mapped_column(String(16), default="scratch", server_default="scratch")
+    # The owner's label, copied to the model (which may be renamed); not unique.
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
 
     state: Mapped[JobState] = mapped_column(
         Enum(JobState, native_enum=False, length=16), default=JobState.queued, index=True
@@ -211,6 +213,7 @@ class Model(Base):
     virtual_parameters: Mapped[int] = mapped_column(Integer)
     compact_bytes: Mapped[int] = mapped_column(Integer)
     dense_bytes: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(200), default=None)  # the owner's label
     test_accuracy: Mapped[float | None] = mapped_column(Float, default=None)
     size_report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

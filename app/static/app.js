@@ -307,7 +307,7 @@ async function fillTeachers() {
   for (const m of models) teacherModels.set(m.id, m);
   select.replaceChildren(el("option", { value: "" }, "none"), ...models.map((m) =>
     el("option", { value: m.id, title: m.id },
-      `${shortId(m.id)} · ${m.dataset} · ${m.architecture_name || "custom"} · ${m.method} · ${fmtPct(m.test_accuracy)}`)));
+      `${modelLabel(m)} · ${m.dataset} · ${m.architecture_name || "custom"} · ${m.method} · ${fmtPct(m.test_accuracy)}`)));
   select.value = teacherModels.has(chosen) ? chosen : "";
   select.dispatchEvent(new Event("change"));
 }
@@ -336,7 +336,8 @@ function showFieldErrors(form, err) {
       // A training error names its field in the message ("TrainConfig.epochs: ...").
       const named = /TrainConfig\.(\w+)/.exec(e.msg || "");
       if (named) loc.push(named[1]);
-      const field = [...loc].reverse().find((p) => fields.includes(p)) || null;
+      // "name" by its loc only: too many messages say "name" to match it in words.
+      const field = [...loc].reverse().find((p) => [...fields, "name"].includes(p)) || null;
       put(field, field ? e.msg : `${loc.slice(1).join(".")}: ${e.msg}`);
     }
     return;
@@ -366,6 +367,8 @@ $("#launch-form").addEventListener("submit", async (ev) => {
     compression: numberOrText(form.compression.value),
     training: { epochs: epochsText === "" ? null : Number(epochsText) },
   };
+  const name = $("#f-name").value.trim();
+  if (name) body.name = name;
   // The selects hold freshcore's JSON; "" is freshcore's default, sent as nothing (as before).
   const options = {};
   if (form.budget_policy.value) options.budget_policy = JSON.parse(form.budget_policy.value);
@@ -411,19 +414,20 @@ function showJobs() {
       let tr = rows.get(job.id);
       if (!tr) {
         tr = el("tr", { dataset: { jobId: job.id } });
-        for (let i = 0; i < 9; i++) tr.append(el("td"));
+        for (let i = 0; i < 10; i++) tr.append(el("td"));
         tr.children[0].append(el("a", { href: `#/job/${job.id}` }, el("code", {}, shortId(job.id))));
-        tr.children[6].append(progressBar(job));
+        tr.children[7].append(progressBar(job));
       }
       const c = tr.children;
-      c[1].textContent = job.dataset;
-      c[2].textContent = job.architecture_name || "custom";
-      c[3].textContent = job.method;
-      c[4].textContent = fmtJobCompression(job);
-      c[5].replaceChildren(el("span", { class: `state ${job.state}` }, job.state));
-      setProgress($(".progress", c[6]), job);
-      c[7].textContent = fmtPct(job.latest_metrics?.val_accuracy);
-      c[8].textContent = fmtTime(job.created_at);
+      c[1].textContent = job.name || "";
+      c[2].textContent = job.dataset;
+      c[3].textContent = job.architecture_name || "custom";
+      c[4].textContent = job.method;
+      c[5].textContent = fmtJobCompression(job);
+      c[6].replaceChildren(el("span", { class: `state ${job.state}` }, job.state));
+      setProgress($(".progress", c[7]), job);
+      c[8].textContent = fmtPct(job.latest_metrics?.val_accuracy);
+      c[9].textContent = fmtTime(job.created_at);
       return tr;
     });
     tbody.replaceChildren(...ordered);
@@ -556,6 +560,9 @@ function showJob(jobId) {
 
 // ---------------------------------------------------------------- models
 
+// A model in a drop-down: its short id, and its label when it has one.
+const modelLabel = (m) => (m.name ? `${shortId(m.id)} “${m.name}”` : shortId(m.id));
+
 async function allModels() {
   return items(await api("/v1/models?limit=200"));
 }
@@ -571,6 +578,7 @@ function showModels() {
       const ext = { onnx: "onnx", torchscript: "pt", "dense-safetensors": "safetensors" };
       return el("tr", { dataset: { modelId: m.id } },
         el("td", {}, el("code", { title: m.id }, shortId(m.id))),
+        el("td", {}, m.name || ""),
         el("td", {}, m.dataset),
         el("td", {}, m.architecture_name || "custom"),
         el("td", {}, el("span", { class: "method-dot", style: `color:${METHOD_COLOURS[m.method] || "#333"}` }, "● "), m.method),
@@ -799,7 +807,7 @@ function showTry() {
     for (const m of models) tryModels.set(m.id, m);
     const wanted = sessionStorage.getItem("freshnets.tryModel") || select.value;
     select.replaceChildren(...models.map((m) => el("option", { value: m.id },
-      `${shortId(m.id)} · ${m.dataset} · ${m.method} ${fmtCompression(m.compression_achieved)} · ${fmtPct(m.test_accuracy)}`)));
+      `${modelLabel(m)} · ${m.dataset} · ${m.method} ${fmtCompression(m.compression_achieved)} · ${fmtPct(m.test_accuracy)}`)));
     if (models.some((m) => m.id === wanted)) select.value = wanted;
   }).catch((err) => { $("#try-error").textContent = describeError(err); });
 }

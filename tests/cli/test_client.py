@@ -179,7 +179,7 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     auth = ["--url", stack.url, "--api-key", stack.key]
     result = cli(
         "submit", "--dataset", "digits", "--method", "freshnets", "--compression", "1/8",
-        "--epochs", "3", "--poll", "0.3", *auth,
+        "--epochs", "3", "--poll", "0.3", "--name", "[b]digits[/b], 3 epochs", *auth,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Queued job" in result.stdout and "succeeded" in result.stdout
@@ -191,6 +191,8 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     models = cli("models", *auth)
     assert models.returncode == 0 and model_id in models.stdout and "freshnets" in models.stdout
     assert "1/8" in models.stdout and "%" in models.stdout
+    # The job's label, on the job and its model, printed as typed (not as rich markup).
+    assert "[b]digits[/b], 3 epochs" in models.stdout and "[b]digits[/b]" in jobs.stdout
 
     images = []
     for i, value in enumerate((0, 255)):
@@ -241,6 +243,16 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
         assert time.monotonic() < deadline, "the job was not cancelled within 2 min"
         time.sleep(1)
     clean_failure(cli("cancel", doomed, *auth), 2, "already cancelled")
+
+    # `rename`: a new label by a short id, then none; a listing without labels has no column.
+    renamed = cli("rename", model_id[:12], "the keeper", *auth)
+    assert renamed.returncode == 0 and "the keeper" in renamed.stdout, renamed.stderr
+    assert "the keeper" in cli("models", *auth).stdout
+    cleared = cli("rename", model_id, "", *auth)
+    assert cleared.returncode == 0 and "no label" in cleared.stdout, cleared.stderr
+    listed = cli("models", "--dataset", "digits", *auth).stdout
+    header = next(line for line in listed.splitlines() if line.strip().startswith("id "))
+    assert "the keeper" not in listed and " name " not in header and " method " in header
 
     # `usage`: the owner's jobs and bytes against the server's quotas, as the API counts them.
     shown = cli("usage", *auth)

@@ -104,8 +104,9 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect(compression_error).to_be_empty()
     page.fill("#f-epochs", str(EPOCHS))
 
-    # Launch a small job and watch it on its page.
+    # Launch a small job, with a label, and watch it on its page.
     page.fill("#f-compression", "1/8")
+    page.fill("#f-name", "  first digits  ")
     page.click("#launch-submit")
     page.wait_for_url(re.compile(r"#/job/[0-9a-f]+$"))
     job_id = page.url.rsplit("/", 1)[1]
@@ -134,6 +135,7 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     page.click("#nav a[data-view=jobs]")
     row = page.locator(f'#jobs-table tr[data-job-id="{job_id}"]')
     expect(row.locator(".state")).to_have_text("succeeded")
+    expect(row.locator("td").nth(1)).to_have_text("first digits")  # trimmed by the API
     expect(row.locator(".progress")).to_have_attribute("data-progress", "1.0000")
     # Under the table, the owner's quotas: nothing queued or running now, the model's bytes.
     expect(page.locator("#usage")).to_contain_text("0 of 16 jobs queued or running")
@@ -145,7 +147,8 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     model_row = page.locator("#models-table tbody tr").first
     expect(model_row).to_contain_text("freshnets")
     expect(model_row).to_contain_text("digits")
-    expect(model_row.locator("td").nth(7)).to_contain_text("%")
+    expect(model_row.locator("td").nth(1)).to_have_text("first digits")  # the job's label
+    expect(model_row.locator("td").nth(8)).to_contain_text("%")
     with page.expect_download() as download_info:
         model_row.get_by_text("compact file").click()
     download = download_info.value

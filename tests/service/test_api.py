@@ -263,3 +263,55 @@ def test_metrics_endpoint(client: TestClient, alice: dict[str, str], upload) -> 
     client.get("/v1/jobs/some-id", headers=alice)
     text = client.get("/metrics").text  # labelled by route template, never by raw path
     assert 'route="/v1/jobs/{job_id}",status="404"' in text and "some-id" not in text
+
+
+def test_a_label_goes_from_the_job_to_its_model_and_can_change(
+    client: TestClient, alice: dict[str, str], bob: dict[str, str], upload: Callable[..., dict]
+) -> None:
+    dataset = upload(alice)["id"]
+    named = client.post("/v1/jobs", headers=alice, json=job_body(dataset, name="  mnist, try 2 "))
+    assert named.status_code == 202, named.text
+    assert named.json()["name"] == "mnist, try 2"  # trimmed
+    for blank in ("", "   ", None):
+        got = client.post("/v1/jobs", headers=alice, json=job_body(dataset, name=blank))
+        assert got.status_code == 202 and got.json()["name"] is None, got.text
+    for bad in ("a\x00b", "x" * 201, 7):
+        got = client.post("/v1/jobs", headers=alice, json=job_body(dataset, name=bad))
+        assert got.status_code == 422 and got.json()["detail"][0]["loc"] == ["body", "name"]
+    job_id = named.json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=alice).json()["name"] == "mnist, try 2"
+
+    import freshcore
+
+    model = freshcore.build_model(SPEC, method="freshnets", compression=1 / 8, seed=3)
+    data = freshcore.to_bytes(model)
+    report = freshcore.size_report(model).to_dict()
+    with new_session(client) as session:  # as the worker writes it: the job's label
+        row = Model(
+            owner_id=owner_id(client, alice), job_id=job_id, name="mnist, try 2",
+            dataset=dataset, method="freshnets", compression_requested=1 / 8,
+            compression_achieved=report["ratio"], stored_parameters=report["stored_parameters"],
+            virtual_parameters=report["virtual_weights"], compact_bytes=len(data),
+            dense_bytes=report["dense_bytes"], size_report=report,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        session.add(ModelBlob(model_id=row.id, data=data))
+        session.commit()
+        model_id = row.id
+    url = f"/v1/models/{model_id}"
+    assert client.get(url, headers=alice).json()["name"] == "mnist, try 2"
+
+    renamed = client.patch(url, headers=alice, json={"name": " the keeper "})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == "the keeper" and renamed.json()["id"] == model_id
+    assert client.get("/v1/models", headers=alice).json()["items"][0]["name"] == "the keeper"
+    assert client.get(f"/v1/jobs/{job_id}", headers=alice).json()["name"] == "mnist, try 2"
+    refused = (({"name": "x" * 201}, "name"), ({"method": "dense"}, "method"), ({}, "name"))
+    for bad, where in refused:
+        got = client.patch(url, headers=alice, json=bad)
+        assert got.status_code == 422
+        assert ["body", where] in [e["loc"] for e in got.json()["detail"]]
+    assert client.patch(url, headers=bob, json={"name": "mine"}).status_code == 404
+    cleared = client.patch(url, headers=alice, json={"name": None})
+    assert cleared.status_code == 200 and cleared.json()["name"] is None

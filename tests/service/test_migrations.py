@@ -111,3 +111,33 @@ def test_0002_model_options_up_down_up_keeps_the_jobs(empty_url: str) -> None:
             assert session.scalar(select(EpochMetric.job_id)) == job_id
     finally:
         engine.dispose()
+
+
+def test_0004_names_down_and_up_keeps_the_rows(empty_url: str) -> None:
+    """Down to 0003 drops the labels only; up again, the rows are there without them."""
+    upgrade(empty_url)
+    engine = make_engine(empty_url)
+    try:
+        with Session(engine) as session:
+            owner = Owner(name="alice")
+            session.add(owner)
+            session.flush()
+            job = Job(
+                owner_id=owner.id, dataset="digits", architecture={"layers": []},
+                method="freshnets", compression=0.125, name="first try",
+            )  # fmt: skip
+            session.add(job)
+            session.commit()
+            job_id = job.id
+
+        command.downgrade(alembic_config(empty_url), "0003")
+        with engine.connect() as conn:
+            for table in ("jobs", "models"):
+                assert "name" not in {c["name"] for c in inspect(conn).get_columns(table)}
+            assert conn.scalar(text("SELECT count(*) FROM jobs")) == 1
+
+        upgrade(empty_url)
+        with Session(engine) as session:
+            assert session.scalar(select(Job.name).where(Job.id == job_id)) is None
+    finally:
+        engine.dispose()

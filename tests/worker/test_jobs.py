@@ -28,6 +28,7 @@ def test_end_to_end_through_the_api(stack: Any) -> None:
     with TestClient(create_app()) as client:
         epochs = 4
         body = stack.digits_job(training={"epochs": epochs, "batch_size": 16, "lr": 0.05})
+        body["name"] = "digits, 4 epochs"
         resp = client.post("/v1/jobs", headers=headers, json=body)
         assert resp.status_code == 202, resp.text
         job_id = resp.json()["id"]
@@ -58,6 +59,7 @@ def test_end_to_end_through_the_api(stack: Any) -> None:
         assert job["model_id"]
         model = client.get(f"/v1/models/{job['model_id']}", headers=headers).json()
         assert model["job_id"] == job_id and model["dataset"] == "digits"
+        assert model["name"] == job["name"] == "digits, 4 epochs"  # the job's label
         assert model["method"] == "freshnets"
         assert 0 < model["stored_parameters"] < model["virtual_parameters"]
         assert model["compact_bytes"] < model["dense_bytes"]

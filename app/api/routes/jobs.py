@@ -284,6 +284,7 @@ def job_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
     return [
         JobOut(
             id=job.id,
+            name=job.name,
             state=job.state,
             dataset=job.dataset,
             architecture_name=job.architecture_name,
@@ -367,6 +368,7 @@ def create_job(
     quotas.check_storage(session, owner, settings, expected, "model", status.HTTP_409_CONFLICT)
     job = Job(
         owner_id=owner.id,
+        name=body.name or None,
         dataset=dataset.id,
         architecture_name=body.architecture if isinstance(body.architecture, str) else spec.name,
         architecture=spec.model_dump(mode="json"),

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.api.deps import CurrentOwner, IdPrefix, ResourceId, SessionDep
 from app.db.locks import lock_row
 from app.db.models import FINAL_STATES, Job, Model, ModelBlob, Owner
-from app.schemas import NO_NUL, ModelOut, Page
+from app.schemas import NO_NUL, ModelOut, ModelUpdate, Page
 from app.serving import drop_model, is_warm
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -20,6 +20,7 @@ NOT_FOUND = {404: {"description": "No such model (or another owner's)."}}
 def model_out(request: Request, model: Model, architecture: dict | None) -> ModelOut:
     return ModelOut(
         id=model.id,
+        name=model.name,
         job_id=model.job_id,
         dataset=model.dataset,
         architecture_name=model.architecture_name,
@@ -94,6 +95,21 @@ def get_model(
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"model: no model {model_id!r}")
     return model_out(request, *row)
+
+
+@router.patch("/{model_id}", responses=NOT_FOUND)
+def update_model(
+    request: Request,
+    model_id: ResourceId,
+    body: ModelUpdate,
+    session: SessionDep,
+    owner: CurrentOwner,
+) -> ModelOut:
+    """Rename a model (its label; null or empty: none). Nothing else of it can change."""
+    model = owned_model(session, owner, model_id)
+    model.name = body.name or None
+    session.commit()
+    return get_model(request, model.id, session, owner)
 
 
 @router.get(
