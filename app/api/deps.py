@@ -30,6 +30,16 @@ ResourceId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)]
 IdPrefix = Annotated[
     str | None, Query(pattern=ID_PREFIX, description="Only those whose id starts with this.")
 ]
+# A listing's filter on the owner's labels: those that contain it, whatever the case.
+NameContains = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="Only those whose name contains this (case-insensitive).",
+    ),
+]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 

@@ -577,6 +577,9 @@ def submit(
 
 def jobs(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Only jobs whose name contains this (any case).")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 50,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -585,6 +588,8 @@ def jobs(
     params: dict[str, Any] = {"limit": limit}
     if state:
         params["state"] = state
+    if name:
+        params["name"] = name
     with _api(url, api_key) as client:
         rows, total = client.page("/v1/jobs", **params)
     columns = [
@@ -621,6 +626,9 @@ def jobs(
 
 def models(
     dataset: Annotated[str | None, typer.Option(help="Only models of this data set.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Only models whose name contains this (any case).")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -629,6 +637,8 @@ def models(
     params: dict[str, Any] = {"limit": limit}
     if dataset:
         params["dataset"] = dataset
+    if name:
+        params["name"] = name
     with _api(url, api_key) as client:
         rows, total = client.page("/v1/models", **params)
     columns = [

@@ -247,7 +247,9 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     # `rename`: a new label by a short id, then none; a listing without labels has no column.
     renamed = cli("rename", model_id[:12], "the keeper", *auth)
     assert renamed.returncode == 0 and "the keeper" in renamed.stdout, renamed.stderr
-    assert "the keeper" in cli("models", *auth).stdout
+    assert model_id in cli("models", "--name", "KEEPER", *auth).stdout
+    assert model_id not in cli("models", "--name", "sleeper", *auth).stdout
+    assert job_id in cli("jobs", "--name", "3 epochs", *auth).stdout
     cleared = cli("rename", model_id, "", *auth)
     assert cleared.returncode == 0 and "no label" in cleared.stdout, cleared.stderr
     listed = cli("models", "--dataset", "digits", *auth).stdout

@@ -306,6 +306,17 @@ def test_a_label_goes_from_the_job_to_its_model_and_can_change(
     assert renamed.status_code == 200, renamed.text
     assert renamed.json()["name"] == "the keeper" and renamed.json()["id"] == model_id
     assert client.get("/v1/models", headers=alice).json()["items"][0]["name"] == "the keeper"
+    # Listings filter on a part of the label, whatever its case; "%" and "_" are plain text.
+    for path, part, found in (
+        ("/v1/models", "KEEP", [model_id]),
+        ("/v1/models", "%", []),
+        ("/v1/models", "the_keeper", []),
+        ("/v1/jobs", "Try 2", [job_id]),
+    ):
+        listed = client.get(path, headers=alice, params={"name": part}).json()["items"]
+        assert [item["id"] for item in listed] == found, (path, part)
+    assert client.get("/v1/models", headers=bob, params={"name": "keep"}).json()["total"] == 0
+    assert client.get("/v1/models", headers=alice, params={"name": ""}).status_code == 422
     assert client.get(f"/v1/jobs/{job_id}", headers=alice).json()["name"] == "mnist, try 2"
     refused = (({"name": "x" * 201}, "name"), ({"method": "dense"}, "method"), ({}, "name"))
     for bad, where in refused:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 import freshcore
 from app import jobs_queue
 from app.api import quotas
-from app.api.deps import CurrentOwner, IdPrefix, ResourceId, SessionDep, SettingsDep
+from app.api.deps import CurrentOwner, IdPrefix, NameContains, ResourceId, SessionDep, SettingsDep
 from app.api.errors import invalid
 from app.api.routes.datasets import find_dataset
 from app.db.models import EpochMetric, Job, JobState, Model, Owner
@@ -405,6 +405,7 @@ def list_jobs(
     owner: CurrentOwner,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     id_prefix: IdPrefix = None,
+    name: NameContains = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Page[JobOut]:
@@ -414,6 +415,8 @@ def list_jobs(
         where.append(Job.state == state)
     if id_prefix is not None:
         where.append(Job.id.startswith(id_prefix))
+    if name is not None:
+        where.append(Job.name.icontains(name, autoescape=True))
     total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
     jobs = session.scalars(
         select(Job)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.api.deps import CurrentOwner, IdPrefix, ResourceId, SessionDep
+from app.api.deps import CurrentOwner, IdPrefix, NameContains, ResourceId, SessionDep
 from app.db.locks import lock_row
 from app.db.models import FINAL_STATES, Job, Model, ModelBlob, Owner
 from app.schemas import NO_NUL, ModelOut, ModelUpdate, Page
@@ -60,6 +60,7 @@ def list_models(
         str | None, Query(max_length=200, pattern=NO_NUL, description="Only this data set's.")
     ] = None,
     id_prefix: IdPrefix = None,
+    name: NameContains = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Page[ModelOut]:
@@ -69,6 +70,8 @@ def list_models(
         where.append(Model.dataset == dataset)
     if id_prefix is not None:
         where.append(Model.id.startswith(id_prefix))
+    if name is not None:
+        where.append(Model.name.icontains(name, autoescape=True))
     total = session.scalar(select(func.count()).select_from(Model).where(*where))
     rows = session.execute(
         _with_architecture()
