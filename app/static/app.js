@@ -589,9 +589,22 @@ function showModels() {
         el("td", { class: "links" },
           el("button", { class: "link", onclick: () => download(`/v1/models/${m.id}/file`, `${m.id}.safetensors`) }, "compact file"),
           el("button", { class: "link", onclick: () => download(`/v1/models/${m.id}/export?format=${fmt()}`, `${m.id}.${ext[fmt()]}`) }, "export"),
-          el("button", { class: "link", onclick: () => { sessionStorage.setItem("freshnets.tryModel", m.id); location.hash = "#/try"; } }, "try")));
+          el("button", { class: "link", onclick: () => { sessionStorage.setItem("freshnets.tryModel", m.id); location.hash = "#/try"; } }, "try"),
+          el("button", { class: "link", onclick: () => renameModel(m) }, "rename")));
     }));
   }).catch((err) => { $("#models-error").textContent = describeError(err); });
+}
+
+// A new label for a model (empty: none); the table is drawn again with it.
+async function renameModel(m) {
+  const name = prompt(`Name of model ${shortId(m.id)} (empty: none)`, m.name || "");
+  if (name === null) return;
+  try {
+    await api(`/v1/models/${m.id}`, { method: "PATCH", json: { name } });
+    showModels();
+  } catch (err) {
+    $("#models-error").textContent = describeError(err);
+  }
 }
 
 // ---------------------------------------------------------------- frontier

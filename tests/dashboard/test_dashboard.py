@@ -149,6 +149,11 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect(model_row).to_contain_text("digits")
     expect(model_row.locator("td").nth(1)).to_have_text("first digits")  # the job's label
     expect(model_row.locator("td").nth(8)).to_contain_text("%")
+    page.once("dialog", lambda dialog: dialog.accept("the keeper"))
+    model_row.get_by_text("rename").click()
+    expect(page.locator("#models-table tbody tr").first.locator("td").nth(1)).to_have_text(
+        "the keeper"
+    )
     with page.expect_download() as download_info:
         model_row.get_by_text("compact file").click()
     download = download_info.value
