@@ -73,6 +73,20 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def _alices_job(session: Session, **fields: object) -> Job:
+    """A queued freshnets job of a new owner, with ``fields`` set, flushed (not committed)."""
+    owner = Owner(name="alice")
+    session.add(owner)
+    session.flush()
+    job = Job(
+        owner_id=owner.id, dataset="digits", architecture={"layers": []}, method="freshnets",
+        compression=0.125, **fields,
+    )  # fmt: skip
+    session.add(job)
+    session.flush()
+    return job
+
+
 def test_0002_model_options_up_down_up_keeps_the_jobs(empty_url: str) -> None:
     """Down to 0001 drops only the column: the job and its metrics stay (a table copy on SQLite
     with foreign keys on would have cascaded them away)."""
@@ -80,16 +94,10 @@ def test_0002_model_options_up_down_up_keeps_the_jobs(empty_url: str) -> None:
     engine = make_engine(empty_url)  # the app's engine: SQLite foreign keys on
     try:
         with Session(engine) as session:
-            owner = Owner(name="alice")
-            session.add(owner)
-            session.flush()
-            job = Job(
-                owner_id=owner.id, dataset="digits", architecture={"layers": []},
-                method="freshnets", compression=0.125,
+            job = _alices_job(
+                session,
                 model_options={"allocation": None, "budget_policy": {"kind": "conv-boost"}},
-            )  # fmt: skip
-            session.add(job)
-            session.flush()
+            )
             session.add(
                 EpochMetric(
                     job_id=job.id, epoch=1, train_loss=1.0, train_accuracy=0.5,
@@ -119,14 +127,7 @@ def test_0004_names_down_and_up_keeps_the_rows(empty_url: str) -> None:
     engine = make_engine(empty_url)
     try:
         with Session(engine) as session:
-            owner = Owner(name="alice")
-            session.add(owner)
-            session.flush()
-            job = Job(
-                owner_id=owner.id, dataset="digits", architecture={"layers": []},
-                method="freshnets", compression=0.125, name="first try",
-            )  # fmt: skip
-            session.add(job)
+            job = _alices_job(session, name="first try")
             session.commit()
             job_id = job.id
 
