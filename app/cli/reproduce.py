@@ -217,6 +217,14 @@ def _print_plan(cells: list[Any], workers: int) -> None:
         ],
         rows,
     )
+    stdout.print(_plan_summary(cells, workers), soft_wrap=True)
+
+
+def _plan_summary(cells: list[Any], workers: int) -> str:
+    """What is left of a table at most, and for how long at the store's recorded pace: under
+    `--plan`'s table, and first thing when a table starts."""
+    from freshcore.reproduce.report import describe_seconds
+
     busy = [c for c in cells if c.left]
     timed = [c for c in busy if c.run_seconds is not None]
     seconds = sum(c.left * c.run_seconds for c in timed) / workers
@@ -235,7 +243,7 @@ def _print_plan(cells: list[Any], workers: int) -> None:
         "At most: a later stage or the check may choose runs the store holds already; a cell "
         "still tuning may also change its choice, and its seeds with it."
     )
-    stdout.print("\n".join(lines), soft_wrap=True)
+    return "\n".join(lines)
 
 
 class _RichReporter:
@@ -587,6 +595,8 @@ def register(cli: typer.Typer) -> None:
         if report_only:
             summary = rp.write_report(options, command, 0.0)
         else:
+            if options.table:  # the upper bound up front; the bar's estimate follows the runs
+                console.print(_plan_summary(rp.plan(options), options.workers), soft_wrap=True)
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

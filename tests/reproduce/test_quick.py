@@ -136,6 +136,13 @@ def test_plan_says_what_is_left_and_trains_nothing(tmp_path: Path) -> None:
     assert "2 runs left at most, in 2 of 2 cells (0 done)" in result.output
     assert "2 cells with runs left have no run from this machine" in result.output
 
+    # The table itself says the same bound up front (in a store of its own: --quick also runs
+    # the ablations, which would be in this one's way below).
+    result = CliRunner().invoke(cli, ["reproduce", "--quick", "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "2 runs left at most, in 2 of 2 cells (0 done)" in result.output
+    assert "2/2 runs trained" in result.output
+
     options = replace(quick_options(out), ablations=False)
     reproduce(options, Counting())
     result = CliRunner().invoke(cli, args)
