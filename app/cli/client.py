@@ -1,5 +1,5 @@
 """CLI commands that train locally (`train`) or drive a FreshNets server over REST (`submit`,
-`jobs`, `models`, `predict`).
+`jobs`, `models`, `predict`, `upload`, `delete`, ...).
 
 Errors end in one readable line on stderr and a non-zero exit, never a traceback: exit 1 for a
 server or network problem (unreachable, wrong key, 5xx), exit 2 for a bad argument (the API's 4xx
@@ -12,16 +12,27 @@ import json
 import mimetypes
 import os
 import re
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, BinaryIO, Literal, NoReturn
 
 import httpx
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from app.cli.output import Column, console, err_console, print_listing
@@ -167,6 +178,9 @@ class Api:
 
     def patch(self, path: str, **kwargs: Any) -> Any:
         return self.request("PATCH", path, **kwargs).json()
+
+    def delete(self, path: str) -> None:
+        self.request("DELETE", path)
 
     def page(self, path: str, **params: Any) -> tuple[list[dict[str, Any]], int]:
         """A listing's items and how many match in all (`Page`: items, total, ...)."""
@@ -467,7 +481,13 @@ def _follow(client: Api, job_id: str, poll_s: float) -> dict[str, Any]:
 
 
 def submit(
-    dataset: Annotated[str, typer.Option(help="A built-in data set name or an upload's id.")],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="A built-in data set name, an upload's id (or a unique start), or a local "
+            ".npz file, which is uploaded first (`freshnets upload`)."
+        ),
+    ],
     preset: Annotated[
         str | None,
         typer.Option(help="Architecture preset (default: the one made for the data set's shape)."),
@@ -527,6 +547,7 @@ def submit(
     options = _model_options(allocation, budget_policy, width, balanced)
     architecture: str | dict[str, Any] | None = preset
     with _api(url, api_key) as client:
+        dataset = _dataset_arg(client, dataset)
         if architecture is None and teacher is not None:
             # The teacher's own network: what --init project needs, a fair student otherwise.
             architecture = client.get(f"/v1/models/{teacher}").get("architecture")
@@ -758,6 +779,263 @@ def cancel(
         console.print(f"Job [bold]{job}[/] stops at its next batch", highlight=False)
 
 
+# ------------------------------------------------------------------------ uploads, deleting
+
+
+class _Reading:
+    """A file that moves a progress bar as httpx reads it. httpx sizes a file by its
+    descriptor (so the upload keeps its Content-Length), then reads it in chunks."""
+
+    def __init__(self, file: BinaryIO, advance: Callable[[int], None]) -> None:
+        self.file, self.advance = file, advance
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.file.read(size)
+        self.advance(len(chunk))
+        return chunk
+
+
+def _folder_npz(folder: Path, image_size: tuple[int, int] | None) -> BinaryIO:
+    """A folder of images, one sub-folder per class (docs/datasets.md, "A folder of images"),
+    packed here as an upload `.npz` in a temporary file; the server checks it as any upload."""
+    import numpy as np
+
+    from freshcore.data import UploadError, read_image_folder
+
+    with console.status(f"reading the images under {escape(str(folder))}"):
+        try:
+            arrays = read_image_folder(folder, image_size)
+        except UploadError as exc:
+            fail(f"{folder}: {exc}", 2)
+        packed = tempfile.TemporaryFile()  # noqa: SIM115 (`_upload` closes it)
+        np.savez_compressed(packed, **arrays)
+    packed.seek(0)
+    return packed
+
+
+def _upload(
+    client: Api, path: Path, name: str | None, image_size: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """POST /v1/datasets with a bar of the bytes sent; the server then checks the whole file
+    before it keeps it (docs/datasets.md, "`.npz` upload"), which the bar says. A folder is
+    packed first; its upload is named after it."""
+    if path.is_dir():
+        file, name = _folder_npz(path, image_size), name or path.resolve().name
+    else:
+        try:
+            file = path.open("rb")
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    with file, bar:
+        size = os.fstat(file.fileno()).st_size
+        task = bar.add_task(f"uploading {escape(path.name)}", total=size)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            if bar.tasks[task].completed >= size:
+                bar.update(task, description="checking it on the server")
+
+        reading = _Reading(file, advance)
+        filename = path.name if path.suffix else f"{path.name}.npz"
+        files = {"file": (filename, reading, "application/octet-stream")}
+        got = client.post("/v1/datasets", files=files, data={"name": name} if name else None)
+    console.print(
+        f"Uploaded [bold]{escape(got['name'])}[/] as [bold]{got['id']}[/]: "
+        f"{got['num_classes']} classes, {'x'.join(map(str, got['input_shape']))}, "
+        f"{got['train_size']:,} train / {got['test_size']:,} test, "
+        f"{fmt_bytes(got['size_bytes'])}",
+        highlight=False,
+    )
+    return got
+
+
+def _is_file_arg(given: str) -> bool:
+    """A --dataset that names a local file or folder (an .npz, or any path) rather than a
+    built-in data set's name or an upload's id."""
+    return given.lower().endswith(".npz") or os.sep in given
+
+
+def _image_size_arg(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    if not (found := re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)):
+        fail(f"--image-size: give HEIGHTxWIDTH such as 28x28, got {text!r}", 2)
+    return int(found[1]), int(found[2])
+
+
+def _upload_id(client: Api, given: str) -> str:
+    """`given` if it is a data set's whole id or name; else the id of the one upload of yours
+    that starts with it, or a usage error naming the matches."""
+    listed = _items(client.get("/v1/datasets"))
+    if any(d["id"] == given for d in listed) or not re.fullmatch(ID_PREFIX, given):
+        return given  # the server says what is wrong with anything else
+    found = [d["id"] for d in listed if not d["builtin"] and d["id"].startswith(given)]
+    if len(found) > 1:
+        fail(f"{given!r} starts the ids of {len(found)} uploads ({', '.join(found)}): give more", 2)
+    return found[0] if found else given
+
+
+def _dataset_arg(client: Api, given: str) -> str:
+    """What `submit --dataset` names, as the API's data set id: a local file is uploaded."""
+    if _is_file_arg(given):
+        path = Path(given).expanduser()
+        if not path.exists():
+            fail(f"--dataset: no such file or folder {given!r}", 2)
+        return _upload(client, path, None)["id"]
+    return _upload_id(client, given)
+
+
+def upload(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE_OR_FOLDER",
+            help="An .npz (x, y; optional x_test, y_test, classes), or a folder of images with "
+            "one sub-folder per class (docs/datasets.md).",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(help="Its name (default: the file's name without .npz, or the folder's)."),
+    ] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HxW", help="A folder's images resized to this, e.g. 28x28 (default: as is)."
+        ),
+    ] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Upload a data set of your own to the server (POST /v1/datasets), to train on by its id."""
+    size = _image_size_arg(image_size)
+    if size is not None and not path.is_dir():
+        fail("--image-size: only for a folder of images (an .npz is sent as it is)", 2)
+    with _api(url, api_key) as client:
+        got = _upload(client, path, name, size)
+    console.print(f"Train on it: freshnets submit --dataset {got['id']}", highlight=False)
+
+
+def uploads(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """List the data sets you uploaded (the built-in ones: `freshnets datasets list`)."""
+    with _api(url, api_key) as client:
+        rows = [d for d in _items(client.get("/v1/datasets")) if not d["builtin"]]
+    columns = [
+        Column("id", id=True),
+        Column("name"),
+        Column("shape", drop=3),
+        Column("classes", right=True, drop=4),
+        Column("train", right=True, drop=2),
+        Column("test", right=True, drop=1),
+        Column("size", right=True),
+        Column("uploaded", drop=5),
+    ]
+    table = [
+        (
+            d["id"],
+            escape(d["name"]),
+            "x".join(map(str, d.get("input_shape") or ())),
+            str(d.get("num_classes", "")),
+            f"{d.get('train_size') or 0:,}",
+            f"{d.get('test_size') or 0:,}",
+            fmt_bytes(d.get("size_bytes")),
+            str(d.get("created_at", ""))[5:16].replace("T", " "),
+        )
+        for d in rows
+    ]
+    print_listing(f"Uploads ({len(rows)})", columns, table)
+
+
+delete_app = typer.Typer(
+    no_args_is_help=True, help="Delete your models or uploads for good (asks first)."
+)
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask first (needed without a terminal).")
+]
+
+
+def _delete(
+    client: Api, kind: str, route: str, ids: list[str], shown: list[str], yes: bool
+) -> None:
+    """Show what goes, ask once, then delete in order; a refusal (409: still in use) stops
+    there, naming what was deleted before it."""
+    for line in shown:
+        console.print(f"  {line}", highlight=False)
+    what = f"{len(ids)} {kind}{'s' if len(ids) > 1 else ''}"
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"not asking without a terminal: pass --yes to delete {what}", 2)
+        typer.confirm(f"Delete {what} for good?", abort=True)
+    for item_id in ids:
+        client.delete(f"{route}/{item_id}")
+        console.print(f"Deleted {kind} [bold]{item_id}[/]", highlight=False)
+
+
+@delete_app.command("model")
+def delete_model(
+    models: Annotated[
+        list[str], typer.Argument(help="Model ids (`freshnets models`), or unique starts.")
+    ],
+    yes: YesOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Delete models and their files (DELETE /v1/models/ID). A model a queued or running job
+    learns from is kept until that job ends."""
+    with _api(url, api_key) as client:
+        ids = [_whole_id(client, "models", given) for given in models]
+        found = [client.get(f"/v1/models/{model_id}") for model_id in ids]
+        shown = [
+            f"{m['id']}  {escape(m.get('name') or '')}  {m['dataset']} {m['method']} "
+            f"{fmt_compression(m.get('compression_achieved'))}, "
+            f"test acc {fmt_pct(m.get('test_accuracy'))}, {fmt_bytes(m.get('compact_bytes'))}"
+            for m in found
+        ]
+        _delete(client, "model", "/v1/models", ids, shown, yes)
+
+
+@delete_app.command("upload")
+def delete_upload(
+    datasets: Annotated[
+        list[str], typer.Argument(help="Upload ids (`freshnets uploads`), or unique starts.")
+    ],
+    yes: YesOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Delete uploaded data sets (DELETE /v1/datasets/ID). One a queued or running job trains
+    on is kept until that job ends; models trained on it stay."""
+    with _api(url, api_key) as client:
+        ids = [_upload_id(client, given) for given in datasets]
+        found = [client.get(f"/v1/datasets/{dataset_id}") for dataset_id in ids]
+        if builtin := [d["id"] for d in found if d["builtin"]]:
+            fail(f"{', '.join(builtin)}: built in, not your upload; nothing deleted", 2)
+        shown = [
+            f"{d['id']}  {escape(d['name'])}  {d.get('num_classes')} classes, "
+            f"{fmt_bytes(d.get('size_bytes'))}"
+            for d in found
+        ]
+        _delete(client, "upload", "/v1/datasets", ids, shown, yes)
+
+
 def usage(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
     """What your key's owner holds against the server's quotas: jobs queued or running, and
     the bytes of your uploads and models."""
@@ -855,3 +1133,6 @@ def register(cli: typer.Typer) -> None:
     cli.command()(download)
     cli.command()(usage)
     cli.command()(rename)
+    cli.command()(upload)
+    cli.command()(uploads)
+    cli.add_typer(delete_app, name="delete")

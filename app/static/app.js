@@ -258,11 +258,24 @@ function loadLaunchForm() {
   return formLoading;
 }
 
-async function fillLaunchForm() {
-  const [datasets, presets] = await Promise.all([api("/v1/datasets"), api("/v1/architectures")]);
+// The data sets of the launch form: built-in ones, then the owner's uploads (refilled after an
+// upload or a delete, keeping the choice when it is still there).
+let launchDatasets = [];
+
+async function fillDatasets(chosen) {
+  launchDatasets = items(await api("/v1/datasets"));
   const dsSelect = $("#f-dataset");
-  dsSelect.replaceChildren(...items(datasets).map((d) =>
-    el("option", { value: d.id ?? d.name, title: d.title || d.name }, d.name)));
+  const keep = chosen ?? dsSelect.value;
+  dsSelect.replaceChildren(...launchDatasets.map((d) =>
+    el("option", { value: d.id, title: d.title || d.name },
+      d.builtin ? d.name : `${d.name} · upload ${shortId(d.id)}`)));
+  if (launchDatasets.some((d) => d.id === keep)) dsSelect.value = keep;
+  dsSelect.dispatchEvent(new Event("change"));
+}
+
+async function fillLaunchForm() {
+  const [presets] = await Promise.all([api("/v1/architectures"), fillDatasets()]);
+  const dsSelect = $("#f-dataset");
   const archSelect = $("#f-architecture");
   archSelect.replaceChildren(...items(presets).map((p) =>
     el("option", { value: p.name, title: p.description }, `${p.name} · ${(p.virtual_weights / 1000).toFixed(0)}k`)));
@@ -276,7 +289,8 @@ async function fillLaunchForm() {
   });
   // Pair a data set with the preset made for its shape, else one with its channel count.
   dsSelect.addEventListener("change", () => {
-    const d = items(datasets).find((x) => (x.id ?? x.name) === dsSelect.value);
+    const d = launchDatasets.find((x) => x.id === dsSelect.value);
+    $("#upload-delete").hidden = !d || d.builtin;
     if (!d || !d.input_shape) return;
     const same = (p, n) => p.input_shape.slice(0, n).every((v, i) => v === d.input_shape[i]);
     const fit = items(presets).find((p) => same(p, 3)) || items(presets).find((p) => same(p, 1));
@@ -295,6 +309,60 @@ async function fillLaunchForm() {
   $("#f-init").addEventListener("change", sync);
   sync();
 }
+
+// An upload with its progress (XMLHttpRequest reports the bytes sent; fetch does not), then
+// the server's check of the whole file; the new data set is chosen in the form.
+function uploadDataset(file) {
+  const status = $("#upload-status");
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", "/v1/datasets");
+  xhr.setRequestHeader("Authorization", `Bearer ${apiKey()}`);
+  xhr.upload.onprogress = (ev) => {
+    if (!ev.lengthComputable) return;
+    status.textContent = ev.loaded < ev.total
+      ? `uploading ${file.name}: ${fmtBytes(ev.loaded)} of ${fmtBytes(ev.total)}`
+      : `checking ${file.name} on the server…`;
+  };
+  const failed = (msg) => {
+    status.textContent = "";
+    $('[data-error-for="dataset"]').textContent = msg;
+  };
+  xhr.onerror = () => failed("Cannot reach the server: the upload did not go through.");
+  xhr.onload = async () => {
+    let data = null;
+    try { data = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+    if (xhr.status === 401) return signOut("Your API key was refused: sign in again.");
+    if (xhr.status !== 201) return failed(describeError(new ApiError(xhr.status, data?.detail ?? `HTTP ${xhr.status}`)));
+    status.textContent = `uploaded ${data.name}: ${data.num_classes} classes, ${data.input_shape.join("×")}, ` +
+      `${data.train_size.toLocaleString()} train / ${data.test_size.toLocaleString()} test`;
+    await fillDatasets(data.id);
+  };
+  $('[data-error-for="dataset"]').textContent = "";
+  status.textContent = `uploading ${file.name}…`;
+  xhr.send(form);
+}
+
+$("#f-upload").addEventListener("change", (ev) => {
+  const file = ev.target.files[0];
+  ev.target.value = "";
+  if (file) uploadDataset(file);
+});
+
+// Delete the chosen upload for good (asked first); a job still training on it keeps it (409).
+$("#upload-delete").addEventListener("click", async () => {
+  const d = launchDatasets.find((x) => x.id === $("#f-dataset").value);
+  if (!d || d.builtin || !confirm(`Delete the upload “${d.name}” (${fmtBytes(d.size_bytes)}) for good?`)) return;
+  $('[data-error-for="dataset"]').textContent = "";
+  try {
+    await api(`/v1/datasets/${d.id}`, { method: "DELETE" });
+    $("#upload-status").textContent = `deleted ${d.name}`;
+    await fillDatasets();
+  } catch (err) {
+    $('[data-error-for="dataset"]').textContent = describeError(err);
+  }
+});
 
 // The owner's models, refreshed each time the jobs view opens (a job may have just made one).
 const teacherModels = new Map();
@@ -590,7 +658,8 @@ function showModels() {
           el("button", { class: "link", onclick: () => download(`/v1/models/${m.id}/file`, `${m.id}.safetensors`) }, "compact file"),
           el("button", { class: "link", onclick: () => download(`/v1/models/${m.id}/export?format=${fmt()}`, `${m.id}.${ext[fmt()]}`) }, "export"),
           el("button", { class: "link", onclick: () => { sessionStorage.setItem("freshnets.tryModel", m.id); location.hash = "#/try"; } }, "try"),
-          el("button", { class: "link", onclick: () => renameModel(m) }, "rename")));
+          el("button", { class: "link", onclick: () => renameModel(m) }, "rename"),
+          el("button", { class: "link danger", onclick: () => deleteModel(m) }, "delete")));
     }));
   }).catch((err) => { $("#models-error").textContent = describeError(err); });
 }
@@ -601,6 +670,17 @@ async function renameModel(m) {
   if (name === null) return;
   try {
     await api(`/v1/models/${m.id}`, { method: "PATCH", json: { name } });
+    showModels();
+  } catch (err) {
+    $("#models-error").textContent = describeError(err);
+  }
+}
+
+// Delete a model and its file for good (asked first); one a running job learns from stays (409).
+async function deleteModel(m) {
+  if (!confirm(`Delete model ${modelLabel(m)} (${m.dataset} · ${m.method}) for good?`)) return;
+  try {
+    await api(`/v1/models/${m.id}`, { method: "DELETE" });
     showModels();
   } catch (err) {
     $("#models-error").textContent = describeError(err);

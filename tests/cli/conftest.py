@@ -26,6 +26,7 @@ def run_cli(
         [sys.executable, "-c", "from app.cli import main; main()", *args],
         env=full_env,
         cwd=REPO,
+        stdin=subprocess.DEVNULL,  # no terminal: a command that would ask must not wait
         capture_output=True,
         text=True,
         timeout=timeout,

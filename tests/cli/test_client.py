@@ -1,7 +1,11 @@
 """`freshnets train` (local), and the REST client commands against a live stack, as a user runs
 them: real processes, real exit codes, and clean messages instead of tracebacks."""
 
+import os
+import pty
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +20,9 @@ from typer.testing import CliRunner
 from app.cli import cli as cli_app
 from app.cli.client import fmt_bytes
 from app.cli.stack import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+MNIST_500 = REPO / "tests" / "data" / "fixtures" / "mnist-500.npz"
 
 
 def clean_failure(result, code: int, *needles: str) -> None:
@@ -276,6 +283,14 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     assert cli("predict", model_id[:13], images[0], *auth).returncode == 0
     clean_failure(cli("predict", "beef", images[0], *auth), 2, "none of your models")
 
+    # `delete model`: both, by a whole id and a unique start, without asking (--yes).
+    clean_failure(cli("delete", "model", twin, *auth), 2, "pass --yes")
+    gone = cli("delete", "model", twin, model_id[:13], "--yes", *auth)
+    assert gone.returncode == 0, gone.stderr
+    assert f"Deleted model {twin}" in gone.stdout and f"Deleted model {model_id}" in gone.stdout
+    assert model_id not in cli("models", *auth).stdout
+    clean_failure(cli("predict", model_id, images[0], *auth), 2, "no model")
+
 
 def _copy_model(data_dir: Path, model_id: str, new_id: str) -> None:
     """A second row of the stack's model (and its file) under `new_id`, written directly."""
@@ -294,3 +309,109 @@ def _copy_model(data_dir: Path, model_id: str, new_id: str) -> None:
         session.add(ModelBlob(model_id=new_id, data=blob.data))
         session.commit()
     engine.dispose()
+
+
+def _answer_on_a_terminal(args: list[str], answer: str, env: dict[str, str]) -> tuple[int, str]:
+    """`freshnets ARGS` with a terminal as its stdin, `answer` typed into it; its exit code and
+    stdout (the prompt goes to the terminal's other end, which we read to drain it)."""
+    controller, terminal = pty.openpty()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHNETS_")}
+    full_env.update(TERM="dumb", COLUMNS="200", PYTHONPATH=str(REPO), **env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
+        stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=full_env,
+        text=True,
+    )  # fmt: skip
+    os.close(terminal)
+    os.write(controller, answer.encode())
+    out, _ = proc.communicate(timeout=120)
+    os.close(controller)
+    return proc.returncode, out
+
+
+def test_upload_train_on_it_and_delete(cli, stack, tmp_path: Path) -> None:
+    """`upload` and `submit --dataset FILE` put a real .npz on the server, `uploads` lists it,
+    short ids name it, and `delete upload` asks first, refuses while a job uses it, then goes."""
+    auth = ["--url", stack.url, "--api-key", stack.key]
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    api = httpx.Client(base_url=stack.url, headers=headers)
+
+    sent = cli("upload", str(MNIST_500), "--name", "[i]five hundred[/i]", *auth)
+    assert sent.returncode == 0, sent.stderr
+    first = re.search(r"Uploaded \[i\]five hundred\[/i\] as (\w+): 10 classes", sent.stdout)
+    assert first, sent.stdout
+    first = first.group(1)
+    assert f"freshnets submit --dataset {first}" in sent.stdout
+    stored = api.get(f"/v1/datasets/{first}").json()
+    assert stored["size_bytes"] == MNIST_500.stat().st_size and stored["input_shape"] == [1, 28, 28]
+
+    # `submit` uploads a local file first and trains on it; the worker is kept busy by it.
+    busy = cli("submit", "--dataset", str(MNIST_500), "--epochs", "200", "--no-follow", *auth)
+    assert busy.returncode == 0, busy.stderr
+    second = re.search(r"Uploaded mnist-500 as (\w+)", busy.stdout).group(1)
+    busy_job = re.search(r"Queued job (\w+)", busy.stdout).group(1)
+    assert api.get(f"/v1/jobs/{busy_job}").json()["dataset"] == second
+    # ... and takes an upload's unique start for its id.
+    queued = cli("submit", "--dataset", first[:12], "--epochs", "1", "--no-follow", *auth)
+    assert queued.returncode == 0, queued.stderr
+    queued_job = re.search(r"Queued job (\w+)", queued.stdout).group(1)
+    assert api.get(f"/v1/jobs/{queued_job}").json()["dataset"] == first
+
+    listed = cli("uploads", *auth)
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout and "mnist-500" in listed.stdout
+    assert "[i]five hundred[/i]" in listed.stdout and "1x28x28" in listed.stdout
+    assert "digits" not in listed.stdout  # built-in data sets are not uploads
+
+    # Asking: no terminal, no deleting; "n" on a terminal keeps it; a job in use keeps it.
+    clean_failure(cli("delete", "upload", first, *auth), 2, "pass --yes")
+    code, out = _answer_on_a_terminal(["delete", "upload", first[:12], *auth], "n\n", {})
+    assert code == 1 and "for good?" in out and "Aborted" in out, out
+    assert api.get(f"/v1/datasets/{first}").status_code == 200
+    clean_failure(cli("delete", "upload", second, "--yes", *auth), 2, busy_job, "cancel it first")
+    clean_failure(cli("delete", "upload", "digits", "--yes", *auth), 2, "built in")
+    for job in (queued_job, busy_job):
+        api.post(f"/v1/jobs/{job}/cancel")
+    deadline = time.monotonic() + 120
+    while api.get(f"/v1/jobs/{busy_job}").json()["state"] != "cancelled":
+        assert time.monotonic() < deadline, "the job was not cancelled within 2 min"
+        time.sleep(0.5)
+
+    code, out = _answer_on_a_terminal(["delete", "upload", first, *auth], "y\n", {})
+    assert code == 0 and f"Deleted upload {first}" in out, out
+    gone = cli("delete", "upload", second[:12], "-y", *auth)
+    assert gone.returncode == 0 and f"Deleted upload {second}" in gone.stdout, gone.stderr
+    assert api.get(f"/v1/datasets/{first}").status_code == 404
+    assert "Uploads (0)" in cli("uploads", *auth).stdout
+    clean_failure(cli("delete", "upload", first, "--yes", *auth), 2, "no data set")
+
+    # Files that are not data sets are named, locally or by the server's check.
+    clean_failure(cli("upload", str(tmp_path / "none.npz"), *auth), 2, "cannot read")
+    clean_failure(cli("submit", "--dataset", "./none.npz", *auth), 2, "no such file")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip archive")
+    clean_failure(cli("upload", str(junk), *auth), 2, "file:", "HTTP 422")
+    assert "Uploads (0)" in cli("uploads", *auth).stdout
+
+    # A folder of images, a sub-folder per class, is packed here and sent as an upload .npz;
+    # images of another size need --image-size.
+    with np.load(MNIST_500, allow_pickle=False) as arrays:
+        x, y = arrays["x"], arrays["y"]
+    folder = tmp_path / "threes and sevens"
+    for label in (3, 7):
+        (folder / str(label)).mkdir(parents=True)
+        for i in np.flatnonzero(y == label)[:8]:
+            Image.fromarray(x[i].reshape(28, 28)).save(folder / str(label) / f"{i}.png")
+    Image.fromarray(x[0].reshape(28, 28)).resize((32, 32)).save(folder / "7" / "big.png")
+    clean_failure(cli("upload", str(folder), *auth), 2, "big.png", "32x32", "image size")
+    clean_failure(cli("upload", str(folder), "--image-size", "big", *auth), 2, "HEIGHTxWIDTH")
+    clean_failure(cli("upload", str(MNIST_500), "--image-size", "8x8", *auth), 2, "a folder")
+    sent = cli("upload", str(folder), "--image-size", "28x28", *auth)
+    assert sent.returncode == 0, sent.stderr
+    packed = re.search(r"Uploaded threes and sevens as (\w+): 2 classes, 1x28x28", sent.stdout)
+    assert packed, sent.stdout
+    stored = api.get(f"/v1/datasets/{packed.group(1)}").json()
+    assert stored["class_names"] == ["3", "7"]
+    assert stored["train_size"] + stored["test_size"] == 17
+    assert cli("delete", "upload", packed.group(1), "--yes", *auth).returncode == 0
+    api.close()

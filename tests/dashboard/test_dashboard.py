@@ -1,13 +1,14 @@
 """The dashboard in headless Chromium against a real stack: sign in, a bad field named by the API,
 launch a small job, watch its progress and curves move, find the model in the table and on the
-frontier, download it, draw a digit and get a prediction, cancel a job. Screenshots go to
-tests/_artifacts/."""
+frontier, download it, draw a digit and get a prediction, cancel a job, upload a data set and
+delete it, delete the model. Screenshots go to tests/_artifacts/."""
 
 import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -24,6 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 EPOCHS = 8
+MNIST_500 = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "mnist-500.npz"
 
 # Samples the job page every 40 ms (the dashboard polls every 100 ms here), so every rendered
 # progress value and point count is seen.
@@ -227,3 +229,48 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect(page.locator("#job-state")).to_have_text("cancelled", timeout=30_000)
     expect(cancel).to_be_hidden()
     shot(page, artifacts, "09-cancelled")
+
+    # A data set of one's own: a file that is not one is named next to the field; a real one is
+    # uploaded, checked and chosen in the form, and counted under the table until it is deleted
+    # (asked first: "cancel" keeps it).
+    page.click("#nav a[data-view=jobs]")
+    junk = {"name": "junk.npz", "mimeType": "application/octet-stream", "buffer": b"not a zip"}
+    page.set_input_files("#f-upload", files=[junk])
+    expect(page.locator('[data-error-for="dataset"]')).to_contain_text("file:")
+    page.set_input_files("#f-upload", str(MNIST_500))
+    status = page.locator("#upload-status")
+    expect(status).to_contain_text("uploaded mnist-500: 10 classes, 1×28×28, ")
+    expect(page.locator('[data-error-for="dataset"]')).to_be_empty()
+    upload_id = page.locator("#f-dataset").input_value()
+    assert re.fullmatch("[0-9a-f]{32}", upload_id), upload_id
+    expect(page.locator("#f-dataset option:checked")).to_have_text(
+        f"mnist-500 · upload {upload_id[:8]}"
+    )
+    expect(page.locator("#f-architecture")).to_have_value("mnist-cnn")
+    expect(page.locator("#usage")).not_to_contain_text("uploads 0 B")
+    shot(page, artifacts, "10-uploaded")
+    delete_upload = page.locator("#upload-delete")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    delete_upload.click()
+    expect(page.locator("#f-dataset")).to_have_value(upload_id)
+    page.once("dialog", lambda dialog: dialog.accept())
+    delete_upload.click()
+    expect(status).to_have_text("deleted mnist-500")
+    expect(page.locator(f'#f-dataset option[value="{upload_id}"]')).to_have_count(0)
+    expect(delete_upload).to_be_hidden()  # a built-in data set is chosen now
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    assert httpx.get(f"{stack.url}/v1/datasets/{upload_id}", headers=headers).status_code == 404
+
+    # Deleting the model, asked first: "cancel" keeps it, "OK" takes it and its file away.
+    page.click("#nav a[data-view=models]")
+    rows = page.locator("#models-table tbody tr")
+    expect(rows).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    rows.first.get_by_text("delete").click()
+    expect(rows).to_have_count(1)
+    model_id = rows.first.get_attribute("data-model-id")
+    page.once("dialog", lambda dialog: dialog.accept())
+    rows.first.get_by_text("delete").click()
+    expect(rows).to_have_count(0)
+    expect(page.locator("#models-empty")).to_be_visible()
+    assert httpx.get(f"{stack.url}/v1/models/{model_id}", headers=headers).status_code == 404
