@@ -29,11 +29,16 @@ class BodyLimitMiddleware:
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.limits = {
-            False: (settings.max_request_bytes, "FRESHNETS_MAX_REQUEST_BYTES"),
+        framing = datasets.UPLOAD_OVERHEAD_BYTES
+        self.limits = {  # the bytes a body may have, and the setting that says so
+            False: (
+                settings.max_request_bytes,
+                f"FRESHNETS_MAX_REQUEST_BYTES ({settings.max_request_bytes:,} bytes)",
+            ),
             True: (
-                settings.max_upload_bytes + datasets.UPLOAD_OVERHEAD_BYTES,
-                "FRESHNETS_MAX_UPLOAD_BYTES",
+                settings.max_upload_bytes + framing,
+                f"FRESHNETS_MAX_UPLOAD_BYTES ({settings.max_upload_bytes:,} bytes, plus "
+                f"{framing:,} for the form around the file)",
             ),
         }
         self.streamed = {
@@ -51,7 +56,7 @@ class BodyLimitMiddleware:
         if length is None:
             await self.streamed[upload](scope, receive, send)
         elif length > limit:
-            detail = f"body: {length} bytes is over {setting} ({limit} bytes)"
+            detail = f"body: {length:,} bytes is over {setting}"
             response = JSONResponse({"detail": detail}, status_code=413)
             await response(scope, receive, send)
         else:

@@ -230,3 +230,6 @@ class UsageOut(BaseModel):
     models_bytes: int = Field(description="The owner's model files.")
     stored_bytes: int = Field(description="Uploads and models together.")
     max_owner_bytes: int = Field(description="FRESHNETS_MAX_OWNER_BYTES.")
+    max_upload_bytes: int = Field(
+        description="FRESHNETS_MAX_UPLOAD_BYTES: the largest data set file one upload may send."
+    )

@@ -843,19 +843,20 @@ def _upload(
         TimeRemainingColumn(),
         console=console,
     )
-    with file, bar:
+    with file:
         size = os.fstat(file.fileno()).st_size
-        task = bar.add_task(f"uploading {escape(path.name)}", total=size)
+        _check_room(client, path, size)
+        with bar:
+            task = bar.add_task(f"uploading {escape(path.name)}", total=size)
 
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            if bar.tasks[task].completed >= size:
-                bar.update(task, description="checking it on the server")
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+                if bar.tasks[task].completed >= size:
+                    bar.update(task, description="checking it on the server")
 
-        reading = _Reading(file, advance)
-        filename = path.name if path.suffix else f"{path.name}.npz"
-        files = {"file": (filename, reading, "application/octet-stream")}
-        got = client.post("/v1/datasets", files=files, data={"name": name} if name else None)
+            filename = path.name if path.suffix else f"{path.name}.npz"
+            files = {"file": (filename, _Reading(file, advance), "application/octet-stream")}
+            got = client.post("/v1/datasets", files=files, data={"name": name} if name else None)
     console.print(
         f"Uploaded [bold]{escape(got['name'])}[/] as [bold]{got['id']}[/]: "
         f"{got['num_classes']} classes, {'x'.join(map(str, got['input_shape']))}, "
@@ -864,6 +865,26 @@ def _upload(
         highlight=False,
     )
     return got
+
+
+def _check_room(client: Api, path: Path, size: int) -> None:
+    """Refuse here, before sending, a file the server would refuse by its size (the limits of
+    GET /v1/usage); the server checks again, so this only saves sending it in vain."""
+    usage = client.get("/v1/usage")
+    if size > (limit := usage["max_upload_bytes"]):
+        fail(
+            f"{path}: {fmt_bytes(size)} ({size:,} bytes), over the server's "
+            f"FRESHNETS_MAX_UPLOAD_BYTES ({fmt_bytes(limit)})",
+            2,
+        )
+    stored, limit = usage["stored_bytes"], usage["max_owner_bytes"]
+    if limit and stored + size > limit:
+        fail(
+            f"{path}: {fmt_bytes(size)}, but you store {fmt_bytes(stored)} of the "
+            f"{fmt_bytes(limit)} FRESHNETS_MAX_OWNER_BYTES allows; delete some models or "
+            "uploads first (`freshnets models`, `freshnets uploads`, `freshnets delete`)",
+            2,
+        )
 
 
 def _is_file_arg(given: str) -> bool:
@@ -1051,7 +1072,8 @@ def usage(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
         f"  jobs queued or running  {of(str(got['active_jobs']), jobs_limit, str(jobs_limit))}\n"
         f"  stored                  "
         f"{of(fmt_bytes(got['stored_bytes']), bytes_limit, fmt_bytes(bytes_limit))} "
-        f"(uploads {fmt_bytes(got['uploads_bytes'])}, models {fmt_bytes(got['models_bytes'])})",
+        f"(uploads {fmt_bytes(got['uploads_bytes'])}, models {fmt_bytes(got['models_bytes'])})\n"
+        f"  largest upload          {fmt_bytes(got['max_upload_bytes'])}",
         highlight=False,
     )
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli as cli_app
 from app.cli.client import fmt_bytes
-from app.cli.stack import free_port
+from app.cli.stack import free_port, spawn, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_500 = REPO / "tests" / "data" / "fixtures" / "mnist-500.npz"
@@ -273,6 +273,7 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     assert f"jobs queued or running  {counted['active_jobs']} of 16" in shown.stdout
     assert f"models {fmt_bytes(counted['models_bytes'])})" in shown.stdout
     assert f"of {fmt_bytes(10 * 1024**3)}" in shown.stdout
+    assert f"largest upload          {fmt_bytes(200 * 1024**2)}" in shown.stdout
 
     # `predict` takes a unique start of the id, and names the models an ambiguous one starts.
     short = cli("predict", model_id[:12], images[0], *auth)
@@ -415,3 +416,27 @@ def test_upload_train_on_it_and_delete(cli, stack, tmp_path: Path) -> None:
     assert stored["train_size"] + stored["test_size"] == 17
     assert cli("delete", "upload", packed.group(1), "--yes", *auth).returncode == 0
     api.close()
+
+    # A file over the server's limits is refused here, before it is sent (a second API process
+    # on the same database, with small limits): the upload limit, then the owner's bytes.
+    small = tmp_path / "small.npz"
+    np.savez_compressed(small, x=x[:100], y=y[:100])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHNETS_")}
+    env.update(
+        FRESHNETS_DATA_DIR=str(stack.data_dir), PYTHONPATH=str(REPO),
+        FRESHNETS_MAX_UPLOAD_BYTES="50000", FRESHNETS_MAX_OWNER_BYTES="1000",
+    )  # fmt: skip
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--log-level", "warning"]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    child = spawn("api-with-small-limits", argv, env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", [child])
+        limited = ["--url", f"http://127.0.0.1:{port}", "--api-key", stack.key]
+        refused = cli("upload", str(MNIST_500), *limited)
+        clean_failure(refused, 2, "77.9 KiB (79,758 bytes), over the server's", "(48.8 KiB)")
+        clean_failure(cli("upload", str(small), *limited), 2, "FRESHNETS_MAX_OWNER_BYTES", "delete")
+        assert "uploading" not in refused.stdout
+    finally:
+        child.stop()
+    assert "Uploads (0)" in cli("uploads", *auth).stdout

@@ -198,13 +198,14 @@ def test_oversize_upload_and_body(make_client: Callable[..., TestClient]) -> Non
     body = job_body("x", architecture={**SPEC, "name": "n" * 3000})
     response = client.post("/v1/jobs", headers=alice, json=body)
     assert response.status_code == 413
-    assert "FRESHNETS_MAX_REQUEST_BYTES" in response.json()["detail"]
+    assert "over FRESHNETS_MAX_REQUEST_BYTES (2,048 bytes)" in response.json()["detail"]
 
-    # Over the upload limit by more than multipart framing: refused before it is read.
+    # Over the upload limit by more than multipart framing: refused before it is read, naming
+    # the setting's own value (not the value plus the framing's allowance).
     files = {"file": ("huge.npz", b"\0" * (2 * 1024 * 1024), "application/octet-stream")}
     response = client.post("/v1/datasets", headers=alice, files=files)
     assert response.status_code == 413
-    assert "FRESHNETS_MAX_UPLOAD_BYTES" in response.json()["detail"]
+    assert "over FRESHNETS_MAX_UPLOAD_BYTES (4,096 bytes, plus " in response.json()["detail"]
 
     # Streamed without a Content-Length: counted as it arrives.
     def chunks():  # type: ignore[no-untyped-def]

@@ -57,7 +57,7 @@ def test_an_owner_has_at_most_max_active_jobs_queued_or_running(
 
 def test_an_owner_stores_at_most_max_owner_bytes(make_client: Callable[..., TestClient]) -> None:
     data = npz_bytes()
-    client = make_client(max_owner_bytes=2 * len(data) + 50)
+    client = make_client(max_owner_bytes=2 * len(data) + 50, max_upload_bytes=10**6)
     alice, bob = auth_for(client, "alice"), auth_for(client, "bob")
 
     def upload(headers: dict[str, str], name: str) -> object:
@@ -78,6 +78,7 @@ def test_an_owner_stores_at_most_max_owner_bytes(make_client: Callable[..., Test
     usage = client.get("/v1/usage", headers=alice).json()
     assert usage["uploads_bytes"] == usage["stored_bytes"] == 2 * len(data)
     assert (usage["models_bytes"], usage["max_owner_bytes"]) == (0, 2 * len(data) + 50)
+    assert usage["max_upload_bytes"] == 10**6
 
     # The model a job would store counts too: 50 bytes left hold no model of this network.
     dataset = kept[0].json()["id"]

@@ -21,4 +21,5 @@ def get_usage(session: SessionDep, owner: CurrentOwner, settings: SettingsDep) -
         models_bytes=models,
         stored_bytes=uploads + models,
         max_owner_bytes=settings.max_owner_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
     )
