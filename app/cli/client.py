@@ -316,7 +316,13 @@ def _size_table(report: dict[str, Any]) -> Table:
 
 
 def train(
-    dataset: Annotated[str, typer.Option(help="A built-in data set (`freshnets datasets list`).")],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="A built-in data set (`freshnets datasets list`), or your own: an .npz file or "
+            "a folder of images with a sub-folder per class (docs/datasets.md)."
+        ),
+    ],
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Where to write the compact model file."),
@@ -368,9 +374,18 @@ def train(
 
     options = _model_options(allocation, budget_policy, width, balanced)
     settings = get_settings()
+    path = Path(dataset).expanduser() if _is_file_arg(dataset) else None  # your own data
+    if path is not None and not path.exists():
+        fail(f"--dataset: no such file or folder {dataset!r}", 2)
     try:
-        with console.status(f"Loading data set {dataset}..."):
-            ds = fdata.load(dataset, cache_dir=settings.cache_dir)
+        with console.status(f"Loading data set {escape(dataset)}..."):
+            if path is not None:
+                loader = fdata.load_image_folder if path.is_dir() else fdata.load_npz
+                ds = loader(path, name=path.resolve().stem)
+            else:
+                ds = fdata.load(dataset, cache_dir=settings.cache_dir)
+    except fdata.UploadError as exc:
+        fail(f"--dataset: {dataset}: {exc}", 2)
     except fdata.DatasetNotFound:
         names = ", ".join(i.name for i in fdata.list_datasets(settings.cache_dir))
         fail(f"--dataset: unknown data set {dataset!r} (built-in: {names})", 2)
@@ -396,7 +411,7 @@ def train(
     model.class_names = list(ds.info.class_names) if ds.info.class_names else None
 
     console.print(
-        f"Training [bold]{preset}[/] on [bold]{dataset}[/] {input_shape} with "
+        f"Training [bold]{preset}[/] on [bold]{escape(dataset)}[/] {input_shape} with "
         f"[bold]{method}[/] at {fmt_compression(ratio)} for {epochs} epochs"
         + (f", options {json.dumps(options)}" if options else ""),
         highlight=False,
@@ -427,7 +442,8 @@ def train(
             "best_epoch": result.best_epoch,
         }
     )
-    out = output or Path(f"{dataset}-{preset}-{method}-{fmt_compression(ratio).replace('/', 'o')}")
+    factor = fmt_compression(ratio).replace("/", "o")
+    out = output or Path(f"{ds.info.name}-{preset}-{method}-{factor}")
     if out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
     try:

@@ -271,9 +271,21 @@ def dataset_from_arrays(
         description="a user data set",
         available=True,
     )
-    return build_dataset(
+    dataset = build_dataset(
         info, {"x_train": x, "y_train": y, "x_test": x_test, "y_test": y_test}, val_fraction
     )
+    # Each split is a fraction of each class, rounded: a tiny set can leave one empty, which
+    # training could not use (it chooses the epoch on validation and reports on test).
+    splits = {"training": dataset.y_train, "validation": dataset.y_val, "test": dataset.y_test}
+    if empty := [split for split, labels in splits.items() if len(labels) == 0]:
+        raise UploadError(
+            "y",
+            f"{len(arrays['y'])} images in x leave the {' and '.join(empty)} split empty (each "
+            f"takes a share of every class, rounded: validation {val_fraction:.0%}"
+            + ("" if "x_test" in arrays else f", test {test_fraction:.0%}")
+            + "); send more images per class",
+        )
+    return dataset
 
 
 def load_npz(

@@ -90,6 +90,46 @@ def test_train_bad_arguments_are_named() -> None:
         assert isinstance(result.exception, SystemExit), result.exception  # not a crash
 
 
+def test_train_on_your_own_npz_or_folder(cli, tmp_path: Path) -> None:
+    """`train --dataset` takes a local .npz or a folder of images; the file is named after it,
+    and a file that is not a data set, or none, is a usage error."""
+    import freshcore
+
+    env = {"FRESHNETS_DATA_DIR": str(tmp_path / "data"), "FRESHNETS_TORCH_THREADS": "1"}
+    args = ["--epochs", "1", "--device", "cpu", "--compression", "1/8", "--batch-size", "64"]
+    result = cli("train", "--dataset", str(MNIST_500), *args, "-o", str(tmp_path / "m"), env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"on {MNIST_500} (1, 28, 28)" in result.stdout.replace("\n", " ")
+    assert freshcore.load(tmp_path / "m.safetensors").class_names == [str(i) for i in range(10)]
+
+    folder = tmp_path / "greys"
+
+    def write_greys(count: int) -> None:
+        for label, value in (("dark", 30), ("light", 200)):
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                image = np.full((12, 12), value + i, dtype=np.uint8)
+                Image.fromarray(image).save(folder / label / f"{i}.png")
+
+    write_greys(6)  # too few: the validation split would be empty
+    clean_failure(cli("train", "--dataset", str(folder), env=env), 2, "validation split empty")
+    write_greys(14)
+    result = subprocess.run(  # the default output file lands in the working directory
+        [sys.executable, "-c", "from app.cli import main; main()", "train", "--dataset",
+         str(folder), *args, "--preset", "mnist-cnn"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **env},
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    written = tmp_path / "greys-mnist-cnn-freshnets-1o8.safetensors"
+    assert freshcore.load(written).class_names == ["dark", "light"]
+
+    clean_failure(cli("train", "--dataset", "./none.npz", env=env), 2, "no such file or folder")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip archive")
+    clean_failure(cli("train", "--dataset", str(junk), env=env), 2, "junk.npz", "file:")
+
+
 def test_piped_tables_keep_every_value_whole(cli, tmp_path: Path) -> None:
     # Piped into a file or a program there is no window to fit: nothing is cut or wrapped. A
     # set COLUMNS is still a width (an 80-column window wraps the longest title).

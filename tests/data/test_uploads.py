@@ -265,13 +265,29 @@ def test_image_folder_grey(tmp_path):
 
 
 def test_image_folder_colour_and_resize(tmp_path):
-    write_folder(tmp_path / "a", {"x": 4, "y": 4}, mode="RGB")
+    write_folder(tmp_path / "a", {"x": 8, "y": 8}, mode="RGB")
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "a" / "x" / "odd.png")
     with pytest.raises(UploadError, match="20x20, but the first image is 10x12") as info:
         load_image_folder(tmp_path / "a")
     assert info.value.array == str(Path("x") / "odd.png")
     ds = load_image_folder(tmp_path / "a", image_size=(16, 16))
     assert ds.info.input_shape == (3, 16, 16)  # one colour image makes them all RGB
+
+
+def test_too_few_images_for_a_split_are_refused(make_npz, tmp_path):
+    """Each split takes a rounded share of every class; a set so small that one comes out
+    empty is refused at upload, naming it, rather than failing its job's training later."""
+    with pytest.raises(UploadError, match="12 images in x leave the validation split") as e:
+        load_npz(make_npz(**good(12, k=2)))  # 6 per class: 1 to test, round(0.5) to validation
+    assert e.value.array == "y" and "validation 10%, test 20%" in str(e.value)
+    assert len(load_npz(make_npz(**good(14, k=2))).x_val) == 2  # 7 per class: one each
+    arrays = good(4, k=2)
+    arrays["x_test"], arrays["y_test"] = arrays["x"], arrays["y"]
+    with pytest.raises(UploadError, match=r"the validation split empty .*validation 10%\)"):
+        load_npz(make_npz(**arrays))
+    write_folder(tmp_path / "tiny", {"a": 3, "b": 3})
+    with pytest.raises(UploadError, match="validation split empty"):
+        load_image_folder(tmp_path / "tiny")
 
 
 def test_image_folder_errors(tmp_path):

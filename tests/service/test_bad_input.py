@@ -164,10 +164,11 @@ BAD_UPLOADS = [
     (npz_bytes(x_test=np.zeros((20, 9, 9), np.uint8)), "x_test"),
     (npz_bytes(y_test=np.full(20, -1)), "y_test"),
     (b"", "file"),
+    (npz_bytes(n_train=6, classes=2), "validation split empty"),  # 3 a class: none to validate
 ]
 
 
-@pytest.mark.parametrize(("data", "name"), BAD_UPLOADS, ids=[n for _, n in BAD_UPLOADS])
+@pytest.mark.parametrize(("data", "name"), BAD_UPLOADS, ids=[n.split()[0] for _, n in BAD_UPLOADS])
 def test_bad_uploads_name_the_array(
     client: TestClient, alice: dict[str, str], data: bytes, name: str
 ) -> None:
