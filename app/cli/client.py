@@ -1002,7 +1002,7 @@ def uploads(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
 
 
 delete_app = typer.Typer(
-    no_args_is_help=True, help="Delete your models or uploads for good (asks first)."
+    no_args_is_help=True, help="Delete your models, jobs or uploads for good (asks first)."
 )
 YesOpt = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask first (needed without a terminal).")
@@ -1047,6 +1047,29 @@ def delete_model(
             for m in found
         ]
         _delete(client, "model", "/v1/models", ids, shown, yes)
+
+
+@delete_app.command("job")
+def delete_job(
+    jobs: Annotated[
+        list[str], typer.Argument(help="Job ids (`freshnets jobs`), or unique starts.")
+    ],
+    yes: YesOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Delete finished jobs with their per-epoch metrics (DELETE /v1/jobs/ID); their models
+    stay. A queued or running job must be cancelled first (`freshnets cancel`)."""
+    with _api(url, api_key) as client:
+        ids = [_whole_id(client, "jobs", given) for given in jobs]
+        found = [client.get(f"/v1/jobs/{job_id}") for job_id in ids]
+        shown = [
+            f"{j['id']}  {escape(j.get('name') or '')}  {j['dataset']} {j['method']} "
+            f"{fmt_compression(j.get('compression'))}, {j['state']}"
+            + (f", its model {j['model_id']} stays" if j.get("model_id") else "")
+            for j in found
+        ]
+        _delete(client, "job", "/v1/jobs", ids, shown, yes)
 
 
 @delete_app.command("upload")

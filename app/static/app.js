@@ -567,6 +567,20 @@ function showJob(jobId) {
     }
   };
 
+  // A finished job can go, with its curves; its model stays (asked first).
+  const remove = $("#job-delete");
+  remove.hidden = true;
+  remove.onclick = async () => {
+    if (!confirm(`Delete job ${shortId(jobId)} and its curves for good? Its model stays.`)) return;
+    try {
+      await api(`/v1/jobs/${jobId}`, { method: "DELETE" });
+      toast(`Job ${shortId(jobId)} deleted`);
+      location.hash = "#/jobs";
+    } catch (err) {
+      toast(`Delete failed: ${describeError(err)}`, true);
+    }
+  };
+
   const stopPoll = poll(async () => {
     let job;
     try {
@@ -582,6 +596,7 @@ function showJob(jobId) {
     $("#job-state").textContent = job.state;
     setProgress(bar, job);
     cancel.hidden = FINAL_STATES.has(job.state);
+    remove.hidden = !cancel.hidden;
     if (!cancel.hidden && !job.cancel_requested) cancel.disabled = false;
     if (job.cancel_requested && !FINAL_STATES.has(job.state)) cancel.disabled = true;
     const facts = [

@@ -290,6 +290,10 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
         assert time.monotonic() < deadline, "the job was not cancelled within 2 min"
         time.sleep(1)
     clean_failure(cli("cancel", doomed, *auth), 2, "already cancelled")
+    # A finished job can be deleted (its curves with it); the model of another stays.
+    gone = cli("delete", "job", doomed[:12], "--yes", *auth)
+    assert gone.returncode == 0 and f"Deleted job {doomed}" in gone.stdout, gone.stderr
+    assert doomed not in cli("jobs", *auth).stdout
 
     # `rename`: a new label by a short id, then none; a listing without labels has no column.
     renamed = cli("rename", model_id[:12], "the keeper", *auth)
@@ -410,6 +414,7 @@ def test_upload_train_on_it_and_delete(cli, stack, tmp_path: Path) -> None:
     assert code == 1 and "for good?" in out and "Aborted" in out, out
     assert api.get(f"/v1/datasets/{first}").status_code == 200
     clean_failure(cli("delete", "upload", second, "--yes", *auth), 2, busy_job, "cancel it first")
+    clean_failure(cli("delete", "job", busy_job, "--yes", *auth), 2, "cancel it first")
     clean_failure(cli("delete", "upload", "digits", "--yes", *auth), 2, "built in")
     for job in (queued_job, busy_job):
         api.post(f"/v1/jobs/{job}/cancel")

@@ -1,7 +1,7 @@
 """The dashboard in headless Chromium against a real stack: sign in, a bad field named by the API,
 launch a small job, watch its progress and curves move, find the model in the table and on the
-frontier, download it, draw a digit and get a prediction, cancel a job, upload a data set and
-delete it, delete the model. Screenshots go to tests/_artifacts/."""
+frontier, download it, draw a digit and get a prediction, cancel a job and delete it, upload a
+data set and delete it, delete the model. Screenshots go to tests/_artifacts/."""
 
 import io
 import re
@@ -225,10 +225,25 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     )
     cancel = page.locator("#job-cancel")
     expect(cancel).to_be_visible()
+    delete_job = page.locator("#job-delete")
+    expect(delete_job).to_be_hidden()  # not while it may still train
     cancel.click()
     expect(page.locator("#job-state")).to_have_text("cancelled", timeout=30_000)
     expect(cancel).to_be_hidden()
     shot(page, artifacts, "09-cancelled")
+
+    # A finished job is deleted from its page, asked first ("cancel" keeps it); its row goes.
+    cancelled_id = page.url.rsplit("/", 1)[1]
+    expect(delete_job).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    delete_job.click()
+    expect(page.locator("#job-state")).to_have_text("cancelled")
+    assert page.url.endswith(f"#/job/{cancelled_id}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    delete_job.click()
+    page.wait_for_url(re.compile(r"#/jobs$"))
+    expect(page.locator(f'#jobs-table tr[data-job-id="{job_id}"]')).to_have_count(1)
+    expect(page.locator(f'#jobs-table tr[data-job-id="{cancelled_id}"]')).to_have_count(0)
 
     # A data set of one's own: a file that is not one is named next to the field; a real one is
     # uploaded, checked and chosen in the form, and counted under the table until it is deleted

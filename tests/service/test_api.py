@@ -178,6 +178,59 @@ def test_job_lifecycle_as_the_api_sees_it(
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob).status_code == 404
 
 
+def test_delete_a_finished_job_keeps_its_model(
+    client: TestClient, alice: dict[str, str], bob: dict[str, str], upload: Callable[..., dict]
+) -> None:
+    dataset = upload(alice)["id"]
+    job = client.post("/v1/jobs", headers=alice, json=job_body(dataset)).json()
+    other = client.post("/v1/jobs", headers=alice, json=job_body(dataset)).json()
+
+    # Queued or running: not deletable (a worker may be training it); the message says how.
+    refused = client.delete(f"/v1/jobs/{job['id']}", headers=alice)
+    assert refused.status_code == 409 and "queued; cancel it first" in refused.json()["detail"]
+    with new_session(client) as session:  # the worker's side: running, an epoch, then done
+        row = session.get(Job, job["id"])
+        row.state, row.started_at, row.epoch = JobState.running, datetime.now(UTC), 1
+        session.add(
+            EpochMetric(
+                job_id=row.id, epoch=1, train_loss=1.0, train_accuracy=0.5, learning_rate=0.05,
+                seconds=0.1,
+            )
+        )  # fmt: skip
+        session.commit()
+    refused = client.delete(f"/v1/jobs/{job['id']}", headers=alice)
+    assert refused.status_code == 409 and "running" in refused.json()["detail"]
+    with new_session(client) as session:
+        row = session.get(Job, job["id"])
+        row.state, row.finished_at = JobState.succeeded, datetime.now(UTC)
+        model = Model(
+            owner_id=row.owner_id, job_id=row.id, dataset=dataset, method="freshnets",
+            compression_requested=1 / 8, compression_achieved=0.125, stored_parameters=1,
+            virtual_parameters=8, compact_bytes=4, dense_bytes=32, name="kept",
+        )  # fmt: skip
+        session.add(model)
+        session.flush()
+        session.add(ModelBlob(model_id=model.id, data=b"1234"))
+        session.commit()
+        model_id = model.id
+    assert client.get(f"/v1/models/{model_id}", headers=alice).json()["job_id"] == job["id"]
+
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=bob).status_code == 404
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=alice).status_code == 204
+    assert client.get(f"/v1/jobs/{job['id']}", headers=alice).status_code == 404
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=alice).status_code == 404
+    with new_session(client) as session:  # its metrics went with it
+        assert session.query(EpochMetric).filter_by(job_id=job["id"]).count() == 0
+    kept = client.get(f"/v1/models/{model_id}", headers=alice).json()
+    assert kept["job_id"] is None and kept["name"] == "kept"
+    assert client.get(f"/v1/models/{model_id}/file", headers=alice).content == b"1234"
+
+    # A cancelled job goes too; the listing then holds nothing.
+    client.post(f"/v1/jobs/{other['id']}/cancel", headers=alice)
+    assert client.delete(f"/v1/jobs/{other['id']}", headers=alice).status_code == 204
+    assert client.get("/v1/jobs", headers=alice).json()["total"] == 0
+
+
 def test_models(client: TestClient, alice: dict[str, str], bob: dict[str, str]) -> None:
     import freshcore
 

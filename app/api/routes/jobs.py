@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,7 +16,7 @@ from app.api import quotas
 from app.api.deps import CurrentOwner, IdPrefix, NameContains, ResourceId, SessionDep, SettingsDep
 from app.api.errors import invalid
 from app.api.routes.datasets import find_dataset
-from app.db.models import EpochMetric, Job, JobState, Model, Owner
+from app.db.models import FINAL_STATES, EpochMetric, Job, JobState, Model, Owner
 from app.limits import expected_model_bytes, max_train_threads
 from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
 from app.settings import Settings
@@ -486,3 +486,26 @@ def cancel_job(
     elif job.state != JobState.running:
         raise HTTPException(status.HTTP_409_CONFLICT, f"state: job is already {job.state.value}")
     return job_out(session, job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, 409: {"description": "The job is queued or running."}},
+)
+def delete_job(job_id: ResourceId, session: SessionDep, owner: CurrentOwner) -> None:
+    """Delete a finished job and its per-epoch metrics. Its model stays: the model's file and
+    row hold everything it needs, and it keeps its own id and label."""
+    job = owned_job(session, owner, job_id)
+    # Conditional: a worker may claim a queued job between our read and our write.
+    deleted = session.execute(
+        delete(Job).where(Job.id == job.id, Job.state.in_(FINAL_STATES))
+    ).rowcount
+    session.commit()
+    if not deleted:
+        session.refresh(job)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"state: job is {job.state.value}; cancel it first (POST /v1/jobs/{job.id}/cancel, "
+            "`freshnets cancel`) and delete it once it has stopped",
+        )
