@@ -1038,7 +1038,9 @@ def delete_model(
     """Delete models and their files (DELETE /v1/models/ID). A model a queued or running job
     learns from is kept until that job ends."""
     with _api(url, api_key) as client:
-        ids = [_whole_id(client, "models", given) for given in models]
+        ids = list(
+            dict.fromkeys(_whole_id(client, "models", given) for given in models)
+        )  # each once
         found = [client.get(f"/v1/models/{model_id}") for model_id in ids]
         shown = [
             f"{m['id']}  {escape(m.get('name') or '')}  {m['dataset']} {m['method']} "
@@ -1061,7 +1063,7 @@ def delete_job(
     """Delete finished jobs with their per-epoch metrics (DELETE /v1/jobs/ID); their models
     stay. A queued or running job must be cancelled first (`freshnets cancel`)."""
     with _api(url, api_key) as client:
-        ids = [_whole_id(client, "jobs", given) for given in jobs]
+        ids = list(dict.fromkeys(_whole_id(client, "jobs", given) for given in jobs))  # each once
         found = [client.get(f"/v1/jobs/{job_id}") for job_id in ids]
         shown = [
             f"{j['id']}  {escape(j.get('name') or '')}  {j['dataset']} {j['method']} "
@@ -1084,7 +1086,7 @@ def delete_upload(
     """Delete uploaded data sets (DELETE /v1/datasets/ID). One a queued or running job trains
     on is kept until that job ends; models trained on it stay."""
     with _api(url, api_key) as client:
-        ids = [_upload_id(client, given) for given in datasets]
+        ids = list(dict.fromkeys(_upload_id(client, given) for given in datasets))  # each once
         found = [client.get(f"/v1/datasets/{dataset_id}") for dataset_id in ids]
         if builtin := [d["id"] for d in found if d["builtin"]]:
             fail(f"{', '.join(builtin)}: built in, not your upload; nothing deleted", 2)

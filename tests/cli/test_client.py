@@ -328,10 +328,11 @@ def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Pa
     assert cli("predict", model_id[:13], images[0], *auth).returncode == 0
     clean_failure(cli("predict", "beef", images[0], *auth), 2, "none of your models")
 
-    # `delete model`: both, by a whole id and a unique start, without asking (--yes).
+    # `delete model`: both, by a whole id and a unique start, without asking (--yes); an id
+    # given twice is deleted once.
     clean_failure(cli("delete", "model", twin, *auth), 2, "pass --yes")
-    gone = cli("delete", "model", twin, model_id[:13], "--yes", *auth)
-    assert gone.returncode == 0, gone.stderr
+    gone = cli("delete", "model", twin, model_id[:13], twin, "--yes", *auth)  # each once
+    assert gone.returncode == 0 and gone.stdout.count("Deleted model") == 2, gone.stderr
     assert f"Deleted model {twin}" in gone.stdout and f"Deleted model {model_id}" in gone.stdout
     assert model_id not in cli("models", *auth).stdout
     clean_failure(cli("predict", model_id, images[0], *auth), 2, "no model")
