@@ -155,7 +155,10 @@ class JobOut(BaseModel):
     id: str
     name: str | None = Field(description="The label given at submission (null: none).")
     state: JobState
-    dataset: str
+    dataset: str = Field(description="A built-in data set's name, or an upload's id.")
+    dataset_name: str | None = Field(
+        description="The data set's name: a built-in's, or the upload's (null: upload deleted)."
+    )
     architecture_name: str | None
     architecture: dict[str, Any]
     method: str
@@ -196,7 +199,10 @@ class ModelOut(BaseModel):
     id: str
     name: str | None = Field(description="Its job's label, or the one given since (null: none).")
     job_id: str | None
-    dataset: str
+    dataset: str = Field(description="A built-in data set's name, or an upload's id.")
+    dataset_name: str | None = Field(
+        description="The data set's name: a built-in's, or the upload's (null: upload deleted)."
+    )
     architecture_name: str | None
     architecture: dict[str, Any] | None
     method: str

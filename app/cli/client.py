@@ -648,7 +648,7 @@ def jobs(
             (
                 j["id"],
                 escape(j.get("name") or ""),
-                j["dataset"],
+                _dataset_label(j),
                 j.get("architecture_name") or "custom",
                 j["method"],
                 fmt_compression(j.get("compression")),
@@ -662,7 +662,10 @@ def jobs(
 
 
 def models(
-    dataset: Annotated[str | None, typer.Option(help="Only models of this data set.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Only models of this data set (a built-in's name, an upload's id)."),
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Only models whose name contains this (any case).")
     ] = None,
@@ -672,11 +675,11 @@ def models(
 ) -> None:
     """List your trained models with their sizes and accuracy."""
     params: dict[str, Any] = {"limit": limit}
-    if dataset:
-        params["dataset"] = dataset
     if name:
         params["name"] = name
     with _api(url, api_key) as client:
+        if dataset:
+            params["dataset"] = _upload_id(client, dataset)
         rows, total = client.page("/v1/models", **params)
     columns = [
         Column("id", id=True),
@@ -696,7 +699,7 @@ def models(
             (
                 m["id"],
                 escape(m.get("name") or ""),
-                m["dataset"],
+                _dataset_label(m),
                 m.get("architecture_name") or "custom",
                 m["method"],
                 fmt_compression(m.get("compression_requested")),
@@ -707,6 +710,17 @@ def models(
             )
         )
     print_listing(f"Models ({total})", *_named(columns, table))
+
+
+def _dataset_label(item: dict[str, Any]) -> str:
+    """A job's or model's data set as a person reads it: a built-in's name, an upload's own
+    name with the start of its id (names need not be unique), or the id of an upload deleted
+    since."""
+    dataset = item["dataset"]
+    name = item.get("dataset_name", dataset)  # a server from before the field: the id
+    if name == dataset:
+        return dataset
+    return f"{dataset[:8]} (deleted)" if name is None else f"{escape(name)} · {dataset[:8]}"
 
 
 def _named(
@@ -1035,15 +1049,16 @@ def delete_model(
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """Delete models and their files (DELETE /v1/models/ID). A model a queued or running job
-    learns from is kept until that job ends."""
+    """Delete models and their files (DELETE /v1/models/ID).
+
+    A model that a queued or running job learns from stays until that job ends."""
     with _api(url, api_key) as client:
         ids = list(
             dict.fromkeys(_whole_id(client, "models", given) for given in models)
         )  # each once
         found = [client.get(f"/v1/models/{model_id}") for model_id in ids]
         shown = [
-            f"{m['id']}  {escape(m.get('name') or '')}  {m['dataset']} {m['method']} "
+            f"{m['id']}  {escape(m.get('name') or '')}  {_dataset_label(m)} {m['method']} "
             f"{fmt_compression(m.get('compression_achieved'))}, "
             f"test acc {fmt_pct(m.get('test_accuracy'))}, {fmt_bytes(m.get('compact_bytes'))}"
             for m in found
@@ -1060,13 +1075,14 @@ def delete_job(
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """Delete finished jobs with their per-epoch metrics (DELETE /v1/jobs/ID); their models
-    stay. A queued or running job must be cancelled first (`freshnets cancel`)."""
+    """Delete finished jobs and their per-epoch metrics (DELETE /v1/jobs/ID).
+
+    Their models stay; a queued or running job must be cancelled first (`freshnets cancel`)."""
     with _api(url, api_key) as client:
         ids = list(dict.fromkeys(_whole_id(client, "jobs", given) for given in jobs))  # each once
         found = [client.get(f"/v1/jobs/{job_id}") for job_id in ids]
         shown = [
-            f"{j['id']}  {escape(j.get('name') or '')}  {j['dataset']} {j['method']} "
+            f"{j['id']}  {escape(j.get('name') or '')}  {_dataset_label(j)} {j['method']} "
             f"{fmt_compression(j.get('compression'))}, {j['state']}"
             + (f", its model {j['model_id']} stays" if j.get("model_id") else "")
             for j in found
@@ -1083,8 +1099,9 @@ def delete_upload(
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """Delete uploaded data sets (DELETE /v1/datasets/ID). One a queued or running job trains
-    on is kept until that job ends; models trained on it stay."""
+    """Delete uploaded data sets (DELETE /v1/datasets/ID).
+
+    Not while a queued or running job trains on it; the models trained on it stay."""
     with _api(url, api_key) as client:
         ids = list(dict.fromkeys(_upload_id(client, given) for given in datasets))  # each once
         found = [client.get(f"/v1/datasets/{dataset_id}") for dataset_id in ids]
@@ -1099,8 +1116,7 @@ def delete_upload(
 
 
 def usage(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
-    """What your key's owner holds against the server's quotas: jobs queued or running, and
-    the bytes of your uploads and models."""
+    """What you hold against the server's quotas: jobs queued or running, bytes stored."""
     with _api(url, api_key) as client:
         got = client.get("/v1/usage")
 

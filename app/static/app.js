@@ -375,7 +375,7 @@ async function fillTeachers() {
   for (const m of models) teacherModels.set(m.id, m);
   select.replaceChildren(el("option", { value: "" }, "none"), ...models.map((m) =>
     el("option", { value: m.id, title: m.id },
-      `${modelLabel(m)} · ${m.dataset} · ${m.architecture_name || "custom"} · ${m.method} · ${fmtPct(m.test_accuracy)}`)));
+      `${modelLabel(m)} · ${datasetLabel(m)} · ${m.architecture_name || "custom"} · ${m.method} · ${fmtPct(m.test_accuracy)}`)));
   select.value = teacherModels.has(chosen) ? chosen : "";
   select.dispatchEvent(new Event("change"));
 }
@@ -488,7 +488,7 @@ function showJobs() {
       }
       const c = tr.children;
       c[1].textContent = job.name || "";
-      c[2].textContent = job.dataset;
+      c[2].textContent = datasetLabel(job);
       c[3].textContent = job.architecture_name || "custom";
       c[4].textContent = job.method;
       c[5].textContent = fmtJobCompression(job);
@@ -600,7 +600,7 @@ function showJob(jobId) {
     if (!cancel.hidden && !job.cancel_requested) cancel.disabled = false;
     if (job.cancel_requested && !FINAL_STATES.has(job.state)) cancel.disabled = true;
     const facts = [
-      fact("data set", job.dataset),
+      fact("data set", datasetLabel(job)),
       fact("preset", job.architecture_name || "custom"),
       fact("method", job.method),
       fact("compression", fmtJobCompression(job)),
@@ -643,6 +643,14 @@ function showJob(jobId) {
 
 // ---------------------------------------------------------------- models
 
+// A job's or model's data set as a person reads it: a built-in's name, an upload's own name
+// with the start of its id (names need not be unique), or the id of an upload deleted since.
+function datasetLabel(x) {
+  const name = x.dataset_name;
+  if (name === x.dataset) return name;
+  return name == null ? `${shortId(x.dataset)} (deleted)` : `${name} · ${shortId(x.dataset)}`;
+}
+
 // A model in a drop-down: its short id, and its label when it has one.
 const modelLabel = (m) => (m.name ? `${shortId(m.id)} “${m.name}”` : shortId(m.id));
 
@@ -662,7 +670,7 @@ function showModels() {
       return el("tr", { dataset: { modelId: m.id } },
         el("td", {}, el("code", { title: m.id }, shortId(m.id))),
         el("td", {}, m.name || ""),
-        el("td", {}, m.dataset),
+        el("td", {}, datasetLabel(m)),
         el("td", {}, m.architecture_name || "custom"),
         el("td", {}, el("span", { class: "method-dot", style: `color:${METHOD_COLOURS[m.method] || "#333"}` }, "● "), m.method),
         el("td", {}, `${fmtCompression(m.compression_requested)} → ${fmtCompression(m.compression_achieved)}`),
@@ -693,7 +701,7 @@ async function renameModel(m) {
 
 // Delete a model and its file for good (asked first); one a running job learns from stays (409).
 async function deleteModel(m) {
-  if (!confirm(`Delete model ${modelLabel(m)} (${m.dataset} · ${m.method}) for good?`)) return;
+  if (!confirm(`Delete model ${modelLabel(m)} (${datasetLabel(m)} · ${m.method}) for good?`)) return;
   try {
     await api(`/v1/models/${m.id}`, { method: "DELETE" });
     showModels();
@@ -759,9 +767,10 @@ function showFrontier() {
   };
   allModels().then((ms) => {
     models = ms;
-    const datasets = [...new Set(models.map((m) => m.dataset))].sort();
+    const labels = new Map(models.map((m) => [m.dataset, datasetLabel(m)]));
+    const datasets = [...labels.keys()].sort((a, b) => labels.get(a).localeCompare(labels.get(b)));
     const previous = select.value;
-    select.replaceChildren(...datasets.map((d) => el("option", { value: d }, d)));
+    select.replaceChildren(...datasets.map((d) => el("option", { value: d }, labels.get(d))));
     if (datasets.includes(previous)) select.value = previous;
     select.onchange = draw;
     draw();
@@ -915,7 +924,7 @@ function showTry() {
     for (const m of models) tryModels.set(m.id, m);
     const wanted = sessionStorage.getItem("freshnets.tryModel") || select.value;
     select.replaceChildren(...models.map((m) => el("option", { value: m.id },
-      `${modelLabel(m)} · ${m.dataset} · ${m.method} ${fmtCompression(m.compression_achieved)} · ${fmtPct(m.test_accuracy)}`)));
+      `${modelLabel(m)} · ${datasetLabel(m)} · ${m.method} ${fmtCompression(m.compression_achieved)} · ${fmtPct(m.test_accuracy)}`)));
     if (models.some((m) => m.id === wanted)) select.value = wanted;
   }).catch((err) => { $("#try-error").textContent = describeError(err); });
 }

@@ -408,6 +408,8 @@ def test_upload_train_on_it_and_delete(cli, stack, tmp_path: Path) -> None:
     assert first in listed.stdout and second in listed.stdout and "mnist-500" in listed.stdout
     assert "[i]five hundred[/i]" in listed.stdout and "1x28x28" in listed.stdout
     assert "digits" not in listed.stdout  # built-in data sets are not uploads
+    # Jobs name an upload by its name and the start of its id, as typed.
+    assert f"[i]five hundred[/i] · {first[:8]}" in cli("jobs", *auth).stdout
 
     # Asking: no terminal, no deleting; "n" on a terminal keeps it; a job in use keeps it.
     clean_failure(cli("delete", "upload", first, *auth), 2, "pass --yes")
@@ -430,6 +432,7 @@ def test_upload_train_on_it_and_delete(cli, stack, tmp_path: Path) -> None:
     assert gone.returncode == 0 and f"Deleted upload {second}" in gone.stdout, gone.stderr
     assert api.get(f"/v1/datasets/{first}").status_code == 404
     assert "Uploads (0)" in cli("uploads", *auth).stdout
+    assert f"{first[:8]} (deleted)" in cli("jobs", *auth).stdout  # the jobs stay
     clean_failure(cli("delete", "upload", first, "--yes", *auth), 2, "no data set")
 
     # Files that are not data sets are named, locally or by the server's check.

@@ -264,6 +264,15 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect(page.locator("#f-architecture")).to_have_value("mnist-cnn")
     expect(page.locator("#usage")).not_to_contain_text("uploads 0 B")
     shot(page, artifacts, "10-uploaded")
+    # Trained on, it is named by its name and the start of its id.
+    page.fill("#f-epochs", "1")
+    page.fill("#f-name", "on my upload")
+    page.click("#launch-submit")
+    page.wait_for_url(re.compile(r"#/job/[0-9a-f]+$"))
+    expect(page.locator("#job-state")).to_have_text("succeeded", timeout=60_000)
+    expect(page.locator("#job-facts")).to_contain_text(f"mnist-500 · {upload_id[:8]}")
+    page.click("#nav a[data-view=jobs]")
+    expect(page.locator("#f-dataset")).to_have_value(upload_id)
     delete_upload = page.locator("#upload-delete")
     page.once("dialog", lambda dialog: dialog.dismiss())
     delete_upload.click()
@@ -276,16 +285,18 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     headers = {"Authorization": f"Bearer {stack.key}"}
     assert httpx.get(f"{stack.url}/v1/datasets/{upload_id}", headers=headers).status_code == 404
 
-    # Deleting the model, asked first: "cancel" keeps it, "OK" takes it and its file away.
+    # Its model stays, its data set now shown as deleted. Deleting the model is asked first:
+    # "cancel" keeps it, "OK" takes it and its file away.
     page.click("#nav a[data-view=models]")
     rows = page.locator("#models-table tbody tr")
-    expect(rows).to_have_count(1)
+    expect(rows).to_have_count(2)
+    expect(rows.first.locator("td").nth(2)).to_have_text(f"{upload_id[:8]} (deleted)")
     page.once("dialog", lambda dialog: dialog.dismiss())
-    rows.first.get_by_text("delete").click()
-    expect(rows).to_have_count(1)
+    rows.first.get_by_role("button", name="delete", exact=True).click()
+    expect(rows).to_have_count(2)
     model_id = rows.first.get_attribute("data-model-id")
     page.once("dialog", lambda dialog: dialog.accept())
-    rows.first.get_by_text("delete").click()
-    expect(rows).to_have_count(0)
-    expect(page.locator("#models-empty")).to_be_visible()
+    rows.first.get_by_role("button", name="delete", exact=True).click()
+    expect(rows).to_have_count(1)
+    expect(page.locator(f'#models-table tr[data-model-id="{model_id}"]')).to_have_count(0)
     assert httpx.get(f"{stack.url}/v1/models/{model_id}", headers=headers).status_code == 404

@@ -181,9 +181,15 @@ def test_job_lifecycle_as_the_api_sees_it(
 def test_delete_a_finished_job_keeps_its_model(
     client: TestClient, alice: dict[str, str], bob: dict[str, str], upload: Callable[..., dict]
 ) -> None:
-    dataset = upload(alice)["id"]
+    dataset = upload(alice, name="shapes")["id"]
     job = client.post("/v1/jobs", headers=alice, json=job_body(dataset)).json()
     other = client.post("/v1/jobs", headers=alice, json=job_body(dataset)).json()
+    assert (job["dataset"], job["dataset_name"]) == (dataset, "shapes")  # the upload's own name
+    digits = job_body("digits", architecture="mnist-cnn")  # the preset adapts to its shape
+    builtin = client.post("/v1/jobs", headers=alice, json=digits).json()
+    assert (builtin["dataset"], builtin["dataset_name"]) == ("digits", "digits")
+    client.post(f"/v1/jobs/{builtin['id']}/cancel", headers=alice)
+    assert client.delete(f"/v1/jobs/{builtin['id']}", headers=alice).status_code == 204
 
     # Queued or running: not deletable (a worker may be training it); the message says how.
     refused = client.delete(f"/v1/jobs/{job['id']}", headers=alice)
@@ -222,13 +228,18 @@ def test_delete_a_finished_job_keeps_its_model(
     with new_session(client) as session:  # its metrics went with it
         assert session.query(EpochMetric).filter_by(job_id=job["id"]).count() == 0
     kept = client.get(f"/v1/models/{model_id}", headers=alice).json()
-    assert kept["job_id"] is None and kept["name"] == "kept"
+    assert kept["job_id"] is None and kept["name"] == "kept" and kept["dataset_name"] == "shapes"
     assert client.get(f"/v1/models/{model_id}/file", headers=alice).content == b"1234"
 
     # A cancelled job goes too; the listing then holds nothing.
     client.post(f"/v1/jobs/{other['id']}/cancel", headers=alice)
     assert client.delete(f"/v1/jobs/{other['id']}", headers=alice).status_code == 204
     assert client.get("/v1/jobs", headers=alice).json()["total"] == 0
+
+    # The model outlives its upload too; its data set then has no name to show.
+    assert client.delete(f"/v1/datasets/{dataset}", headers=alice).status_code == 204
+    listed = client.get("/v1/models", headers=alice).json()["items"]
+    assert [(m["dataset"], m["dataset_name"]) for m in listed] == [(dataset, None)]
 
 
 def test_models(client: TestClient, alice: dict[str, str], bob: dict[str, str]) -> None:

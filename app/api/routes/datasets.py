@@ -1,6 +1,7 @@
 """Data sets: the built-in registry (visible to all) and each owner's `.npz` uploads."""
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import PurePath
 from typing import Annotated, Any
 
@@ -61,6 +62,16 @@ def find_dataset(
     if row is None or row.owner_id != owner.id:
         return None
     return upload_out(row)
+
+
+def dataset_names(session: Session, ids: Iterable[str]) -> dict[str, str]:
+    """The name of each data set a job or model names: a built-in's is its id, an upload's is
+    its own (one query for all). An upload deleted since is left out."""
+    ids = set(ids)
+    uploads = select(UserDataset.id, UserDataset.name).where(UserDataset.id.in_(ids))
+    names = {i: i for i in ids if i in fdata.REGISTRY}
+    names.update(session.execute(uploads).all())
+    return names
 
 
 def _not_found(dataset_id: str) -> HTTPException:

@@ -15,7 +15,7 @@ from app import jobs_queue
 from app.api import quotas
 from app.api.deps import CurrentOwner, IdPrefix, NameContains, ResourceId, SessionDep, SettingsDep
 from app.api.errors import invalid
-from app.api.routes.datasets import find_dataset
+from app.api.routes.datasets import dataset_names, find_dataset
 from app.db.models import FINAL_STATES, EpochMetric, Job, JobState, Model, Owner
 from app.limits import expected_model_bytes, max_train_threads
 from app.schemas import EpochMetricOut, JobCreate, JobMetricsOut, JobOut, Page
@@ -262,7 +262,8 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def job_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
-    """Jobs with their latest epoch and model, in three queries whatever the page size."""
+    """Jobs with their latest epoch, model and data set name, in four queries whatever the
+    page size."""
     ids = [job.id for job in jobs]
     last = (
         select(EpochMetric.job_id, func.max(EpochMetric.epoch).label("epoch"))
@@ -281,12 +282,14 @@ def job_outs(session: Session, jobs: Sequence[Job]) -> list[JobOut]:
     models = dict(
         session.execute(select(Model.job_id, Model.id).where(Model.job_id.in_(ids))).all()
     )
+    names = dataset_names(session, (job.dataset for job in jobs))
     return [
         JobOut(
             id=job.id,
             name=job.name,
             state=job.state,
             dataset=job.dataset,
+            dataset_name=names.get(job.dataset),
             architecture_name=job.architecture_name,
             architecture=job.architecture,
             method=job.method,

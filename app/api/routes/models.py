@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.api.deps import CurrentOwner, IdPrefix, NameContains, ResourceId, SessionDep
+from app.api.routes.datasets import dataset_names
 from app.db.locks import lock_row
 from app.db.models import FINAL_STATES, Job, Model, ModelBlob, Owner
 from app.schemas import NO_NUL, ModelOut, ModelUpdate, Page
@@ -17,12 +18,16 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 NOT_FOUND = {404: {"description": "No such model (or another owner's)."}}
 
 
-def model_out(request: Request, model: Model, architecture: dict | None) -> ModelOut:
+def model_out(
+    request: Request, model: Model, architecture: dict | None, names: dict[str, str]
+) -> ModelOut:
+    """`names`: data set names by id (`dataset_names`)."""
     return ModelOut(
         id=model.id,
         name=model.name,
         job_id=model.job_id,
         dataset=model.dataset,
+        dataset_name=names.get(model.dataset),
         architecture_name=model.architecture_name,
         architecture=architecture,
         method=model.method,
@@ -80,8 +85,9 @@ def list_models(
         .limit(limit)
         .offset(offset)
     ).all()
+    names = dataset_names(session, (m.dataset for m, _ in rows))
     return Page[ModelOut](
-        items=[model_out(request, m, a) for m, a in rows],
+        items=[model_out(request, m, a, names) for m, a in rows],
         total=total or 0,
         limit=limit,
         offset=offset,
@@ -97,7 +103,8 @@ def get_model(
     ).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"model: no model {model_id!r}")
-    return model_out(request, *row)
+    model, architecture = row
+    return model_out(request, model, architecture, dataset_names(session, [model.dataset]))
 
 
 @router.patch("/{model_id}", responses=NOT_FOUND)
