@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal, NoReturn
 
@@ -1024,10 +1025,18 @@ YesOpt = Annotated[
 
 
 def _delete(
-    client: Api, kind: str, route: str, ids: list[str], shown: list[str], yes: bool
+    client: Api,
+    kind: Literal["model", "job", "upload"],
+    route: str,
+    given: list[str],
+    resolve: Callable[[str], str],
+    describe: Callable[[dict[str, Any]], str],
+    yes: bool,
 ) -> None:
-    """Show what goes, ask once, then delete in order; a refusal (409: still in use) stops
-    there, naming what was deleted before it."""
+    """Resolve each id once, show what goes, ask once, then delete in order; a refusal (409:
+    still in use) stops there, after naming what was deleted before it."""
+    ids = list(dict.fromkeys(resolve(g) for g in given))
+    shown = [describe(client.get(f"{route}/{item_id}")) for item_id in ids]
     for line in shown:
         console.print(f"  {line}", highlight=False)
     what = f"{len(ids)} {kind}{'s' if len(ids) > 1 else ''}"
@@ -1052,18 +1061,17 @@ def delete_model(
     """Delete models and their files (DELETE /v1/models/ID).
 
     A model that a queued or running job learns from stays until that job ends."""
-    with _api(url, api_key) as client:
-        ids = list(
-            dict.fromkeys(_whole_id(client, "models", given) for given in models)
-        )  # each once
-        found = [client.get(f"/v1/models/{model_id}") for model_id in ids]
-        shown = [
+
+    def describe(m: dict[str, Any]) -> str:
+        return (
             f"{m['id']}  {escape(m.get('name') or '')}  {_dataset_label(m)} {m['method']} "
             f"{fmt_compression(m.get('compression_achieved'))}, "
             f"test acc {fmt_pct(m.get('test_accuracy'))}, {fmt_bytes(m.get('compact_bytes'))}"
-            for m in found
-        ]
-        _delete(client, "model", "/v1/models", ids, shown, yes)
+        )
+
+    with _api(url, api_key) as client:
+        resolve = partial(_whole_id, client, "models")
+        _delete(client, "model", "/v1/models", models, resolve, describe, yes)
 
 
 @delete_app.command("job")
@@ -1078,16 +1086,16 @@ def delete_job(
     """Delete finished jobs and their per-epoch metrics (DELETE /v1/jobs/ID).
 
     Their models stay; a queued or running job must be cancelled first (`freshnets cancel`)."""
-    with _api(url, api_key) as client:
-        ids = list(dict.fromkeys(_whole_id(client, "jobs", given) for given in jobs))  # each once
-        found = [client.get(f"/v1/jobs/{job_id}") for job_id in ids]
-        shown = [
+
+    def describe(j: dict[str, Any]) -> str:
+        model = f", its model {j['model_id']} stays" if j.get("model_id") else ""
+        return (
             f"{j['id']}  {escape(j.get('name') or '')}  {_dataset_label(j)} {j['method']} "
-            f"{fmt_compression(j.get('compression'))}, {j['state']}"
-            + (f", its model {j['model_id']} stays" if j.get("model_id") else "")
-            for j in found
-        ]
-        _delete(client, "job", "/v1/jobs", ids, shown, yes)
+            f"{fmt_compression(j.get('compression'))}, {j['state']}{model}"
+        )
+
+    with _api(url, api_key) as client:
+        _delete(client, "job", "/v1/jobs", jobs, partial(_whole_id, client, "jobs"), describe, yes)
 
 
 @delete_app.command("upload")
@@ -1102,17 +1110,18 @@ def delete_upload(
     """Delete uploaded data sets (DELETE /v1/datasets/ID).
 
     Not while a queued or running job trains on it; the models trained on it stay."""
-    with _api(url, api_key) as client:
-        ids = list(dict.fromkeys(_upload_id(client, given) for given in datasets))  # each once
-        found = [client.get(f"/v1/datasets/{dataset_id}") for dataset_id in ids]
-        if builtin := [d["id"] for d in found if d["builtin"]]:
-            fail(f"{', '.join(builtin)}: built in, not your upload; nothing deleted", 2)
-        shown = [
+
+    def describe(d: dict[str, Any]) -> str:
+        if d["builtin"]:  # before anything is asked or deleted
+            fail(f"{d['id']}: built in, not your upload; nothing deleted", 2)
+        return (
             f"{d['id']}  {escape(d['name'])}  {d.get('num_classes')} classes, "
             f"{fmt_bytes(d.get('size_bytes'))}"
-            for d in found
-        ]
-        _delete(client, "upload", "/v1/datasets", ids, shown, yes)
+        )
+
+    with _api(url, api_key) as client:
+        resolve = partial(_upload_id, client)
+        _delete(client, "upload", "/v1/datasets", datasets, resolve, describe, yes)
 
 
 def usage(url: UrlOpt = None, api_key: KeyOpt = None) -> None:
