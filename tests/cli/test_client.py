@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli as cli_app
 from app.cli.client import fmt_bytes
-from app.cli.stack import free_port, spawn, wait_http
+from app.cli.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_500 = REPO / "tests" / "data" / "fixtures" / "mnist-500.npz"
@@ -375,7 +375,7 @@ def _answer_on_a_terminal(args: list[str], answer: str, env: dict[str, str]) -> 
     return proc.returncode, out
 
 
-def test_upload_train_on_it_and_delete(cli, stack, tmp_path: Path) -> None:
+def test_upload_train_on_it_and_delete(cli, stack, api_with_settings, tmp_path: Path) -> None:
     """`upload` and `submit --dataset FILE` put a real .npz on the server, `uploads` lists it,
     short ids name it, and `delete upload` asks first, refuses while a job uses it, then goes."""
     auth = ["--url", stack.url, "--api-key", stack.key]
@@ -470,22 +470,11 @@ def test_upload_train_on_it_and_delete(cli, stack, tmp_path: Path) -> None:
     # on the same database, with small limits): the upload limit, then the owner's bytes.
     small = tmp_path / "small.npz"
     np.savez_compressed(small, x=x[:100], y=y[:100])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHNETS_")}
-    env.update(
-        FRESHNETS_DATA_DIR=str(stack.data_dir), PYTHONPATH=str(REPO),
-        FRESHNETS_MAX_UPLOAD_BYTES="50000", FRESHNETS_MAX_OWNER_BYTES="1000",
-    )  # fmt: skip
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--log-level", "warning"]
-    argv += ["--host", "127.0.0.1", "--port", str(port)]
-    child = spawn("api-with-small-limits", argv, env)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", [child])
-        limited = ["--url", f"http://127.0.0.1:{port}", "--api-key", stack.key]
+    small_limits = {"FRESHNETS_MAX_UPLOAD_BYTES": "50000", "FRESHNETS_MAX_OWNER_BYTES": "1000"}
+    with api_with_settings(**small_limits) as limited_url:
+        limited = ["--url", limited_url, "--api-key", stack.key]
         refused = cli("upload", str(MNIST_500), *limited)
         clean_failure(refused, 2, "77.9 KiB (79,758 bytes), over the server's", "(48.8 KiB)")
         clean_failure(cli("upload", str(small), *limited), 2, "FRESHNETS_MAX_OWNER_BYTES", "delete")
         assert "uploading" not in refused.stdout
-    finally:
-        child.stop()
     assert "Uploads (0)" in cli("uploads", *auth).stdout

@@ -300,3 +300,29 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     expect(rows).to_have_count(1)
     expect(page.locator(f'#models-table tr[data-model-id="{model_id}"]')).to_have_count(0)
     assert httpx.get(f"{stack.url}/v1/models/{model_id}", headers=headers).status_code == 404
+
+
+def test_an_upload_over_the_limits_is_not_sent(page, stack, api_with_settings) -> None:
+    """Against a server whose limits the file breaks (a second API process on the same database),
+    the dashboard names the limit next to the field and sends nothing: no POST /v1/datasets."""
+    expect = playwright_api.expect
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    error = page.locator('[data-error-for="dataset"]')
+    for settings, refusal in [
+        (
+            {"FRESHNETS_MAX_UPLOAD_BYTES": "50000"},
+            "mnist-500.npz: 77.9 KiB, over the server's FRESHNETS_MAX_UPLOAD_BYTES (48.8 KiB); "
+            "it was not sent.",
+        ),
+        ({"FRESHNETS_MAX_OWNER_BYTES": "1000"}, "FRESHNETS_MAX_OWNER_BYTES allows; delete some"),
+    ]:
+        with api_with_settings(**settings) as url:
+            page.goto(f"{url}/")  # another origin: its own sign-in
+            page.fill("#signin-key", stack.key)
+            page.click("#signin-form button[type=submit]")
+            page.wait_for_selector("#f-dataset option[value=digits]", state="attached")
+            page.set_input_files("#f-upload", str(MNIST_500))
+            expect(error).to_contain_text(refusal)
+            expect(page.locator("#upload-status")).to_be_empty()
+    assert not [u for u in posts if u.endswith("/v1/datasets")], posts
