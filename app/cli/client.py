@@ -497,24 +497,74 @@ def _follow(client: Api, job_id: str, poll_s: float) -> dict[str, Any]:
     return job
 
 
+def _job_body(job: dict[str, Any]) -> dict[str, Any]:
+    """What a job was given, as a POST /v1/jobs body: `submit --like` starts from it."""
+    body: dict[str, Any] = {
+        "dataset": job["dataset"],
+        "architecture": job.get("architecture_name") or job["architecture"],
+        "method": job["method"],
+        "compression": job["compression"],
+        "training": dict(job["training"]),
+        "seed": job["seed"],
+        "init": job["init"],
+    }
+    if job.get("model_options"):
+        body["model_options"] = {k: v for k, v in job["model_options"].items() if v is not None}
+    for field in ("teacher_model_id", "name"):
+        if job.get(field) is not None:
+            body[field] = job[field]
+    return body
+
+
+def _drop_untaken(options: dict[str, Any], method: str, given: dict[str, Any]) -> list[str]:
+    """Leave out of a copied job's model options (not those given on the command line) what
+    `method` does not take, so `--like J --method dense` just works; returns what went."""
+    from freshcore.build import BALANCED_METHODS
+
+    untaken = {
+        "allocation": method != "freshnets",  # only freshnets spreads buckets over bands
+        "width": method in ("dense", "equivalent") and options.get("width", 1) != 1,
+        "balanced": method not in BALANCED_METHODS and options.get("balanced", False),
+    }
+    dropped = []
+    for key, drop in untaken.items():
+        if drop and key in options and key not in given:
+            dropped.append(f"{key} {json.dumps(options.pop(key))}")
+    return dropped
+
+
 def submit(
     dataset: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="A built-in data set name, an upload's id (or a unique start), or a local "
-            ".npz file, which is uploaded first (`freshnets upload`)."
+            ".npz file, which is uploaded first (`freshnets upload`). Needed unless --like.",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    like: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JOB_ID",
+            help="Start from all that one of your jobs was given (`freshnets jobs`; a unique "
+            "start of its id), changed by the options given here: e.g. --like 3f2a --method "
+            "lowfreq. Model options the new method cannot take are left out, and named.",
+        ),
+    ] = None,
     preset: Annotated[
         str | None,
         typer.Option(help="Architecture preset (default: the one made for the data set's shape)."),
     ] = None,
-    method: Annotated[str, typer.Option(help="Compression method.")] = "freshnets",
-    compression: Annotated[str, typer.Option(help='e.g. "1/64" or 0.125.')] = "1/64",
+    method: Annotated[
+        str | None, typer.Option(help="Compression method (default: freshnets).")
+    ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help='e.g. "1/64" (the default) or 0.125.')
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (server default if left out).")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int | None, typer.Option(help="The run's random seed (default: 0).")] = None,
     name: Annotated[
         str | None, typer.Option(help="Your label for the job and its model (not unique).")
     ] = None,
@@ -532,12 +582,12 @@ def submit(
         ),
     ] = None,
     init: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="How the student starts: scratch, or project (the least-squares projection "
-            "of a dense --teacher).",
+            "of a dense --teacher) (default: scratch).",
         ),
-    ] = "scratch",
+    ] = None,
     distill_alpha: Annotated[
         float | None,
         typer.Option(
@@ -551,6 +601,8 @@ def submit(
     api_key: KeyOpt = None,
 ) -> None:
     """Queue a training job on the server (POST /v1/jobs) and follow it to the end."""
+    if dataset is None and like is None:
+        fail("give --dataset (or --like JOB_ID to start from one of your jobs)", 2)
     training = {
         k: v
         for k, v in {
@@ -562,33 +614,51 @@ def submit(
         if v is not None
     }
     options = _model_options(allocation, budget_policy, width, balanced)
-    architecture: str | dict[str, Any] | None = preset
-    with _api(url, api_key) as client:
-        dataset = _dataset_arg(client, dataset)
-        if architecture is None and teacher is not None:
-            # The teacher's own network: what --init project needs, a fair student otherwise.
-            architecture = client.get(f"/v1/models/{teacher}").get("architecture")
-        if architecture is None:
-            info = client.get(f"/v1/datasets/{dataset}")
-            shapes = {a["name"]: a["input_shape"] for a in _items(client.get("/v1/architectures"))}
-            if info.get("input_shape"):
-                architecture = _pick_preset(shapes, info["input_shape"])
-    body: dict[str, Any] = {
-        "dataset": dataset,
-        "architecture": architecture or "mnist-cnn",
+    given = {
         "method": method,
-        "compression": _compression_arg(compression),
-        "training": training,
+        "compression": None if compression is None else _compression_arg(compression),
         "seed": seed,
+        "name": name,
+        "teacher_model_id": teacher,
+        "init": init,
     }
-    if options:  # none given: the server's defaults, exactly as before
-        body["model_options"] = options
-    if name is not None:
-        body["name"] = name
-    if teacher is not None:
-        body["teacher_model_id"] = teacher
-    if init != "scratch":
-        body["init"] = init
+    given = {k: v for k, v in given.items() if v is not None}
+    with _api(url, api_key) as client:
+        base: dict[str, Any] = {"method": "freshnets", "compression": _compression_arg("1/64")}
+        base["seed"] = 0
+        shape = None  # the input shape of the architecture the body holds, where known
+        if like is not None:
+            job_id = _whole_id(client, "jobs", like)
+            source = client.get(f"/v1/jobs/{job_id}")
+            base, shape = _job_body(source), source["architecture"].get("input_shape")
+        body = {**base, **given, "training": {**base.get("training", {}), **training}}
+        merged = {**base.get("model_options", {}), **options}
+        dropped = _drop_untaken(merged, body["method"], options) if like is not None else []
+        body.pop("model_options", None)
+        if merged:  # none given: the server's defaults, exactly as before
+            body["model_options"] = merged
+        if dataset is not None:
+            body["dataset"] = _dataset_arg(client, dataset)
+        if preset is not None:
+            body["architecture"] = preset
+        elif teacher is not None:
+            # The teacher's own network: what --init project needs, a fair student otherwise.
+            body["architecture"] = client.get(f"/v1/models/{teacher}").get("architecture")
+        elif like is None or dataset is not None:
+            # The preset made for the data set's shape; under --like, only where the job's
+            # network does not take the new data set's images.
+            info = client.get(f"/v1/datasets/{body['dataset']}")
+            wanted = info.get("input_shape")
+            if wanted and (shape is None or tuple(shape) != tuple(wanted)):
+                presets = _items(client.get("/v1/architectures"))
+                shapes = {a["name"]: a["input_shape"] for a in presets}
+                body["architecture"] = _pick_preset(shapes, wanted)
+        body.setdefault("architecture", "mnist-cnn")
+    if like is not None:
+        note = (
+            f"; left out, as {body['method']} takes none: {', '.join(dropped)}" if dropped else ""
+        )
+        console.print(f"Like job [bold]{job_id}[/]{note}", highlight=False)
     with _api(url, api_key) as client:
         job = client.post("/v1/jobs", json=body)
         console.print(f"Queued job [bold]{job['id']}[/]", highlight=False)

@@ -221,6 +221,77 @@ def test_submit_sends_the_model_options(cli, stack) -> None:
         client.post(f"/v1/jobs/{job_id}/cancel")  # the worker's time is for the other tests
 
 
+def test_submit_like_a_job(cli, stack) -> None:
+    """`submit --like JOB` sends all the job was given, changed by the options given; what the
+    new method cannot take is left out and named, unless given on the command line."""
+    auth = ["--url", stack.url, "--api-key", stack.key]
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    client = httpx.Client(base_url=stack.url, headers=headers)
+    cut_off = '{"shape": "exponential", "decay": 2, "min_rate": 0.25}'
+    ids = []
+
+    def queued(*args: str) -> dict:
+        result = cli("submit", *args, "--no-follow", *auth)
+        assert result.returncode == 0, result.stderr + result.stdout
+        ids.append(re.search(r"Queued job (\w+)", result.stdout).group(1))
+        client.post(f"/v1/jobs/{ids[-1]}/cancel")  # the worker's time is for the other tests
+        return client.get(f"/v1/jobs/{ids[-1]}").json() | {"stdout": result.stdout}
+
+    first = queued(
+        "--dataset", str(MNIST_500), "--preset", "mnist-allconv", "--compression", "1/8",
+        "--epochs", "2", "--lr", "0.03", "--seed", "3", "--width", "0.5", "--balanced",
+        "--allocation", cut_off, "--budget-policy", "conv-boost", "--name", "first",
+    )  # fmt: skip
+    assert first["model_options"]["allocation"]["min_rate"] == 0.25
+
+    # Another method: the rest is the job's; its allocation, width and balanced buckets,
+    # which dense does not take, are left out and named.
+    dense = queued("--like", first["id"][:6], "--method", "dense")
+    assert f"Like job {first['id']}; left out, as dense takes none: allocation" in dense["stdout"]
+    assert "width 0.5, balanced true" in dense["stdout"]
+    assert dense["method"] == "dense" and dense["dataset"] == first["dataset"]
+    assert dense["architecture_name"] == "mnist-allconv"
+    assert dense["compression"] == first["compression"] == 0.125
+    assert dense["training"] == first["training"] and dense["training"]["lr"] == 0.03
+    assert (dense["seed"], dense["name"]) == (3, "first")
+    conv_boost = {"kind": "conv-boost", "conv_factor": 4.0}
+    assert dense["model_options"] == {"allocation": None, "budget_policy": conv_boost}
+
+    # The same method: each option given replaces the job's, the others stay.
+    second = queued(
+        "--like", first["id"], "--compression", "1/16", "--width", "0.25", "--seed", "4",
+        "--epochs", "1", "--name", "second",
+    )  # fmt: skip
+    assert "left out" not in second["stdout"]
+    assert (second["method"], second["compression"], second["seed"]) == ("freshnets", 0.0625, 4)
+    assert second["model_options"] == first["model_options"] | {"width": 0.25}
+    assert second["training"] == first["training"] | {"epochs": 1}
+    assert second["name"] == "second"
+
+    # Another data set: the job's network stays where it takes the images (a new job would get
+    # mnist-cnn), and gives way to the preset for their shape where it does not (8x8 digits).
+    same_shape = queued("--like", first["id"], "--dataset", first["dataset"][:8])
+    assert same_shape["architecture_name"] == "mnist-allconv"
+    digits = queued("--like", first["id"], "--dataset", "digits")
+    assert (digits["dataset"], digits["architecture_name"]) == ("digits", "mnist-cnn")
+    assert digits["model_options"] == first["model_options"]
+
+    # An option given is sent as given, for the API to refuse; no --dataset and no --like, or
+    # a job of nobody's, are usage errors.
+    refused = cli("submit", "--like", first["id"], "--method", "dense", "--width", "0.5", *auth)
+    clean_failure(refused, 2, "model_options.width", "dense")
+    clean_failure(cli("submit", *auth), 2, "give --dataset (or --like JOB_ID")
+    clean_failure(cli("submit", "--like", "ffffff", *auth), 2, "none of your jobs")
+
+    # The upload goes once its jobs have stopped.
+    deadline = time.monotonic() + 60
+    while any(client.get(f"/v1/jobs/{i}").json()["state"] == "running" for i in ids):
+        assert time.monotonic() < deadline, "a cancelled job still runs"
+        time.sleep(0.2)
+    assert client.delete(f"/v1/datasets/{first['dataset']}").status_code == 204
+    client.close()
+
+
 @pytest.mark.slow
 def test_submit_follows_the_job_then_lists_and_predicts(cli, stack, tmp_path: Path) -> None:
     auth = ["--url", stack.url, "--api-key", stack.key]
