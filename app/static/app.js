@@ -96,17 +96,22 @@ function fmtJobCompression(job) {
 // A job's model options as freshcore parsed them (null: none given, freshcore's defaults).
 function fmtOptions(o) {
   if (!o) return "defaults";
-  const p = o.budget_policy;
-  const parts = [p?.kind === "conv-boost" ? `conv-boost ×${p.conv_factor}` : "same factor per layer"];
-  if (p?.head_factor) parts.push(`classifier ×${p.head_factor}`);
-  const a = o.allocation;
-  if (a?.shape === "exponential") parts.push(`exponential ${a.decay}`);
-  else if (a?.shape === "beta") parts.push(`beta a=${a.a} b=${a.b}`);
-  else if (a) parts.push(a.shape);
-  if (a?.min_rate) parts.push(`cut off under ${a.min_rate}`);
+  const parts = [fmtPolicy(o.budget_policy)];
+  if (o.allocation) parts.push(fmtAllocation(o.allocation));
   if (o.width && o.width !== 1) parts.push(`width ×${o.width}`);
   if (o.balanced) parts.push("balanced buckets");
   return parts.join(" · ");
+}
+function fmtPolicy(p) {
+  const parts = [p?.kind === "conv-boost" ? `conv-boost ×${p.conv_factor}` : "same factor per layer"];
+  if (p?.head_factor) parts.push(`classifier ×${p.head_factor}`);
+  if (p?.stem_factor) parts.push(`first layer ×${p.stem_factor}`);
+  return parts.join(" · ");
+}
+function fmtAllocation(a) {
+  const shape = a.shape === "exponential" ? `exponential ${a.decay}`
+    : a.shape === "beta" ? `beta a=${a.a} b=${a.b}` : a.shape;
+  return a.min_rate ? `${shape} · cut off under ${a.min_rate}` : shape;
 }
 function fmtTime(iso) {
   if (!iso) return "–";
@@ -197,6 +202,7 @@ function route() {
 
 function signOut(message) {
   sessionStorage.removeItem(KEY_STORAGE);
+  forgetExtras();  // another key's jobs are not this one's
   location.hash = "";
   route();
   if (message) $('[data-error-for="key"]').textContent = message;
@@ -442,6 +448,82 @@ function showFieldErrors(form, err) {
   put(field, msg);
 }
 
+// ---------------------------------------------------------------- launching a job again
+
+// The job whose settings fill the launch form once it is loaded ("Launch again…" on its page).
+let relaunchFrom = null;
+// What the form has no field for, from the job it was filled from (its seed and the rest of its
+// training settings): sent with each launch until "forget those".
+let launchExtras = null;
+
+function sortedKeys(v) {
+  if (!v || typeof v !== "object" || Array.isArray(v)) return v;
+  return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortedKeys(v[k])]));
+}
+
+// Choose the option that means `value` (its data-means, else its value; JSON where it parses),
+// or add one, labelled, where none does: a job may hold what the form does not offer.
+function chooseOption(select, value, label) {
+  const want = JSON.stringify(sortedKeys(value));
+  for (const o of select.options) {
+    let means = o.dataset.means ?? o.value;
+    try { means = JSON.parse(means); } catch (_) { /* a plain name */ }
+    if (JSON.stringify(sortedKeys(means)) === want) {
+      select.value = o.value;
+      return;
+    }
+  }
+  const v = typeof value === "string" ? value : JSON.stringify(value);
+  select.append(el("option", { value: v }, label));
+  select.value = v;
+}
+
+// Fill the launch form with all a job was given: the fields first, then the rest as extras.
+function fillFromJob(job) {
+  const form = $("#launch-form");
+  clearFieldErrors(form);
+  const from = `job ${shortId(job.id)}`;
+  if (launchDatasets.some((d) => d.id === job.dataset)) {
+    form.dataset.value = job.dataset;
+    form.dataset.dispatchEvent(new Event("change"));  // its preset first; the job's below
+  } else {
+    $('[data-error-for="dataset"]').textContent = `job ${shortId(job.id)}'s data set is gone (${datasetLabel(job)}): choose another`;
+  }
+  chooseOption(form.architecture, job.architecture_name ?? job.architecture, `custom (${from})`);
+  form.method.value = job.method;
+  form.method.dispatchEvent(new Event("change"));
+  form.compression.value = fmtCompression(job.compression);
+  const o = job.model_options || {};
+  chooseOption(form.budget_policy, o.budget_policy ?? { kind: "uniform" }, `${fmtPolicy(o.budget_policy)} (${from})`);
+  const allocation = o.allocation ?? { shape: "exponential", decay: 0.5 };
+  chooseOption(form.allocation, allocation, `${fmtAllocation(allocation)} (${from})`);
+  chooseOption(form.width, o.width ?? 1, `×${o.width} (${from})`);
+  chooseOption(form.balanced, o.balanced ?? false, String(o.balanced));
+  form.teacher_model_id.value = teacherModels.has(job.teacher_model_id) ? job.teacher_model_id : "";
+  form.init.value = job.init;
+  form.distill_alpha.value = String(job.training.distill_alpha ?? 0.5);
+  form.teacher_model_id.dispatchEvent(new Event("change"));
+  if (job.teacher_model_id && !teacherModels.has(job.teacher_model_id)) {
+    $('[data-error-for="teacher_model_id"]').textContent = `job ${shortId(job.id)}'s teacher is gone`;
+  }
+  form.epochs.value = String(job.training.epochs ?? "");
+  form.name.value = job.name ?? "";
+  const { epochs, distill_alpha, ...training } = job.training;
+  launchExtras = { training, seed: job.seed };
+  $("#launch-like-job").textContent = shortId(job.id);
+  const extras = $("#launch-like-extras");
+  extras.textContent = `seed (${job.seed}) and ${Object.keys(training).length} other training settings`;
+  extras.title = Object.entries(training).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join("\n");
+  $("#launch-like").hidden = false;
+  form.scrollIntoView();
+}
+
+function forgetExtras() {
+  launchExtras = null;
+  $("#launch-like").hidden = true;
+}
+$("#launch-like-forget").addEventListener("click", forgetExtras);
+
 // A number stays a number; anything else goes as typed, for the API to name what is wrong.
 function numberOrText(text) {
   const t = text.trim();
@@ -455,11 +537,16 @@ $("#launch-form").addEventListener("submit", async (ev) => {
   const epochsText = form.epochs.value.trim();
   const body = {
     dataset: form.dataset.value,
-    architecture: form.architecture.value,
+    // A custom network (a job's, launched again) is held as its JSON spec.
+    architecture: form.architecture.value.startsWith("{") ? JSON.parse(form.architecture.value) : form.architecture.value,
     method: form.method.value,
     compression: numberOrText(form.compression.value),
     training: { epochs: epochsText === "" ? null : Number(epochsText) },
   };
+  if (launchExtras) {
+    body.training = { ...launchExtras.training, ...body.training };
+    body.seed = launchExtras.seed;
+  }
   const name = $("#f-name").value.trim();
   if (name) body.name = name;
   // The selects hold freshcore's JSON; "" is freshcore's default, sent as nothing (as before).
@@ -494,7 +581,10 @@ $("#jobs-state-filter").addEventListener("change", () => route());
 
 function showJobs() {
   $("#view-jobs").hidden = false;
-  loadLaunchForm().then(fillTeachers).catch((err) => { $("#launch-error").textContent = describeError(err); });
+  loadLaunchForm().then(fillTeachers).then(() => {
+    if (relaunchFrom) fillFromJob(relaunchFrom);
+    relaunchFrom = null;
+  }).catch((err) => { $("#launch-error").textContent = describeError(err); });
   const tbody = $("#jobs-table tbody");
   const state = $("#jobs-state-filter").value;
   stopView = poll(async () => {
@@ -592,6 +682,15 @@ function showJob(jobId) {
     }
   };
 
+  // Its settings into the launch form, to change some and launch (a method against another).
+  let shown = null;
+  const again = $("#job-again");
+  again.hidden = true;
+  again.onclick = () => {
+    relaunchFrom = shown;
+    location.hash = "#/jobs";
+  };
+
   // A finished job can go, with its curves; its model stays (asked first).
   const remove = $("#job-delete");
   remove.hidden = true;
@@ -617,6 +716,8 @@ function showJob(jobId) {
       }
       throw err;
     }
+    shown = job;
+    again.hidden = false;
     $("#job-state").className = `state ${job.state}`;
     $("#job-state").textContent = job.state;
     setProgress(bar, job);

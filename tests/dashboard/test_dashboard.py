@@ -67,6 +67,17 @@ def page(stack, artifacts) -> Iterator["playwright_api.Page"]:
         assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+def open_signed_in(page, url: str, key: str, view: str = "#/jobs") -> None:
+    """Open the dashboard at `url` signed in with `key`: a test run alone, or another origin,
+    starts signed out."""
+    page.goto(f"{url}/?poll_ms=100")
+    if page.evaluate("sessionStorage.getItem('freshnets.apiKey')") != key:
+        page.fill("#signin-key", key)
+        page.click("#signin-form button[type=submit]")
+        playwright_api.expect(page.locator("#view-jobs")).to_be_visible()
+    page.goto(f"{url}/?poll_ms=100{view}")
+
+
 def shot(page, artifacts: Path, name: str) -> None:
     page.screenshot(path=str(artifacts / f"dashboard-{name}.png"), full_page=True)
 
@@ -302,6 +313,74 @@ def test_dashboard_end_to_end(page, stack, artifacts: Path) -> None:
     assert httpx.get(f"{stack.url}/v1/models/{model_id}", headers=headers).status_code == 404
 
 
+def test_launch_a_job_again(page, stack, artifacts: Path) -> None:
+    """ "Launch again…" fills the form with all a job was given, options the form does not offer
+    among them; the launch sends them with what was changed, and "forget those" drops what the
+    form has no field for (the seed, the other training settings)."""
+    expect = playwright_api.expect
+    client = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"})
+    body = {
+        "dataset": "digits", "architecture": "mnist-cnn", "method": "freshnets",
+        "compression": "1/8", "seed": 5, "name": "from the API",
+        "training": {"epochs": 3, "lr": 0.03, "batch_size": 32},
+        "model_options": {
+            "allocation": {"shape": "exponential", "decay": 1},
+            "budget_policy": {"kind": "conv-boost", "conv_factor": 8},
+            "width": 0.5, "balanced": True,
+        },
+    }  # fmt: skip
+    source = client.post("/v1/jobs", json=body).json()
+    client.post(f"/v1/jobs/{source['id']}/cancel")  # the worker's time is for other tests
+
+    def launched() -> dict:
+        page.click("#launch-submit")
+        page.wait_for_url(re.compile(r"#/job/[0-9a-f]+$"))
+        job_id = page.url.rsplit("/", 1)[1]
+        client.post(f"/v1/jobs/{job_id}/cancel")
+        return client.get(f"/v1/jobs/{job_id}").json()
+
+    open_signed_in(page, stack.url, stack.key, f"#/job/{source['id']}")
+    page.click("#job-again")
+    page.wait_for_url(re.compile(r"#/jobs$"))
+    expect(page.locator("#launch-like")).to_be_visible()
+    expect(page.locator("#launch-like-job")).to_have_text(source["id"][:8])
+    expect(page.locator("#launch-like-extras")).to_contain_text("seed (5) and ")
+    for field, value in [
+        ("dataset", "digits"), ("architecture", "mnist-cnn"), ("method", "freshnets"),
+        ("compression", "1/8"), ("epochs", "3"), ("name", "from the API"), ("width", "0.5"),
+        ("balanced", "true"),
+    ]:  # fmt: skip
+        expect(page.locator(f"#f-{field}")).to_have_value(value)
+    # Not among the form's options: added, and named after the job.
+    from_job = f"(job {source['id'][:8]})"
+    expect(page.locator("#f-allocation option:checked")).to_have_text(f"exponential 1 {from_job}")
+    expect(page.locator("#f-budget-policy option:checked")).to_have_text(
+        f"conv-boost ×8 {from_job}"
+    )
+
+    shot(page, artifacts, "11-launch-again")
+
+    # Another method, the rest as the job had it (hashednets has no allocation).
+    page.select_option("#f-method", "hashednets")
+    again = launched()
+    assert (again["method"], again["compression"], again["seed"]) == ("hashednets", 0.125, 5)
+    assert again["training"] == source["training"], (again["training"], source["training"])
+    assert again["model_options"] == {**source["model_options"], "allocation": None}
+    assert again["name"] == "from the API"
+
+    # Kept for the next launch until forgotten; then the seed and training are the defaults.
+    page.click("#nav a[data-view=jobs]")
+    expect(page.locator("#launch-like")).to_be_visible()
+    page.click("#launch-like-forget")
+    expect(page.locator("#launch-like")).to_be_hidden()
+    page.select_option("#f-method", "freshnets")
+    fresh = launched()
+    assert fresh["seed"] == 0 and fresh["training"]["lr"] != 0.03
+    assert fresh["training"]["batch_size"] != 32 and fresh["training"]["epochs"] == 3
+    assert fresh["model_options"] == source["model_options"]
+    client.close()
+
+
 def test_an_upload_over_the_limits_is_not_sent(page, stack, api_with_settings) -> None:
     """Against a server whose limits the file breaks (a second API process on the same database),
     the dashboard names the limit next to the field and sends nothing: no POST /v1/datasets."""
@@ -318,9 +397,7 @@ def test_an_upload_over_the_limits_is_not_sent(page, stack, api_with_settings) -
         ({"FRESHNETS_MAX_OWNER_BYTES": "1000"}, "FRESHNETS_MAX_OWNER_BYTES allows; delete some"),
     ]:
         with api_with_settings(**settings) as url:
-            page.goto(f"{url}/")  # another origin: its own sign-in
-            page.fill("#signin-key", stack.key)
-            page.click("#signin-form button[type=submit]")
+            open_signed_in(page, url, stack.key)  # another origin: its own sign-in
             page.wait_for_selector("#f-dataset option[value=digits]", state="attached")
             page.set_input_files("#f-upload", str(MNIST_500))
             expect(error).to_contain_text(refusal)
