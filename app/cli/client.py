@@ -509,7 +509,10 @@ def _job_body(job: dict[str, Any]) -> dict[str, Any]:
         "init": job["init"],
     }
     if job.get("model_options"):
-        body["model_options"] = {k: v for k, v in job["model_options"].items() if v is not None}
+        options = {k: v for k, v in job["model_options"].items() if v is not None}
+        if job["method"] != "freshnets":
+            options.pop("allocation", None)  # the method's own (uniform for freshnets-uniform)
+        body["model_options"] = options
     for field in ("teacher_model_id", "name"):
         if job.get(field) is not None:
             body[field] = job[field]

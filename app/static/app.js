@@ -495,7 +495,8 @@ function fillFromJob(job) {
   form.compression.value = fmtCompression(job.compression);
   const o = job.model_options || {};
   chooseOption(form.budget_policy, o.budget_policy ?? { kind: "uniform" }, `${fmtPolicy(o.budget_policy)} (${from})`);
-  const allocation = o.allocation ?? { shape: "exponential", decay: 0.5 };
+  // Only freshnets chooses one; another method's is its own (uniform for freshnets-uniform).
+  const allocation = (job.method === "freshnets" && o.allocation) || { shape: "exponential", decay: 0.5 };
   chooseOption(form.allocation, allocation, `${fmtAllocation(allocation)} (${from})`);
   chooseOption(form.width, o.width ?? 1, `×${o.width} (${from})`);
   chooseOption(form.balanced, o.balanced ?? false, String(o.balanced));

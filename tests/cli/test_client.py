@@ -268,6 +268,13 @@ def test_submit_like_a_job(cli, stack) -> None:
     assert second["training"] == first["training"] | {"epochs": 1}
     assert second["name"] == "second"
 
+    # A freshnets-uniform job's allocation is the method's own, not a choice to copy.
+    uniform = queued("--like", first["id"], "--method", "freshnets-uniform", "--name", "u")
+    assert uniform["model_options"]["allocation"] == {"shape": "uniform"}
+    back = queued("--like", uniform["id"], "--method", "freshnets")
+    assert back["model_options"]["allocation"] == {"shape": "exponential", "decay": 0.5}
+    assert back["model_options"]["width"] == 0.5 and back["name"] == "u"
+
     # Another data set: the job's network stays where it takes the images (a new job would get
     # mnist-cnn), and gives way to the preset for their shape where it does not (8x8 digits).
     same_shape = queued("--like", first["id"], "--dataset", first["dataset"][:8])

@@ -378,6 +378,18 @@ def test_launch_a_job_again(page, stack, artifacts: Path) -> None:
     assert fresh["seed"] == 0 and fresh["training"]["lr"] != 0.03
     assert fresh["training"]["batch_size"] != 32 and fresh["training"]["epochs"] == 3
     assert fresh["model_options"] == source["model_options"]
+
+    # A freshnets-uniform job's allocation is the method's own: the form keeps the default.
+    options = {"width": 0.5}
+    uniform = {**body, "method": "freshnets-uniform", "model_options": options}
+    uniform = client.post("/v1/jobs", json=uniform).json()
+    client.post(f"/v1/jobs/{uniform['id']}/cancel")
+    assert uniform["model_options"]["allocation"] == {"shape": "uniform"}
+    page.goto(f"{stack.url}/?poll_ms=100#/job/{uniform['id']}")
+    page.click("#job-again")
+    expect(page.locator("#launch-like-job")).to_have_text(uniform["id"][:8])
+    expect(page.locator("#f-method")).to_have_value("freshnets-uniform")
+    expect(page.locator("#f-allocation")).to_have_value("")
     client.close()
 
 
