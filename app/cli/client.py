@@ -519,9 +519,9 @@ def _job_body(job: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _drop_untaken(options: dict[str, Any], method: str, given: dict[str, Any]) -> list[str]:
-    """Leave out of a copied job's model options (not those given on the command line) what
-    `method` does not take, so `--like J --method dense` just works; returns what went."""
+def _drop_untaken(options: dict[str, Any], method: str, keep: set[str]) -> list[str]:
+    """Leave out of `options` (but for the `keep` keys) what `method` does not take, so `--like
+    J --method dense` or `--method freshnets,dense --width 0.5` just works; returns what went."""
     from freshcore.build import BALANCED_METHODS
 
     untaken = {
@@ -531,9 +531,110 @@ def _drop_untaken(options: dict[str, Any], method: str, given: dict[str, Any]) -
     }
     dropped = []
     for key, drop in untaken.items():
-        if drop and key in options and key not in given:
+        if drop and key in options and key not in keep:
             dropped.append(f"{key} {json.dumps(options.pop(key))}")
     return dropped
+
+
+def _choices(text: str | None, flag: str, parse: Callable[[str], Any] = str) -> list[Any]:
+    """A flag's comma-separated values, each once, in order ([]: left out)."""
+    if text is None:
+        return []
+    values = [v.strip() for v in text.split(",")]
+    if not all(values):
+        fail(f"{flag}: an empty value in {text!r}", 2)
+    try:
+        return list(dict.fromkeys(parse(v) for v in values))
+    except ValueError:
+        fail(f"{flag}: {text!r} is not a value or a comma-separated list of them", 2)
+
+
+def _grid(
+    body: dict[str, Any], methods: list[str], factors: list[Any], seeds: list[int], keep: set[str]
+) -> list[tuple[dict[str, Any], str]]:
+    """One body per method x compression x seed (a dense network stores every weight, so one
+    per seed), each with what its method does not take left out, and that said in words."""
+    bodies = []
+    for method in methods or [body["method"]]:
+        for factor in (factors or [body["compression"]])[: 1 if method == "dense" else None]:
+            for seed in seeds or [body["seed"]]:
+                one = {**body, "method": method, "compression": factor, "seed": seed}
+                options = dict(body["model_options"])
+                dropped = _drop_untaken(options, method, keep)
+                one.pop("model_options")
+                if options:  # none: the server's defaults, exactly as without options
+                    one["model_options"] = options
+                bodies.append((one, ", ".join(dropped)))
+    return bodies
+
+
+def _check_job_room(client: Api, count: int) -> None:
+    """Refuse a grid the owner's FRESHNETS_MAX_ACTIVE_JOBS cannot take whole, before queueing
+    any of it (GET /v1/usage); the server checks each job again."""
+    usage = client.get("/v1/usage")
+    active, limit = usage["active_jobs"], usage["max_active_jobs"]
+    if limit and active + count > limit:
+        fail(
+            f"{count} jobs, but you have {active} queued or running of the {limit} "
+            "FRESHNETS_MAX_ACTIVE_JOBS allows: queue fewer, or wait for some to end",
+            2,
+        )
+
+
+def _job_label(job: dict[str, Any]) -> str:
+    """What sets a job of a grid apart: its method, factor and seed."""
+    factor = "1 (dense)" if job["method"] == "dense" else fmt_compression(job["compression"])
+    return f"{job['method']} {factor} · seed {job['seed']}"
+
+
+def _follow_all(client: Api, jobs: list[dict[str, Any]], poll_s: float) -> None:
+    """A progress bar per job until all have ended, then a table of their results; exit 1 if
+    one did not succeed. Ctrl-C stops watching (the jobs keep running)."""
+    with _progress() as progress:
+        tasks = {j["id"]: progress.add_task(_job_label(j), total=None, metrics="") for j in jobs}
+        try:
+            while True:
+                jobs = [client.get(f"/v1/jobs/{j['id']}") for j in jobs]
+                for j in jobs:
+                    progress.update(
+                        tasks[j["id"]],
+                        description=f"{_job_label(j)} · {j['state']}",
+                        total=j.get("total_epochs") or None,
+                        completed=j.get("epoch", 0),
+                        metrics=_metrics_text(j.get("latest_metrics")),
+                    )
+                if all(j["state"] in FINAL_STATES for j in jobs):
+                    break
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            console.print("Stopped watching; the jobs go on (`freshnets jobs`).")
+            raise typer.Exit(130) from None
+    columns = [
+        Column("job", id=True),
+        Column("method"),
+        Column("comp."),
+        Column("seed", right=True),
+        Column("state"),
+        Column("test acc", right=True),
+        Column("compact", right=True, drop=1),
+    ]
+    rows = []
+    for j in jobs:
+        model = client.get(f"/v1/models/{j['model_id']}") if j.get("model_id") else {}
+        rows.append(
+            (
+                j["id"],
+                j["method"],
+                "1 (dense)" if j["method"] == "dense" else fmt_compression(j["compression"]),
+                str(j["seed"]),
+                f"[{STATE_STYLES.get(j['state'], '')}]{j['state']}[/]",
+                fmt_pct(model.get("test_accuracy")),
+                fmt_bytes(model.get("compact_bytes")) if model else "–",
+            )
+        )
+    print_listing(f"Jobs ({len(jobs)})", columns, rows)
+    if failed := [j for j in jobs if j["state"] != "succeeded"]:
+        fail(f"{len(failed)} of {len(jobs)} jobs did not succeed", 1)
 
 
 def submit(
@@ -559,15 +660,23 @@ def submit(
         typer.Option(help="Architecture preset (default: the one made for the data set's shape)."),
     ] = None,
     method: Annotated[
-        str | None, typer.Option(help="Compression method (default: freshnets).")
+        str | None,
+        typer.Option(
+            help="Compression method (default: freshnets); several, comma-separated, queue a "
+            "job each: --method freshnets,lowfreq,hashednets."
+        ),
     ] = None,
     compression: Annotated[
-        str | None, typer.Option(help='e.g. "1/64" (the default) or 0.125.')
+        str | None,
+        typer.Option(help='e.g. "1/64" (the default) or 0.125; several: 1/16,1/64, a job each.'),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (server default if left out).")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option(help="The run's random seed (default: 0).")] = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(help="The run's random seed (default: 0); several: 0,1,2, a job each."),
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Your label for the job and its model (not unique).")
     ] = None,
@@ -617,14 +726,10 @@ def submit(
         if v is not None
     }
     options = _model_options(allocation, budget_policy, width, balanced)
-    given = {
-        "method": method,
-        "compression": None if compression is None else _compression_arg(compression),
-        "seed": seed,
-        "name": name,
-        "teacher_model_id": teacher,
-        "init": init,
-    }
+    methods = _choices(method, "--method")
+    factors = _choices(compression, "--compression", _compression_arg)
+    seeds = _choices(seed, "--seed", int)
+    given = {"name": name, "teacher_model_id": teacher, "init": init}
     given = {k: v for k, v in given.items() if v is not None}
     with _api(url, api_key) as client:
         base: dict[str, Any] = {"method": "freshnets", "compression": _compression_arg("1/64")}
@@ -635,11 +740,7 @@ def submit(
             source = client.get(f"/v1/jobs/{job_id}")
             base, shape = _job_body(source), source["architecture"].get("input_shape")
         body = {**base, **given, "training": {**base.get("training", {}), **training}}
-        merged = {**base.get("model_options", {}), **options}
-        dropped = _drop_untaken(merged, body["method"], options) if like is not None else []
-        body.pop("model_options", None)
-        if merged:  # none given: the server's defaults, exactly as before
-            body["model_options"] = merged
+        body["model_options"] = {**body.get("model_options", {}), **options}
         if dataset is not None:
             body["dataset"] = _dataset_arg(client, dataset)
         if preset is not None:
@@ -657,16 +758,26 @@ def submit(
                 shapes = {a["name"]: a["input_shape"] for a in presets}
                 body["architecture"] = _pick_preset(shapes, wanted)
         body.setdefault("architecture", "mnist-cnn")
+        # An option given for one method is sent as given, for the API to judge; in a grid,
+        # or copied from a job, what a method does not take is left out for it, and named.
+        keep = set(options) if len(methods) <= 1 else set()
+        bodies = _grid(body, methods, factors, seeds, keep)
+        if len(bodies) > 1:
+            _check_job_room(client, len(bodies))
     if like is not None:
-        note = (
-            f"; left out, as {body['method']} takes none: {', '.join(dropped)}" if dropped else ""
-        )
-        console.print(f"Like job [bold]{job_id}[/]{note}", highlight=False)
+        console.print(f"Like job [bold]{job_id}[/]", highlight=False)
+    queued = []
     with _api(url, api_key) as client:
-        job = client.post("/v1/jobs", json=body)
-        console.print(f"Queued job [bold]{job['id']}[/]", highlight=False)
+        for one, dropped in bodies:
+            job = client.post("/v1/jobs", json=one)
+            queued.append(job)
+            what = f" ({_job_label(job)})" if len(bodies) > 1 else ""
+            note = f"; left out, as {one['method']} takes none: {dropped}" if dropped else ""
+            console.print(f"Queued job [bold]{job['id']}[/]{what}{note}", highlight=False)
         if not follow:
             return
+        if len(queued) > 1:
+            return _follow_all(client, queued, poll)
         job = _follow(client, job["id"], poll)
     state = job["state"]
     style = STATE_STYLES.get(state, "")

@@ -247,8 +247,9 @@ def test_submit_like_a_job(cli, stack) -> None:
     # Another method: the rest is the job's; its allocation, width and balanced buckets,
     # which dense does not take, are left out and named.
     dense = queued("--like", first["id"][:6], "--method", "dense")
-    assert f"Like job {first['id']}; left out, as dense takes none: allocation" in dense["stdout"]
-    assert "width 0.5, balanced true" in dense["stdout"]
+    said = f"Like job {first['id']}\nQueued job {dense['id']}; left out, as dense takes none: "
+    assert said in dense["stdout"], dense["stdout"]
+    assert "allocation {" in dense["stdout"] and "width 0.5, balanced true" in dense["stdout"]
     assert dense["method"] == "dense" and dense["dataset"] == first["dataset"]
     assert dense["architecture_name"] == "mnist-allconv"
     assert dense["compression"] == first["compression"] == 0.125
@@ -297,6 +298,43 @@ def test_submit_like_a_job(cli, stack) -> None:
         time.sleep(0.2)
     assert client.delete(f"/v1/datasets/{first['dataset']}").status_code == 204
     client.close()
+
+
+@pytest.mark.slow
+def test_submit_a_grid_of_methods_factors_and_seeds(cli, stack, api_with_settings) -> None:
+    """Comma-separated --method, --compression and --seed queue a job each (one dense a seed:
+    it stores every weight), leave out per method the options it does not take, follow them
+    all with a bar each, and end with a table of their results."""
+    auth = ["--url", stack.url, "--api-key", stack.key]
+    grid = ["--method", "freshnets,lowfreq,dense", "--compression", "1/8,1/16", "--seed", "0,1"]
+    result = cli(
+        "submit", "--dataset", "digits", *grid, "--epochs", "1", "--balanced", "--poll", "0.2",
+        "--name", "grid", *auth, columns=160,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    ids = re.findall(r"Queued job (\w+) \((.+?)\)(;.*)?$", result.stdout, re.MULTILINE)
+    factors = {"freshnets": ["1/8", "1/16"], "lowfreq": ["1/8", "1/16"], "dense": ["1 (dense)"]}
+    expected = [f"{m} {c} · seed {s}" for m, cs in factors.items() for c in cs for s in (0, 1)]
+    assert [label for _, label, _ in ids] == expected
+    assert all(("balanced" in note) == ("freshnets" not in label) for _, label, note in ids)
+    assert "left out, as lowfreq takes none: balanced true" in result.stdout
+    table = result.stdout.split("Jobs (10)")[1]
+    assert table.count("succeeded") == 10 and table.count("%") == 10, table
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url, headers=headers) as client:
+        jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id, _, _ in ids]
+    assert {j["name"] for j in jobs} == {"grid"} and {j["state"] for j in jobs} == {"succeeded"}
+    assert [(j["model_options"] or {}).get("balanced") for j in jobs] == [True] * 4 + [None] * 6
+    assert {j["seed"] for j in jobs} == {0, 1}
+
+    # A grid the owner's room for active jobs cannot take whole is refused before any goes.
+    with api_with_settings(FRESHNETS_MAX_ACTIVE_JOBS="2") as limited_url:
+        limited = ["--url", limited_url, "--api-key", stack.key]
+        refused = cli("submit", "--dataset", "digits", *grid[:2], "--no-follow", *limited)
+        clean_failure(refused, 2, "3 jobs, but you have 0 queued or running of the 2")
+        assert "Queued" not in refused.stdout
+    clean_failure(cli("submit", "--dataset", "digits", "--seed", "0,one", *auth), 2, "--seed")
+    clean_failure(cli("submit", "--dataset", "digits", "--method", "lowfreq,", *auth), 2, "empty")
 
 
 @pytest.mark.slow
