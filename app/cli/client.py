@@ -732,8 +732,11 @@ def submit(
     given = {"name": name, "teacher_model_id": teacher, "init": init}
     given = {k: v for k, v in given.items() if v is not None}
     with _api(url, api_key) as client:
-        base: dict[str, Any] = {"method": "freshnets", "compression": _compression_arg("1/64")}
-        base["seed"] = 0
+        base: dict[str, Any] = {
+            "method": "freshnets",
+            "compression": _compression_arg("1/64"),
+            "seed": 0,
+        }
         shape = None  # the input shape of the architecture the body holds, where known
         if like is not None:
             job_id = _whole_id(client, "jobs", like)
