@@ -522,7 +522,7 @@ def _job_body(job: dict[str, Any]) -> dict[str, Any]:
 def _drop_untaken(options: dict[str, Any], method: str, keep: set[str]) -> list[str]:
     """Leave out of `options` (but for the `keep` keys) what `method` does not take, so `--like
     J --method dense` or `--method freshnets,dense --width 0.5` just works; returns what went."""
-    from freshcore.build import BALANCED_METHODS
+    from freshcore.build import BALANCED_METHODS, parse_allocation
 
     untaken = {
         "allocation": method != "freshnets",  # only freshnets spreads buckets over bands
@@ -532,7 +532,9 @@ def _drop_untaken(options: dict[str, Any], method: str, keep: set[str]) -> list[
     dropped = []
     for key, drop in untaken.items():
         if drop and key in options and key not in keep:
-            dropped.append(f"{key} {json.dumps(options.pop(key))}")
+            value = options.pop(key)
+            if not (key == "allocation" and value == parse_allocation(None, "freshnets")):
+                dropped.append(f"{key} {json.dumps(value)}")  # the default is no one's choice
     return dropped
 
 
@@ -581,10 +583,14 @@ def _check_job_room(client: Api, count: int) -> None:
         )
 
 
+def _job_factor(job: dict[str, Any]) -> str:
+    """A job's factor: `dense` ignores the one asked and stores every weight."""
+    return "1 (dense)" if job["method"] == "dense" else fmt_compression(job.get("compression"))
+
+
 def _job_label(job: dict[str, Any]) -> str:
     """What sets a job of a grid apart: its method, factor and seed."""
-    factor = "1 (dense)" if job["method"] == "dense" else fmt_compression(job["compression"])
-    return f"{job['method']} {factor} · seed {job['seed']}"
+    return f"{job['method']} {_job_factor(job)} · seed {job['seed']}"
 
 
 def _follow_all(client: Api, jobs: list[dict[str, Any]], poll_s: float) -> None:
@@ -625,7 +631,7 @@ def _follow_all(client: Api, jobs: list[dict[str, Any]], poll_s: float) -> None:
             (
                 j["id"],
                 j["method"],
-                "1 (dense)" if j["method"] == "dense" else fmt_compression(j["compression"]),
+                _job_factor(j),
                 str(j["seed"]),
                 f"[{STATE_STYLES.get(j['state'], '')}]{j['state']}[/]",
                 fmt_pct(model.get("test_accuracy")),
@@ -839,7 +845,7 @@ def jobs(
                 _dataset_label(j),
                 j.get("architecture_name") or "custom",
                 j["method"],
-                fmt_compression(j.get("compression")),
+                _job_factor(j),
                 f"[{STATE_STYLES.get(j['state'], '')}]{j['state']}[/]",
                 f"{j.get('epoch', 0)}/{j.get('total_epochs') or '?'}",
                 fmt_pct(latest.get("val_accuracy"), 1),
@@ -1278,7 +1284,7 @@ def delete_job(
         model = f", its model {j['model_id']} stays" if j.get("model_id") else ""
         return (
             f"{j['id']}  {escape(j.get('name') or '')}  {_dataset_label(j)} {j['method']} "
-            f"{fmt_compression(j.get('compression'))}, {j['state']}{model}"
+            f"{_job_factor(j)}, {j['state']}{model}"
         )
 
     with _api(url, api_key) as client:
