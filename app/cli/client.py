@@ -522,6 +522,8 @@ def _job_body(job: dict[str, Any]) -> dict[str, Any]:
 def _drop_untaken(options: dict[str, Any], method: str, keep: set[str]) -> list[str]:
     """Leave out of `options` (but for the `keep` keys) what `method` does not take, so `--like
     J --method dense` or `--method freshnets,dense --width 0.5` just works; returns what went."""
+    if not set(options) - keep:
+        return []  # nothing to judge: spare the client freshcore's import (torch, about 1 s)
     from freshcore.build import BALANCED_METHODS, parse_allocation
 
     untaken = {
